@@ -1,0 +1,73 @@
+"""Benchmark: sample + tag on a synthetic danbooru2023 SQLite database.
+
+    python bench/bench_dataset.py --posts 200000          # the issue's 2.5 s target
+    python bench/bench_dataset.py --posts 7000000 --preset epsilon
+
+Generates the database once into bench/out/ (reused), then times the two stages as the
+library runs them (fresh run dir each repeat) and prints wall time and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+from kohaku.config import load_config
+from kohaku.sample import run_sample
+from kohaku.synth import generate_danbooru_db
+from kohaku.tagging import run_tag
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def ensure_db(posts: int, seed: int) -> Path:
+    path = OUT / f"synth-{posts}-s{seed}.db"
+    if not path.exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        summary = generate_danbooru_db(path, posts, seed=seed)
+        print(f"generated {summary.posts:,} posts, {summary.relations:,} tag rows "
+              f"in {time.perf_counter() - t0:.1f}s -> {path}")  # fmt: skip
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--posts", type=int, default=200_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--preset", default="epsilon")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    db = ensure_db(args.posts, args.seed)
+    run_dir = OUT / "run"
+    # the preset's id ranges are for ~7.8M ids; scale them to this database
+    scale = args.posts * 1.1 / 7_800_000
+    cfg = load_config(preset=args.preset, overrides=[f'sample.source="{db}"', "sample.seed=1"])
+    ranges = [r.model_copy(update={
+        "start": int(r.start * scale), "end": None if r.end is None else int(r.end * scale),
+        "count": r.count if r.count == "all" else max(1, int(r.count * scale))})
+        for r in cfg.sample.ranges]  # fmt: skip
+    sample_cfg = cfg.sample.model_copy(update={"ranges": ranges})
+    for i in range(args.repeat):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        sample = run_sample(sample_cfg, run_dir, threads=args.threads)
+        t1 = time.perf_counter()
+        tag = run_tag(cfg.tag, run_dir)
+        t2 = time.perf_counter()
+        print(json.dumps({
+            "repeat": i, "posts_in_db": args.posts, "chosen": sample.counts["posts"],
+            "captions": tag.counts["captions"], "sample_s": round(t1 - t0, 3),
+            "tag_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3),
+            "sample_timings": sample.timings, "tag_timings": tag.timings,
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Prefect flows: outlines that call tasks/."""

@@ -1,0 +1,44 @@
+"""Flow `build-dataset`: sample -> tag, cached so that a rerun executes only what
+failed or changed. Run it: `python -m flows.build_dataset --config run.toml`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from kohaku.config import RunConfig, load_config
+from kohaku.sample.run import sample_inputs
+from tasks.dataset import sample_task, tag_task
+from tasks.policy import for_run
+
+
+@flow(name="build-dataset", log_prints=True)
+def build_dataset(config: RunConfig) -> dict[str, str]:
+    """Build the caption table of a run; returns each stage's final state name
+    (Completed when it ran, Cached when it was reused)."""
+    run_dir = config.run_dir.resolve()
+    sample = for_run(sample_task, run_dir, "sample")(
+        config.sample, run_dir, sample_inputs(config.sample), return_state=True
+    )
+    tag = for_run(tag_task, run_dir, "tag")(
+        config.tag, run_dir, sample.result(), return_state=True
+    )
+    tag.result()  # raises if the stage failed
+    get_run_logger().info("dataset ready: %s", run_dir / "tag" / "captions.parquet")
+    return {"sample": sample.name, "tag": tag.name}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    states = build_dataset(load_config(args.config, args.preset, args.overrides))
+    print(states)
+
+
+if __name__ == "__main__":
+    main()

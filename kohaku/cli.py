@@ -1,0 +1,137 @@
+"""The `kohaku` command line.
+
+Library commands (`synth`, `sample`, `tag`, `build-dataset`, `config`) run without
+Prefect. `demo` builds the bundled synthetic demo and runs the Prefect flow
+(`python -m flows.build_dataset`) in a child process, so this package itself never
+imports Prefect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from kohaku.config import RunConfig, load_config
+from kohaku.errors import ConfigError
+
+log = logging.getLogger("kohaku")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, help="run config TOML")
+    p.add_argument("--preset", help="start from a built-in preset: delta, epsilon, gamma")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a field, e.g. sample.seed=3")  # fmt: skip
+    p.add_argument("--run-dir", type=Path, help="override run_dir")
+
+
+def _load(args: argparse.Namespace) -> RunConfig:
+    overrides = list(args.overrides)
+    if args.run_dir:
+        overrides.append(f"run_dir={json.dumps(str(args.run_dir.resolve()))}")
+    return load_config(args.config, args.preset, overrides)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from kohaku.synth import generate_danbooru_db, write_api_pages
+
+    summary = generate_danbooru_db(args.out, args.posts, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {summary.posts} posts, {summary.relations} tag rows to {summary.path}")
+    if args.api_pages:
+        pages = write_api_pages(args.out, args.api_pages)
+        print(f"wrote {len(pages)} /posts.json pages to {args.api_pages}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from kohaku.sample import run_sample
+
+    cfg = _load(args)
+    _report(run_sample(cfg.sample, cfg.run_dir, threads=args.threads), cfg.run_dir / "sample")
+
+
+def cmd_tag(args: argparse.Namespace) -> None:
+    from kohaku.tagging import run_tag
+
+    cfg = _load(args)
+    _report(run_tag(cfg.tag, cfg.run_dir), cfg.run_dir / "tag")
+
+
+def cmd_build_dataset(args: argparse.Namespace) -> None:
+    cmd_sample(args)
+    cmd_tag(args)
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    print(_load(args).model_dump_json(indent=2))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from kohaku.demo import prepare_demo
+
+    config_path = prepare_demo(args.dir.resolve(), posts=args.posts)
+    env = {**os.environ, **demo_prefect_env(args.dir.resolve())}
+    cmd = [sys.executable, "-m", "flows.build_dataset", "--config", str(config_path)]
+    print(f"running the dataset flow on the demo: {' '.join(cmd)}")
+    raise SystemExit(subprocess.call(cmd, env=env, cwd=Path(__file__).resolve().parents[1]))
+
+
+def demo_prefect_env(root: Path) -> dict[str, str]:
+    """A project-local Prefect home on SQLite, no telemetry (prefect-notes.md)."""
+    return {
+        "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(root / "prefect")),
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
+def _report(manifest, stage_dir: Path) -> None:
+    print(f"{manifest.stage}: {json.dumps(manifest.counts, default=str)[:2000]}")
+    print(f"{manifest.stage}: done in {manifest.timings.get('total', 0):.2f}s -> {stage_dir}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kohaku", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("synth", help="generate a synthetic danbooru2023 SQLite database")
+    p.add_argument("--posts", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--api-pages", type=Path, help="also write /posts.json pages here")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_synth)
+    for name, func, text in (
+        ("sample", cmd_sample, "select posts (DuckDB)"),
+        ("tag", cmd_tag, "build captions (Polars)"),
+        ("build-dataset", cmd_build_dataset, "sample then tag, without Prefect"),
+        ("config", cmd_config, "print the resolved config"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _config_args(p)
+        p.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
+        p.set_defaults(func=func)
+    p = sub.add_parser("demo", help="the bundled synthetic demo, through Prefect")
+    p.add_argument("--dir", type=Path, default=Path("demo-run"))
+    p.add_argument("--posts", type=int, default=3000)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        args.func(args)
+    except (ConfigError, FileExistsError) as exc:
+        print(f"kohaku: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

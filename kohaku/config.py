@@ -1,0 +1,115 @@
+"""The run config: one pydantic model composed of the stage configs, loaded from TOML.
+
+Reads: a user TOML file, the built-in presets in `kohaku/presets/` (`delta`, `epsilon`,
+`gamma`) and `--set key=value` overrides. Writes nothing.
+A user file may start from a preset (`preset = "delta"`) and override any field.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kohaku.errors import ConfigError
+from kohaku.sample.config import SampleConfig
+from kohaku.tagging.config import TagConfig
+
+PRESETS = ("delta", "epsilon", "gamma")
+
+
+class RunConfig(BaseModel):
+    """Everything a pipeline run needs; each stage reads its own section."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    preset: str | None = Field(None, description="built-in preset the config started from")
+    run_dir: Path = Field(Path("runs/default"), description="folder of the run's stage outputs")
+    sample: SampleConfig = Field(description="post selection")
+    tag: TagConfig = Field(TagConfig(), description="captions")
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    text = resources.files("kohaku.presets").joinpath(f"{name}.toml").read_text()
+    return tomllib.loads(text)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` wins; tables merge recursively, lists and scalars are replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """`sample.seed=3` -> {"sample": {"seed": 3}}; the value is read as TOML, else a string."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.field=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    out: dict[str, Any] = value
+    for part in reversed(key.strip().split(".")):
+        out = {part: out}
+    return out
+
+
+def load_config(
+    path: Path | None = None, preset: str | None = None, overrides: list[str] = ()
+) -> RunConfig:
+    """Preset, then the file, then overrides; relative paths in the file are taken
+    relative to the file's folder."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_toml(Path(path))
+    name = preset or data.get("preset")
+    merged = deep_merge(preset_dict(name), data) if name else data
+    for item in overrides:
+        merged = deep_merge(merged, parse_override(item))
+    if name:
+        merged["preset"] = name
+    return validate(merged)
+
+
+def validate(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    base = path.resolve().parent
+    for section, key in (("sample", "source"), (None, "run_dir")):
+        table = data.get(section, {}) if section else data
+        if isinstance(table, dict) and isinstance(table.get(key), str):
+            p = Path(table[key]).expanduser()
+            table[key] = str(p if p.is_absolute() else base / p)
+    return data
+
+
+def _explain(exc: ValidationError) -> str:
+    """One line per problem: `sample.ranges.1.count: ...`."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}")
+    return "invalid config: " + "; ".join(lines)

@@ -1,0 +1,107 @@
+"""Run the sample stage.
+
+Reads: the metadata source named in `SampleConfig.source`.
+Writes `<run>/sample/`: `posts.parquet` (chosen posts and the columns later stages
+need), `post_tags.parquet` (their tag rows: post_id, tag_id, ord), `tags.parquet`
+(the tag dictionary of those rows), `fav_hist.parquet` (fav_count histogram per rating
+over the whole metadata, for percentile quality tags) and `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import duckdb
+
+from kohaku.errors import ConfigError
+from kohaku.sample import select
+from kohaku.sample.config import SampleConfig
+from kohaku.sample.source import Source, connect, detect_format, open_source
+from kohaku.stage import (
+    Manifest,
+    StageBuild,
+    build_stage,
+    config_hash,
+    fingerprint,
+    library_versions,
+    read_manifest,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+SAMPLE_VERSION = "1"
+STAGE = "sample"
+OUTPUTS = {
+    "posts": "posts.parquet",
+    "post_tags": "post_tags.parquet",
+    "tags": "tags.parquet",
+    "fav_hist": "fav_hist.parquet",
+}
+POST_OUTPUT_COLUMNS = """id, range_idx, created_at::TIMESTAMPTZ AS created_at,
+    substr(created_at, 1, 4)::INT AS year, rating, fav_count, score, md5, file_ext, file_url,
+    file_size, image_width, image_height"""
+
+
+def sample_inputs(cfg: SampleConfig) -> dict:
+    """What the stage's output depends on besides its config."""
+    src = detect_format(cfg)
+    return {"source": fingerprint(src.path).model_dump(), "source_format": src.format}
+
+
+def run_sample(cfg: SampleConfig, run_dir: Path, threads: int | None = None) -> Manifest:
+    """Select posts and write `<run_dir>/sample/`; reuse it if already built from the
+    same config and input."""
+    inputs = sample_inputs(cfg)
+    chash = config_hash(cfg)
+    done = read_manifest(Path(run_dir) / STAGE)
+    if done and (done.config_hash, done.inputs, done.stage_version) == (chash, inputs, SAMPLE_VERSION):
+        log.info("sample: up to date in %s", Path(run_dir) / STAGE)
+        return done
+    src = detect_format(cfg)
+    con = connect(threads=threads)
+    with build_stage(run_dir, STAGE) as build:
+        with build.timed("open"):
+            open_source(con, src)
+        counts = _select(con, cfg, build)
+        _write_outputs(con, build)
+        return write_manifest(
+            build, stage_version=SAMPLE_VERSION, config_hash=chash, inputs=inputs,
+            outputs=OUTPUTS, counts=counts, versions=library_versions("duckdb"),
+        )  # fmt: skip
+
+
+def _select(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, build: StageBuild) -> dict:
+    with build.timed("select"):
+        flags = select.build_candidates(con, cfg)
+        select.choose(con, cfg, flags)
+        per_range = select.range_counts(con, cfg, flags)
+    short = select.check_shortfall(cfg, per_range)
+    total = sum(r["chosen"] for r in per_range)
+    if total == 0:
+        raise ConfigError(f"the selection from {cfg.source} is empty: no post passes the "
+                          "filters in the id ranges; loosen sample.filters or widen sample.ranges")
+    snapshot = con.execute("SELECT max(created_at::TIMESTAMPTZ)::VARCHAR FROM post").fetchone()[0]
+    log.info("sample: chose %d posts over %d ranges", total, len(per_range))
+    return {"posts": total, "ranges": per_range, "short_ranges": short,
+            "metadata_snapshot_at": snapshot}  # fmt: skip
+
+
+def _write_outputs(con: duckdb.DuckDBPyConnection, build: StageBuild) -> None:
+    out = build.dir
+    with build.timed("write_posts"):
+        con.execute(f"""COPY (SELECT {POST_OUTPUT_COLUMNS} FROM cand SEMI JOIN chosen USING (id)
+            ORDER BY id) TO '{out / OUTPUTS['posts']}' (FORMAT parquet)""")
+    with build.timed("write_post_tags"):
+        con.execute(f"""COPY (SELECT r.post_id, r.tag_id, r.ord FROM rel r
+            SEMI JOIN chosen c ON r.post_id = c.id ORDER BY r.post_id, r.ord)
+            TO '{out / OUTPUTS['post_tags']}'
+            (FORMAT parquet)""")
+    with build.timed("write_tags"):
+        con.execute(f"""COPY (SELECT t.id, t.name, t.category FROM tag t WHERE t.id IN
+            (SELECT DISTINCT tag_id FROM read_parquet('{out / OUTPUTS['post_tags']}')) ORDER BY t.id)
+            TO '{out / OUTPUTS['tags']}' (FORMAT parquet)""")
+    with build.timed("write_fav_hist"):
+        con.execute(f"""COPY (SELECT rating, fav_count, count(*) AS n FROM post
+            WHERE rating IS NOT NULL AND fav_count IS NOT NULL GROUP BY ALL ORDER BY ALL)
+            TO '{out / OUTPUTS['fav_hist']}' (FORMAT parquet)""")

@@ -1,0 +1,145 @@
+"""Seeded selection SQL: candidates per id range, filter flags, ranks by sample key.
+
+Reads the views defined by `kohaku.sample.source`; writes temp tables `ranges`,
+`cand` (every post of every range with one boolean per filter) and `chosen`.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from kohaku.errors import ConfigError, InputError
+from kohaku.sample.config import RATINGS, FilterConfig, SampleConfig
+from kohaku.sample.keys import keyed_sql
+
+
+def _sql_list(values) -> str:
+    return "[" + ", ".join("'" + str(v).replace("'", "''") + "'" for v in values) + "]"
+
+
+def filter_flags(f: FilterConfig) -> dict[str, str]:
+    """One SQL boolean per active filter: true when the post is rejected by it."""
+    px, aspect = "image_width * image_height", "image_width / nullif(image_height, 0)"
+    flags = {
+        "deleted": "is_deleted <> 0" if f.drop_deleted else None,
+        "banned": "is_banned <> 0" if f.drop_banned else None,
+        "restricted": "coalesce(md5, '') = '' OR coalesce(file_url, '') = ''"
+        if f.drop_restricted else None,
+        "file_ext": f"NOT list_contains({_sql_list(e.lower() for e in f.image_exts)}, "
+        "coalesce(file_ext, ''))",
+        "rating": None if len(set(f.ratings)) == len(RATINGS) else
+        f"NOT list_contains({[RATINGS.index(r) for r in f.ratings]}, rating)",
+        "min_pixels": f"{px} < {f.min_pixels}" if f.min_pixels else None,
+        "max_pixels": f"{px} > {f.max_pixels}" if f.max_pixels else None,
+        "min_aspect": f"{aspect} < {f.min_aspect}" if f.min_aspect else None,
+        "max_aspect": f"{aspect} > {f.max_aspect}" if f.max_aspect else None,
+        "min_score": f"score < {f.min_score}" if f.min_score is not None else None,
+        "required_tags": "id NOT IN (SELECT post_id FROM has_required)"
+        if f.required_tags else None,
+        "excluded_tags": "id IN (SELECT post_id FROM has_excluded)" if f.excluded_tags else None,
+    }  # fmt: skip
+    return {name: f"coalesce({sql}, true)" for name, sql in flags.items() if sql}
+
+
+def resolve_tags(con: duckdb.DuckDBPyConnection, names: list[str], field: str) -> list[int]:
+    """Tag ids of `names`; an unknown name is an error (a typo would silently match nothing)."""
+    if not names:
+        return []
+    rows = con.execute(f"SELECT name, id FROM tag WHERE name IN (SELECT unnest({_sql_list(names)}))"
+                       ).fetchall()
+    found = dict(rows)
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise ConfigError(f"sample.filters.{field}: unknown danbooru tags {unknown} "
+                          "(use the danbooru spelling, with underscores)")
+    return [found[n] for n in names]
+
+
+def build_tag_filters(con: duckdb.DuckDBPyConnection, f: FilterConfig) -> None:
+    req = resolve_tags(con, f.required_tags, "required_tags")
+    exc = resolve_tags(con, f.excluded_tags, "excluded_tags")
+    if req:
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE has_required AS SELECT post_id FROM rel
+            WHERE tag_id IN ({', '.join(map(str, req))})
+            GROUP BY post_id HAVING count(DISTINCT tag_id) = {len(set(req))}""")
+    if exc:
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE has_excluded AS SELECT DISTINCT post_id
+            FROM rel WHERE tag_id IN ({', '.join(map(str, exc))})""")
+
+
+def build_candidates(con: duckdb.DuckDBPyConnection, cfg: SampleConfig) -> list[str]:
+    """Create `cand`: posts of all ranges with their range index, key and filter flags."""
+    con.execute("CREATE OR REPLACE TEMP TABLE ranges (idx INT, start BIGINT, stop BIGINT, n BIGINT)")
+    con.executemany("INSERT INTO ranges VALUES (?, ?, ?, ?)", [
+        (i, r.start, r.stop, None if r.count == "all" else r.count)
+        for i, r in enumerate(cfg.ranges)
+    ])  # fmt: skip
+    build_tag_filters(con, cfg.filters)
+    flags = filter_flags(cfg.filters)
+    flag_cols = "".join(f", {sql} AS f_{name}" for name, sql in flags.items())
+    in_ranges = "SELECT p.*, r.idx AS range_idx FROM post p JOIN ranges r " \
+                "ON p.id >= r.start AND p.id < r.stop"
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE cand AS
+        SELECT *{flag_cols} FROM ({keyed_sql(f'({in_ranges})', 'id', cfg.seed)})""")
+    max_id = con.execute("SELECT max(id) FROM post").fetchone()[0]
+    if max_id is not None and max_id > 2**32 - 1:
+        raise InputError(f"post ids up to {max_id} exceed 2**32-1; the sampler keys 32-bit ids")
+    return list(flags)
+
+
+def choose(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, flags: list[str]) -> None:
+    """Create `chosen(id, range_idx)` from `cand` following `cfg.filter_timing`."""
+    rejected = " OR ".join(f"f_{n}" for n in flags) or "false"
+    rank = "row_number() OVER (PARTITION BY range_idx ORDER BY sample_key, id)"
+    if cfg.filter_timing == "before_sampling":
+        sql = f"""SELECT id, range_idx FROM (SELECT c.*, {rank} AS rn FROM cand c
+                  WHERE NOT ({rejected})) x JOIN ranges r ON r.idx = x.range_idx
+                  WHERE r.n IS NULL OR x.rn <= r.n"""
+    else:
+        sql = f"""SELECT id, range_idx FROM (SELECT c.*, {rank} AS rn FROM cand c) x
+                  JOIN ranges r ON r.idx = x.range_idx
+                  WHERE (r.n IS NULL OR x.rn <= r.n) AND NOT ({rejected})"""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE chosen AS {sql}")
+
+
+def range_counts(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, flags: list[str]) -> list[dict]:
+    """Per range: posts in range, rejections per filter (among the posts the filters
+    were applied to), posts passing all filters, posts chosen."""
+    rejected = " OR ".join(f"f_{n}" for n in flags) or "false"
+    scope = "true" if cfg.filter_timing == "before_sampling" else \
+        "c.id IN (SELECT id FROM sampled)"
+    # rejections are counted among the posts the filters were applied to (after_sampling:
+    # the drawn ones), like `filtered_pool` and `eligible`
+    per_flag = "".join(f", count(*) FILTER (WHERE {scope} AND f_{n}) AS {n}" for n in flags)
+    if cfg.filter_timing == "after_sampling":
+        con.execute("""CREATE OR REPLACE TEMP TABLE sampled AS SELECT id FROM (SELECT c.id,
+            c.range_idx, row_number() OVER (PARTITION BY range_idx ORDER BY sample_key, id) AS rn
+            FROM cand c) x JOIN ranges r ON r.idx = x.range_idx WHERE r.n IS NULL OR x.rn <= r.n""")
+    rows = con.execute(f"""SELECT r.idx, r.n, count(c.id) AS in_range,
+            count(c.id) FILTER (WHERE {scope}) AS filtered_pool
+            {per_flag}, count(c.id) FILTER (WHERE {scope} AND NOT ({rejected})) AS eligible,
+            (SELECT count(*) FROM chosen h WHERE h.range_idx = r.idx) AS chosen
+        FROM ranges r LEFT JOIN cand c ON c.range_idx = r.idx GROUP BY r.idx, r.n ORDER BY r.idx""")
+    names = [d[0] for d in rows.description]
+    out = []
+    for row in rows.fetchall():
+        rec = dict(zip(names, row, strict=True))
+        rec["range"] = cfg.ranges[rec.pop("idx")].label()
+        rec["requested"] = rec.pop("n") or "all"
+        rec["rejected_by"] = {n: rec.pop(n) for n in flags}
+        out.append(rec)
+    return out
+
+
+def check_shortfall(cfg: SampleConfig, counts: list[dict]) -> list[str]:
+    """Ranges holding fewer posts than requested: an error, or (take_all) a warning."""
+    short = []
+    for rec in counts:
+        want = rec["requested"]
+        pool = rec["eligible"] if cfg.filter_timing == "before_sampling" else rec["in_range"]
+        if want != "all" and pool < want:
+            short.append(f"range {rec['range']} holds {pool} posts, fewer than the {want} requested")
+    if short and cfg.on_short_range == "error":
+        raise ConfigError("; ".join(short) + ": lower the count, or set "
+                          "sample.on_short_range = 'take_all'")
+    return short

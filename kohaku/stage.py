@@ -1,0 +1,166 @@
+"""The stage protocol: every stage writes into `<run>/<stage>/` and is done once its
+`manifest.json` exists.
+
+Reads: nothing but what callers pass. Writes: a stage directory, built under a
+temporary sibling (`.<stage>.partial-<pid>`) and renamed into place after the manifest
+is written, so a killed stage never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST = "manifest.json"
+
+
+class FileFingerprint(BaseModel):
+    """Cheap identity of an input file: path, size, mtime (and content hash for small files)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None = Field(None, description="content hash, for files up to 64 MiB")
+
+
+class Manifest(BaseModel):
+    """What a stage produced, from what, with which config and code."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    stage: str
+    stage_version: str
+    config_hash: str
+    inputs: dict[str, Any]
+    outputs: dict[str, str] = Field(description="name -> file name inside the stage dir")
+    counts: dict[str, Any]
+    timings: dict[str, float]
+    versions: dict[str, str]
+    created_at: float
+
+    def output_path(self, stage_dir: Path, name: str) -> Path:
+        return stage_dir / self.outputs[name]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def config_hash(model: BaseModel) -> str:
+    """Stable hash of a pydantic model's JSON form (same across processes and machines)."""
+    return sha256_bytes(model.model_dump_json().encode())[:16]
+
+
+def fingerprint(path: Path, hash_limit: int = 64 << 20) -> FileFingerprint:
+    """Fingerprint a file, or a directory as the fingerprints of its files."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        digest = sha256_bytes(
+            json.dumps([fingerprint(p, hash_limit).model_dump() for p in files]).encode()
+        )
+        return FileFingerprint(path=str(path), size=len(files), mtime_ns=0, sha256=digest)
+    st = path.stat()
+    content = None
+    if st.st_size <= hash_limit:
+        content = hashlib.sha256(path.read_bytes()).hexdigest()
+    return FileFingerprint(
+        path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=content
+    )
+
+
+def library_versions(*names: str) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("kohaku", *names):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def read_manifest(stage_dir: Path) -> Manifest | None:
+    """The stage's manifest, or None when the stage has not finished."""
+    path = Path(stage_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    return Manifest.model_validate_json(path.read_text())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+@dataclass
+class StageBuild:
+    """A stage directory under construction; files go into `.dir`."""
+
+    stage: str
+    final_dir: Path
+    dir: Path
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 4)
+
+
+@contextmanager
+def build_stage(run_dir: Path, stage: str) -> Iterator[StageBuild]:
+    """Build a stage dir atomically. On error the partial dir is removed and the
+    previous output (if any) stays untouched."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / stage
+    partial = run_dir / f".{stage}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    build = StageBuild(stage=stage, final_dir=final, dir=partial)
+    try:
+        yield build
+        if not (partial / MANIFEST).is_file():
+            raise RuntimeError(f"stage {stage!r} finished without writing its manifest")
+        _swap_into_place(partial, final)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _swap_into_place(partial: Path, final: Path) -> None:
+    if final.exists() and not final.is_dir():
+        raise FileExistsError(f"{final} exists and is not a directory; move it away")
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(partial, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_manifest(build: StageBuild, **fields: Any) -> Manifest:
+    """Write the manifest last; it marks the stage as complete."""
+    build.timings["total"] = round(time.perf_counter() - build.started, 4)
+    manifest = Manifest(
+        stage=build.stage, timings=dict(build.timings), created_at=time.time(), **fields
+    )
+    atomic_write_text(build.dir / MANIFEST, manifest.model_dump_json(indent=2))
+    return manifest

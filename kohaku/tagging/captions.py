@@ -1,0 +1,133 @@
+"""Caption building (pure functions on Polars frames).
+
+Tag text rules and groups are computed once on the tag dictionary (thousands of
+rows), then joined onto the post-tag rows, grouped per post, and laid out as
+head (kept in place), body (shuffled and dropped per step by the trainer) and tail
+(kept in place).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from kohaku.sample.config import RATINGS
+from kohaku.tagging.config import TagConfig
+
+GROUPS = ["count", "character", "copyright", "artist", "general", "meta"]
+CATEGORY_GROUP = {0: "general", 1: "artist", 2: "character", 3: "copyright", 4: "meta"}
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    head: tuple[str, ...]
+    body: tuple[str, ...]
+    tail: tuple[str, ...]
+    keep_separator: str | None = None
+
+
+LAYOUTS = {
+    # count, character, series, artists, special (quality, rating, date), general
+    "delta": LayoutSpec(
+        head=("count", "character", "copyright", "artist", "quality", "rating", "date"),
+        body=("general", "meta"), tail=()),
+    # count, character, series, artists, general, quality, year, meta, rating
+    "epsilon": LayoutSpec(
+        head=("count", "character", "copyright", "artist"), body=("general",),
+        tail=("quality", "date", "meta", "rating")),
+    # HakuBooru KohakuCaptioner: keep tags ||| general, meta, year, rating, quality
+    "hakubooru": LayoutSpec(
+        head=("count", "character", "copyright", "artist"), body=("general", "meta"),
+        tail=("date", "rating", "quality"), keep_separator="|||"),
+}  # fmt: skip
+
+
+def tag_text(name: pl.Expr, cfg: TagConfig) -> pl.Expr:
+    """danbooru spelling -> caption text: underscores to spaces (not in short
+    emoticon tags like ^_^), optional sd-webui bracket escaping."""
+    text = name
+    if cfg.underscores_to_spaces:
+        long = name.str.len_chars() > cfg.short_tag_max_len
+        text = pl.when(long).then(name.str.replace_all("_", " ", literal=True)).otherwise(name)
+    if cfg.escape_brackets:
+        text = text.str.replace_all("(", r"\(", literal=True)
+        text = text.str.replace_all(")", r"\)", literal=True)
+    return text
+
+
+def _contains_any(name: pl.Expr, keywords: list[str]) -> pl.Expr:
+    if not keywords:
+        return pl.lit(False)
+    return pl.any_horizontal([name.str.contains(k, literal=True) for k in keywords])
+
+
+def tag_dictionary(tags: pl.DataFrame, cfg: TagConfig) -> pl.DataFrame:
+    """(id, name, category) -> (tag_id, group, text, name); dropped tags removed."""
+    name, cat = pl.col("name"), pl.col("category")
+    group = (
+        pl.when((cat == 0) & name.is_in(cfg.resolved_count_tags())).then(pl.lit("count"))
+        .when((cat == 1) & _contains_any(name, cfg.artist_drop_keywords)).then(None)
+        .when((cat == 4) & _contains_any(name, cfg.meta_drop_keywords)).then(None)
+        .otherwise(cat.replace_strict(CATEGORY_GROUP, default=None, return_dtype=pl.String))
+    )  # fmt: skip
+    return (
+        tags.filter(name.str.strip_chars() != "")
+        .select(tag_id=pl.col("id"), group=group, text=tag_text(name, cfg), name=name)
+        .filter(pl.col("group").is_not_null())
+    )
+
+
+def group_tags(post_tags: pl.LazyFrame, dictionary: pl.DataFrame, order: str) -> pl.LazyFrame:
+    """Post-tag rows -> one row per post with a list column per group, in row order
+    (`post_tags` sorted by post_id, ord) or by name."""
+    rows = post_tags.join(dictionary.lazy(), on="tag_id", how="inner", maintain_order="left")
+    if order == "name":
+        rows = rows.sort("post_id", "name")
+    aggs = [pl.col("text").filter(pl.col("group") == g).alias(g) for g in GROUPS]
+    return rows.group_by("post_id", maintain_order=True).agg(aggs).rename({"post_id": "id"})
+
+
+def date_tag_expr(cfg: TagConfig) -> pl.Expr:
+    year, expr = pl.col("year"), None
+    for span in cfg.date_tags:
+        cond = year >= span.first_year
+        if span.last_year is not None:
+            cond = cond & (year <= span.last_year)
+        expr = (pl.when(cond) if expr is None else expr.when(cond)).then(pl.lit(span.tag))
+    return pl.lit(None, pl.String) if expr is None else expr.otherwise(None)
+
+
+def rating_tags_expr(cfg: TagConfig) -> pl.Expr:
+    mapping = cfg.resolved_rating_tags()
+    expr = pl.when(pl.lit(False)).then(pl.lit([], pl.List(pl.String)))
+    for i, rating in enumerate(RATINGS):
+        expr = expr.when(pl.col("rating") == i).then(pl.lit(mapping.get(rating, []), pl.List(pl.String)))
+    return expr.otherwise(pl.lit([], pl.List(pl.String)))
+
+
+def _as_list(col: str) -> pl.Expr:
+    """A group column as a list (scalar tags become 0- or 1-element lists)."""
+    if col in ("quality", "date"):
+        c = pl.col(col)
+        return pl.when(c.is_null()).then(pl.lit([], pl.List(pl.String))).otherwise(pl.concat_list(c))
+    name = "rating_tags" if col == "rating" else col
+    return pl.col(name).fill_null(pl.lit([], pl.List(pl.String)))
+
+
+def _concat(cols: tuple[str, ...]) -> pl.Expr:
+    if not cols:
+        return pl.lit([], pl.List(pl.String))
+    return pl.concat_list([_as_list(c) for c in cols])
+
+
+def lay_out(df: pl.LazyFrame, layout: str, sep: str = ", ") -> pl.LazyFrame:
+    """Add head/body/tail lists and the caption string."""
+    spec = LAYOUTS[layout]
+    df = df.with_columns(head=_concat(spec.head), body=_concat(spec.body), tail=_concat(spec.tail))
+    rest = pl.concat_list("body", "tail").list.join(sep)
+    if spec.keep_separator is None:
+        caption = pl.concat_list("head", "body", "tail").list.join(sep)
+    else:  # exactly HakuBooru: "<keep>, |||<rest>", even when keep is empty
+        caption = pl.col("head").list.join(sep) + sep + spec.keep_separator + rest
+    return df.with_columns(caption=caption)

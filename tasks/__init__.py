@@ -1,0 +1,1 @@
+"""Prefect tasks: one library call each, plus policy (cache, retries, result storage)."""

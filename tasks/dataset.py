@@ -1,0 +1,26 @@
+"""Tasks of the data front: sample (DuckDB) and tag (Polars)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from kohaku.sample import SAMPLE_VERSION, SampleConfig, run_sample
+from kohaku.stage import Manifest
+from kohaku.tagging import TAG_VERSION, TagConfig, run_tag
+from tasks.policy import stage_policy
+
+
+@task(name="sample", cache_policy=stage_policy("sample", SAMPLE_VERSION), persist_result=True,
+      retries=1, retry_delay_seconds=5, tags=["cpu", "data"])  # fmt: skip
+def sample_task(cfg: SampleConfig, run_dir: Path, source_inputs: dict) -> Manifest:
+    """`source_inputs` (fingerprint of the metadata) is part of the cache key."""
+    return run_sample(cfg, run_dir)
+
+
+@task(name="tag", cache_policy=stage_policy("tag", TAG_VERSION), persist_result=True,
+      retries=1, retry_delay_seconds=5, tags=["cpu", "data"])  # fmt: skip
+def tag_task(cfg: TagConfig, run_dir: Path, sample: Manifest) -> Manifest:
+    """The upstream sample manifest is part of the cache key."""
+    return run_tag(cfg, run_dir)

@@ -1,0 +1,114 @@
+"""Run config: presets, TOML files, overrides, and clear errors for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kohaku.config import PRESETS, load_config, parse_override, validate
+from kohaku.errors import ConfigError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("preset", "layout", "percentiles", "counts"),
+    [
+        ("delta", "delta", [95, 85, 75, 50, 25, 10], [1_000_000, 1_000_000, "all"]),
+        ("epsilon", "epsilon", [90, 75, 60, 45, 30, 10], [1_000_000, 2_000_000, "all"]),
+        ("gamma", "delta", [95, 85, 75, 50, 25, 10], ["all"]),
+    ],
+)
+def test_presets_carry_the_recipe_numbers(tmp_path, preset, layout, percentiles, counts):
+    cfg = load_config(preset=preset, overrides=[f'sample.source="{tmp_path}"'])
+    assert cfg.preset == preset
+    assert cfg.tag.layout == layout
+    assert cfg.tag.quality.percentiles == percentiles
+    assert [r.count for r in cfg.sample.ranges] == counts
+
+
+def test_delta_ranges_are_the_recipes():
+    cfg = load_config(preset="delta", overrides=['sample.source="x"'])
+    assert [(r.start, r.end) for r in cfg.sample.ranges] == [
+        (0, 3_000_000), (3_000_000, 5_000_000), (5_000_000, None)]  # fmt: skip
+    assert cfg.sample.filter_timing == "after_sampling"
+
+
+def test_file_starts_from_preset_and_overrides_fields(tmp_path):
+    path = write(tmp_path / "run.toml", """
+preset = "epsilon"
+run_dir = "out"
+[sample]
+source = "meta/db.sqlite"
+seed = 5
+[tag.quality]
+min_age_days = 14
+""")
+    cfg = load_config(path, overrides=["sample.seed=9", 'tag.layout="hakubooru"'])
+    assert cfg.preset == "epsilon"
+    assert cfg.sample.seed == 9
+    assert cfg.tag.layout == "hakubooru"
+    assert cfg.tag.quality.min_age_days == 14
+    assert cfg.tag.quality.percentiles == [90, 75, 60, 45, 30, 10]  # from the preset
+    assert cfg.sample.source == tmp_path / "meta" / "db.sqlite"  # relative to the file
+    assert cfg.run_dir == tmp_path / "out"
+
+
+def test_config_hash_is_stable_across_loads(tmp_path):
+    from kohaku.stage import config_hash
+
+    a = load_config(preset="delta", overrides=['sample.source="x"'])
+    b = load_config(preset="delta", overrides=['sample.source="x"'])
+    c = load_config(preset="delta", overrides=['sample.source="x"', "sample.seed=1"])
+    assert config_hash(a.sample) == config_hash(b.sample) != config_hash(c.sample)
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ("sample.seed=3", {"sample": {"seed": 3}}),
+        ("tag.layout=delta", {"tag": {"layout": "delta"}}),
+        ('tag.count_tags=["1girl"]', {"tag": {"count_tags": ["1girl"]}}),
+    ],
+)
+def test_parse_override(item, expected):
+    assert parse_override(item) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"sample": {"source": "x", "bogus": 1}}, "sample.bogus: Extra inputs are not permitted"),
+        ({"sample": {"source": "x", "ranges": [{"start": 0, "end": 10}, {"start": 5}]}},
+         "overlap"),
+        ({"sample": {"source": "x", "ranges": [{"start": 10, "end": 10}]}}, "end must be > start"),
+        ({"sample": {"source": "x", "ranges": [{"count": 0}]}}, "count 0 must be >= 1"),
+        ({"sample": {"source": "x", "filters": {"min_pixels": 10, "max_pixels": 5}}},
+         "min_pixels"),
+        ({"sample": {"source": "x"}, "tag": {"quality": {"percentiles": [10, 50]}}},
+         "strictly descending"),
+        ({"sample": {"source": "x"}, "tag": {"layout": "nope"}}, "tag.layout"),
+        ({}, "sample: Field required"),
+    ],
+)  # fmt: skip
+def test_bad_configs_fail_with_a_message_naming_the_field(data, fragment):
+    with pytest.raises(ConfigError, match="invalid config") as err:
+        validate(data)
+    assert fragment in str(err.value)
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset 'zeta'"):
+        load_config(preset="zeta")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path / "bad.toml", "[sample\n"))
+
+
+def test_all_presets_are_listed():
+    assert set(PRESETS) == {"delta", "epsilon", "gamma"}
