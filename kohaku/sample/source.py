@@ -131,14 +131,26 @@ def _define_views(con: duckdb.DuckDBPyConnection, table) -> None:
 
 def _check_columns(con: duckdb.DuckDBPyConnection, path: Path, table) -> None:
     for name, required in TABLE_COLUMNS.items():
-        try:
-            cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {table(name)}").fetchall()}
-        except duckdb.Error as exc:
-            raise InputError(f"{path}: no readable table {name!r} ({_first_line(exc)}); "
-                             "is this a danbooru2023 metadata database?") from exc
+        cols = _columns(con, table(name))
+        if cols is None:
+            raise InputError(f"{path}: no readable table {name!r}; is this a danbooru2023 "
+                             "metadata database?")
         missing = [c for c in required if c not in cols]
         if missing:
             raise InputError(f"{path}: table {name!r} lacks columns {missing}")
+
+
+def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> set[str] | None:
+    """Column names of a relation, None if it does not exist. Attached SQLite tables are
+    looked up in the catalog: binding one (DESCRIBE) makes the scanner count its rows."""
+    try:
+        if relation.startswith("src."):
+            rows = con.execute("SELECT column_name FROM duckdb_columns() WHERE database_name = "
+                               "'src' AND table_name = ?", [relation[4:]]).fetchall()  # fmt: skip
+            return {r[0] for r in rows} or None
+        return {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()}
+    except duckdb.Error:  # e.g. a file forced to `sqlite` that is not a database
+        return None
 
 
 def _open_api_json(con: duckdb.DuckDBPyConnection, path: Path) -> None:

@@ -49,10 +49,15 @@ def quality_expr(n_thresholds: int, tags: list[str]) -> pl.Expr:
 def add_quality(
     posts: pl.DataFrame, thresholds: pl.DataFrame, tags: list[str], eligible: pl.Expr
 ) -> pl.DataFrame:
-    """Add a `quality` column (null where `eligible` is false or a rating lacks thresholds)."""
+    """Add a `quality` column (null where `eligible` is false, fav_count is unknown or a
+    rating lacks thresholds)."""
     n = len(tags) - 1
-    joined = posts.join(thresholds.cast({"rating": pl.Int32}), on="rating", how="left")
-    has = pl.col("t0").is_not_null() & eligible
+    joined = posts.join(
+        thresholds.cast({"rating": pl.Int32}), on="rating", how="left", maintain_order="left"
+    )  # the tag stage relies on the posts keeping their order (by id)
+    # a null fav_count compares as null, which sum_horizontal would count as "not
+    # exceeded": without this the post would be tagged with the worst level
+    has = pl.col("t0").is_not_null() & pl.col("fav_count").is_not_null() & eligible
     return joined.with_columns(
         quality=pl.when(has).then(quality_expr(n, tags)).otherwise(None)
     ).drop([f"t{i}" for i in range(n)])

@@ -72,11 +72,11 @@ def build_captions(cfg: TagConfig, sample_dir: Path, sample: Manifest) -> pl.Laz
     )
     dictionary = captions.tag_dictionary(pl.read_parquet(files["tags"]), cfg)
     grouped = captions.group_tags(pl.scan_parquet(files["post_tags"]), dictionary, cfg.tag_order)
-    df = posts.join(grouped, on="id", how="left").with_columns(
+    df = posts.join(grouped, on="id", how="left", maintain_order="left").with_columns(
         rating_tags=captions.rating_tags_expr(cfg), date=captions.date_tag_expr(cfg)
     )
     df = _with_quality(df, cfg, files["fav_hist"], sample)
-    return captions.lay_out(df, cfg.layout).select(CAPTION_COLUMNS).sort("id")
+    return captions.lay_out(df, cfg.layout).select(CAPTION_COLUMNS)  # posts are sorted by id
 
 
 def _with_quality(df: pl.LazyFrame, cfg: TagConfig, fav_hist: Path, sample: Manifest) -> pl.LazyFrame:

@@ -24,9 +24,20 @@ NO_FILTERS = {
     "image_exts": ALL_EXTS,
 }
 POST_FIELDS = (
-    "id", "created_at", "md5", "is_deleted", "is_banned", "image_width", "image_height",
-    "file_size", "file_ext", "rating", "score", "fav_count", "file_url",
-)  # fmt: skip
+    "id",
+    "created_at",
+    "md5",
+    "is_deleted",
+    "is_banned",
+    "image_width",
+    "image_height",
+    "file_size",
+    "file_ext",
+    "rating",
+    "score",
+    "fav_count",
+    "file_url",
+)
 
 
 @dataclass(frozen=True)
@@ -151,9 +162,7 @@ def expected_selection(meta: Metadata, cfg: SampleConfig) -> list[RangeResult]:
 
 def chosen_by_range(posts: pl.DataFrame, n_ranges: int) -> list[list[int]]:
     """posts.parquet ids grouped by range_idx."""
-    return [
-        posts.filter(pl.col("range_idx") == i)["id"].sort().to_list() for i in range(n_ranges)
-    ]
+    return [posts.filter(pl.col("range_idx") == i)["id"].sort().to_list() for i in range(n_ranges)]
 
 
 # --- hand-made metadata folders (parquet, the three danbooru2023 tables) ---------------
@@ -173,11 +182,20 @@ POST_DEFAULTS = {
     "file_url": "https://cdn.donmai.us/original/00/11/x.jpg",
 }
 POST_SCHEMA = {
-    "id": pl.Int64, "created_at": pl.String, "md5": pl.String, "is_deleted": pl.Int64,
-    "is_banned": pl.Int64, "image_width": pl.Int64, "image_height": pl.Int64,
-    "file_size": pl.Int64, "file_ext": pl.String, "rating": pl.Int64, "score": pl.Int64,
-    "fav_count": pl.Int64, "file_url": pl.String,
-}  # fmt: skip
+    "id": pl.Int64,
+    "created_at": pl.String,
+    "md5": pl.String,
+    "is_deleted": pl.Int64,
+    "is_banned": pl.Int64,
+    "image_width": pl.Int64,
+    "image_height": pl.Int64,
+    "file_size": pl.Int64,
+    "file_ext": pl.String,
+    "rating": pl.Int64,
+    "score": pl.Int64,
+    "fav_count": pl.Int64,
+    "file_url": pl.String,
+}
 
 
 def write_metadata(
@@ -192,9 +210,9 @@ def write_metadata(
     rows = [{**POST_DEFAULTS, **p} for p in posts]
     pl.DataFrame(rows, schema=POST_SCHEMA).write_parquet(folder / "post.parquet")
     tag_rows = [{"id": i, "name": n, "type": t} for i, n, t in tags]
-    pl.DataFrame(tag_rows, schema={"id": pl.Int64, "name": pl.String, "type": pl.Int64}).write_parquet(
-        folder / "tag.parquet"
-    )
+    pl.DataFrame(
+        tag_rows, schema={"id": pl.Int64, "name": pl.String, "type": pl.Int64}
+    ).write_parquet(folder / "tag.parquet")
     rel_rows = [{"id": k + 1, "post_id": p, "tag_id": t} for k, (p, t) in enumerate(relations)]
     pl.DataFrame(
         rel_rows, schema={"id": pl.Int64, "post_id": pl.Int64, "tag_id": pl.Int64}

@@ -15,7 +15,7 @@ from polars.testing import assert_frame_equal
 from kohaku.errors import InputError
 from kohaku.sample import SampleConfig, run_sample
 from kohaku.synth import write_api_pages
-from tests.sample.reference import Metadata, export_parquet
+from tests.sample.reference import Metadata, chosen_by_range, expected_selection, export_parquet
 
 ASSETS = Path(__file__).parents[1] / "assets"
 REAL_PAGES = ["booru-rs_danbooru_posts_2023.json", "imgbrd-grabber_danbooru_posts_2020.json"]
@@ -36,8 +36,11 @@ def named_tags(run_dir: Path) -> pl.DataFrame:
     """(post_id, name, category) of the chosen posts, independent of tag ids."""
     out = outputs(run_dir)
     tags = out["tags"].rename({"id": "tag_id"})
-    return out["post_tags"].join(tags, on="tag_id").select("post_id", "name", "category").sort(
-        "post_id", "name"
+    return (
+        out["post_tags"]
+        .join(tags, on="tag_id")
+        .select("post_id", "name", "category")
+        .sort("post_id", "name")
     )
 
 
@@ -50,8 +53,6 @@ def baseline(synth_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_baseline_is_the_reference_selection(baseline: Path, meta: Metadata) -> None:
-    from tests.sample.reference import chosen_by_range, expected_selection
-
     expected = expected_selection(meta, config(Path("x")))
     assert chosen_by_range(outputs(baseline)["posts"], 2) == [e.chosen for e in expected]
 
@@ -75,8 +76,10 @@ def test_shuffled_parquet_export_gives_identical_outputs(
 def test_parquet_folder_form(synth_db: Path, baseline: Path, tmp_path: Path) -> None:
     source = export_parquet(synth_db, tmp_path / "export", seed=99, parts=3)
     assert sorted(p.name for p in (source / "post").iterdir()) == [
-        "part-0.parquet", "part-1.parquet", "part-2.parquet",
-    ]  # fmt: skip
+        "part-0.parquet",
+        "part-1.parquet",
+        "part-2.parquet",
+    ]
     run_sample(config(source), tmp_path / "run")
     for name, frame in outputs(tmp_path / "run").items():
         assert_frame_equal(frame, outputs(baseline)[name])
@@ -112,8 +115,12 @@ def test_api_json_pages_give_the_same_posts_and_tags(
 
 def test_api_json_keeps_the_newest_copy_of_a_refetched_post(tmp_path: Path) -> None:
     post = json.loads((ASSETS / REAL_PAGES[0]).read_text())[0]
-    newer = {**post, "fav_count": 77, "tag_string_general": "solo long_hair",
-             "updated_at": "2023-04-01T00:00:00.000-04:00"}  # fmt: skip
+    newer = {
+        **post,
+        "fav_count": 77,
+        "tag_string_general": "solo long_hair",
+        "updated_at": "2023-04-01T00:00:00.000-04:00",
+    }
     pages = tmp_path / "pages"
     pages.mkdir()
     (pages / "a.json").write_text(json.dumps([post]))
@@ -144,8 +151,16 @@ def test_real_pages_posts(real_run: Path) -> None:
     expected = sorted(real_posts(), key=lambda p: p["id"])
     assert posts["id"].to_list() == [p["id"] for p in expected]  # all 20 are still images
     for row, post in zip(posts.iter_rows(named=True), expected, strict=True):
-        for key in ("fav_count", "score", "md5", "file_ext", "file_url", "file_size",
-                    "image_width", "image_height"):  # fmt: skip
+        for key in (
+            "fav_count",
+            "score",
+            "md5",
+            "file_ext",
+            "file_url",
+            "file_size",
+            "image_width",
+            "image_height",
+        ):
             assert row[key] == post[key], key
         assert row["year"] == int(post["created_at"][:4])
         assert row["created_at"].isoformat(timespec="milliseconds") == _utc(post["created_at"])
