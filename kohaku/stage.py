@@ -133,6 +133,7 @@ def build_stage(run_dir: Path, stage: str) -> Iterator[StageBuild]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / stage
+    _remove_stale_partials(run_dir, stage)
     partial = run_dir / f".{stage}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
@@ -144,6 +145,24 @@ def build_stage(run_dir: Path, stage: str) -> Iterator[StageBuild]:
         _swap_into_place(partial, final)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _remove_stale_partials(run_dir: Path, stage: str) -> None:
+    """Partial dirs left by killed processes (their pid is gone) are removed."""
+    for path in run_dir.glob(f".{stage}.partial-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _swap_into_place(partial: Path, final: Path) -> None:

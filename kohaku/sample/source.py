@@ -42,6 +42,7 @@ class Source:
 def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection that never tries to download extensions."""
     con = duckdb.connect(config={"autoinstall_known_extensions": False})
+    con.execute("SET TimeZone = 'UTC'")  # timestamps in manifests read the same everywhere
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     if memory_limit:

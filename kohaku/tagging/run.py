@@ -42,8 +42,11 @@ def _sample_manifest(run_dir: Path) -> Manifest:
     return sample
 
 
-def run_tag(cfg: TagConfig, run_dir: Path) -> Manifest:
-    """Build captions for the sampled posts; reuse `<run_dir>/tag/` when up to date."""
+def run_tag(cfg: TagConfig, run_dir: Path, batch_posts: int = 1_000_000) -> Manifest:
+    """Build captions for the sampled posts; reuse `<run_dir>/tag/` when up to date.
+
+    Posts are processed in id-ordered batches of `batch_posts` (memory stays bounded
+    on the full danbooru2023); the batch size does not change the output."""
     run_dir = Path(run_dir)
     sample = _sample_manifest(run_dir)
     inputs = {"sample": {"config_hash": sample.config_hash, "created_at": sample.created_at}}
@@ -54,27 +57,57 @@ def run_tag(cfg: TagConfig, run_dir: Path) -> Manifest:
         return done
     with build_stage(run_dir, STAGE) as build:
         with build.timed("captions"):
-            frame = build_captions(cfg, run_dir / "sample", sample).collect()
-        with build.timed("write"):
-            frame.write_parquet(build.dir / OUTPUTS["captions"])
-        counts = caption_counts(frame)
+            counts = write_captions(cfg, run_dir / "sample", sample, build.dir, batch_posts)
         return write_manifest(
             build, stage_version=TAG_VERSION, config_hash=chash, inputs=inputs,
             outputs=OUTPUTS, counts=counts, versions=library_versions("polars"),
         )  # fmt: skip
 
 
-def build_captions(cfg: TagConfig, sample_dir: Path, sample: Manifest) -> pl.LazyFrame:
-    """The whole tag stage as one lazy query over the sample stage's files."""
+def write_captions(
+    cfg: TagConfig, sample_dir: Path, sample: Manifest, out_dir: Path, batch_posts: int
+) -> dict:
+    """Write `captions.parquet` batch by batch; returns the manifest counts."""
+    ids = pl.read_parquet(sample_dir / sample.outputs["posts"], columns=["id"])["id"]
+    bounds = [(int(ids[i]), int(ids[min(i + batch_posts, len(ids)) - 1]))
+              for i in range(0, len(ids), batch_posts)]  # fmt: skip
+    out = out_dir / OUTPUTS["captions"]
+    parts, counts = [], []
+    for i, id_range in enumerate(bounds):
+        frame = build_captions(cfg, sample_dir, sample, id_range).collect()
+        parts.append(out if len(bounds) == 1 else out_dir / f".part-{i:05d}.parquet")
+        frame.write_parquet(parts[-1], compression="zstd", compression_level=1)
+        counts.append(caption_counts(frame))
+        log.info("tag: batch %d/%d, %d captions", i + 1, len(bounds), frame.height)
+    if len(parts) > 1:  # stream the parts into one file
+        pl.scan_parquet(parts).sink_parquet(out, compression="zstd", compression_level=1)
+        for part in parts:
+            part.unlink()
+    if not parts:  # no posts: an empty table with the right columns
+        build_captions(cfg, sample_dir, sample, None).collect().write_parquet(out)
+    return merge_counts(counts)
+
+
+def build_captions(
+    cfg: TagConfig, sample_dir: Path, sample: Manifest, id_range: tuple[int, int] | None = None
+) -> pl.LazyFrame:
+    """The tag stage as one lazy query over the sample stage's files (posts with
+    lo <= id <= hi when `id_range` is given)."""
     files = {k: sample_dir / v for k, v in sample.outputs.items()}
     posts = pl.scan_parquet(files["posts"]).select(
         "id", "created_at", "year", pl.col("rating").cast(pl.Int32), "fav_count"
     )
+    post_tags = pl.scan_parquet(files["post_tags"])
+    if id_range is not None:
+        posts = posts.filter(pl.col("id").is_between(*id_range))
+        post_tags = post_tags.filter(pl.col("post_id").is_between(*id_range))
     dictionary = captions.tag_dictionary(pl.read_parquet(files["tags"]), cfg)
-    grouped = captions.group_tags(pl.scan_parquet(files["post_tags"]), dictionary, cfg.tag_order)
+    grouped = captions.group_tags(post_tags, dictionary, cfg.tag_order)
+    empty = pl.lit([], pl.List(pl.String))
     df = posts.join(grouped, on="id", how="left", maintain_order="left").with_columns(
-        rating_tags=captions.rating_tags_expr(cfg), date=captions.date_tag_expr(cfg)
-    )
+        *[pl.col(g).fill_null(empty) for g in captions.GROUPS],
+        rating_tags=captions.rating_tags_expr(cfg), date=captions.date_tag_expr(cfg),
+    )  # fmt: skip
     df = _with_quality(df, cfg, files["fav_hist"], sample)
     return captions.lay_out(df, cfg.layout).select(CAPTION_COLUMNS)  # posts are sorted by id
 
@@ -103,12 +136,28 @@ def _quality_eligible(cfg: TagConfig, sample: Manifest) -> pl.Expr:
 
 
 def caption_counts(frame: pl.DataFrame) -> dict:
-    """Counts for the manifest: captions, posts without tags, quality tag histogram."""
-    hist = frame.group_by("quality").len().sort("quality", nulls_last=True)
+    """Counts of one batch: captions, posts without tags, tags, quality histogram."""
+    n_tags = frame["head"].list.len() + frame["body"].list.len() + frame["tail"].list.len()
+    n_post_tags = sum(frame[g].list.len() for g in captions.GROUPS)
     return {
         "captions": frame.height,
-        "without_tags": frame.filter(pl.col("body").list.len() + pl.col("head").list.len() == 0).height,
-        "quality": {str(k): v for k, v in hist.iter_rows()},
-        "mean_tags": round(float((frame["head"].list.len() + frame["body"].list.len()
-                                  + frame["tail"].list.len()).mean() or 0), 2),
+        "without_tags": int((n_post_tags == 0).sum()),
+        "tags": int(n_tags.sum() or 0),
+        "quality": dict(frame.group_by("quality").len().iter_rows()),
+    }
+
+
+def merge_counts(batches: list[dict]) -> dict:
+    """Manifest counts summed over batches."""
+    quality_hist: dict[str, int] = {}
+    for b in batches:
+        for k, v in b["quality"].items():
+            quality_hist[str(k)] = quality_hist.get(str(k), 0) + v
+    captions_n = sum(b["captions"] for b in batches)
+    tags_n = sum(b["tags"] for b in batches)
+    return {
+        "captions": captions_n,
+        "without_tags": sum(b["without_tags"] for b in batches),
+        "quality": dict(sorted(quality_hist.items())),
+        "mean_tags": round(tags_n / captions_n, 2) if captions_n else 0.0,
     }
