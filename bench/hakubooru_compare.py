@@ -38,6 +38,9 @@ QUALITY = {"masterpiece", "best quality", "great quality", "good quality", "norm
 YEAR = {"old", "early", "mid", "recent", "newest"}
 RATING = {"safe", "sensitive", "nsfw", "explicit"}
 ALL = '[{"start": 0, "end": null, "count": "all"}]'
+# HakuBooru's year_tag exactly: years before 2005 are "early", none after 2024
+HB_DATES = [(2005, 2010, "old"), (-9999, 2014, "early"), (2015, 2017, "mid"),
+            (2018, 2020, "recent"), (2021, 2024, "newest")]  # fmt: skip
 
 
 def ensure_db(path: Path, posts: int) -> Path:
@@ -49,22 +52,33 @@ def ensure_db(path: Path, posts: int) -> Path:
     return path
 
 
+def _run(cmd: list[str]) -> tuple[str, float]:
+    """Run a child process; (stdout, wall seconds). On failure show its stderr and stop."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc.stdout, time.perf_counter() - t0
+
+
 def run_hakubooru(db: Path, work: Path, ranges: str, seed: int) -> dict:
     if not HB_PYTHON.exists():
         sys.exit(f"{HB_PYTHON} missing: run bash bench/setup_hakubooru.sh")
+    out = work / "hb" / "captions.jsonl"
     cmd = [str(HB_PYTHON), str(BENCH / "hakubooru_side.py"), "--db", str(db),
-           "--out", str(work / "hb" / "captions.jsonl"), "--ranges", ranges, "--seed", str(seed)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - t0
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+           "--out", str(out), "--ranges", ranges, "--seed", str(seed)]  # fmt: skip
+    stdout, wall = _run(cmd)
+    res = json.loads(stdout.strip().splitlines()[-1])
     res["total_s"] = round(res["select_s"] + res["caption_s"], 3)
     res["wall_s"] = round(wall, 3)
     return res
 
 
-def kohaku_toml(db: Path, run_dir: Path, ranges: list[dict], seed: int, fav: dict) -> str:
-    """The kohaku run config: same filters (kohaku's defaults), same ranges, HakuBooru's table."""
+def kohaku_toml(
+    db: Path, run_dir: Path, ranges: list[dict], seed: int, fav: dict, hb_dates: bool = False
+) -> str:
+    """The kohaku run config: same filters (kohaku's defaults), same ranges, HakuBooru's table
+    (and, with `hb_dates`, HakuBooru's exact year spans instead of kohaku's default ones)."""
     table = ", ".join(f"{r} = {[fav[r][str(p)] for p in PERCENTILES]}" for r in fav)
     lines = [f"run_dir = {json.dumps(str(run_dir))}", "", "[sample]",
              f"source = {json.dumps(str(db))}", f"seed = {seed}", ""]  # fmt: skip
@@ -73,21 +87,25 @@ def kohaku_toml(db: Path, run_dir: Path, ranges: list[dict], seed: int, fav: dic
         if r.get("end") is not None:
             lines.append(f"end = {int(r['end'])}")
         lines += [f"count = {json.dumps(r.get('count', 'all'))}", ""]
-    lines += ['[tag]', 'layout = "hakubooru"', "", "[tag.quality]",
-              f"percentiles = {PERCENTILES}", "max_post_id = 7100000", f"table = {{{table}}}", ""]  # fmt: skip
+    lines += ["[tag]", 'layout = "hakubooru"', "", "[tag.quality]", f"percentiles = {PERCENTILES}",
+              "max_post_id = 7100000", f"table = {{{table}}}", ""]  # fmt: skip
+    for lo, hi, tag in HB_DATES if hb_dates else []:
+        lines += ["[[tag.date_tags]]", f"first_year = {lo}", f"last_year = {hi}", f'tag = "{tag}"']
     return "\n".join(lines)
 
 
 def run_kohaku(toml: Path, run_dir: Path, threads: int) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [str(KOHAKU), "build-dataset", "-c", str(toml), "--threads", str(threads)]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - t0
+    _, wall = _run(cmd)
     total = {s: json.loads((run_dir / s / "manifest.json").read_text())["timings"]["total"]
              for s in ("sample", "tag")}  # fmt: skip
-    return {"sample_s": total["sample"], "tag_s": total["tag"],
-            "stage_total_s": round(total["sample"] + total["tag"], 3), "wall_s": round(wall, 3)}
+    return {
+        "sample_s": total["sample"],
+        "tag_s": total["tag"],
+        "stage_total_s": round(total["sample"] + total["tag"], 3),
+        "wall_s": round(wall, 3),
+    }
 
 
 def split_caption(caption: str) -> tuple[list[str], list[str]]:
@@ -134,9 +152,12 @@ def compare(hb: pl.DataFrame, kh: pl.DataFrame) -> dict:
         if len(cat["examples"]) < 3:
             cat["examples"].append({"id": pid, "hakubooru": a, "kohaku": b, **diff})
     n = both.height
-    return {"posts_in_common": n, "exact_matches": same.height,
-            "match_rate": round(same.height / n, 6) if n else None,
-            "mismatch_categories": dict(sorted(cats.items(), key=lambda kv: -kv[1]["count"]))}  # fmt: skip
+    return {
+        "posts_in_common": n,
+        "exact_matches": same.height,
+        "match_rate": round(same.height / n, 6) if n else None,
+        "mismatch_categories": dict(sorted(cats.items(), key=lambda kv: -kv[1]["count"])),
+    }
 
 
 def selection_reasons(db: Path, ids: list[int], sampled: bool) -> dict:
@@ -154,44 +175,63 @@ def selection_reasons(db: Path, ids: list[int], sampled: bool) -> dict:
         elif (url or "") == "":
             reasons["file_url NULL/'' (kohaku's restricted rule; HakuBooru keeps it)"] += 1
         elif ext not in ("jpg", "jpeg", "png", "webp", "avif"):
-            reasons[f"file_ext {ext!r} (case)"] += 1
+            reasons[f"file_ext {ext!r}"] += 1
         else:
             reasons["different random draw" if sampled else "unexplained"] += 1
     con.close()
     return dict(reasons)
 
 
-def main() -> None:
+def read_captions(work: Path, run_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(HakuBooru's, kohaku's) captions as (id, caption) frames."""
+    schema = {"id": pl.Int64, "caption": pl.String}
+    hb = pl.read_ndjson(work / "hb" / "captions.jsonl", schema=schema)
+    kh = pl.read_parquet(run_dir / "tag" / "captions.parquet", columns=["id", "caption"])
+    return hb, kh.cast(schema)
+
+
+def selection(db: Path, hb: pl.DataFrame, kh: pl.DataFrame, sampled: bool) -> dict:
+    only_hb = sorted(set(hb["id"]) - set(kh["id"]))
+    only_kh = sorted(set(kh["id"]) - set(hb["id"]))
+    return {"only_hakubooru": len(only_hb), "only_kohaku": len(only_kh),
+            "only_hakubooru_why": selection_reasons(db, only_hb, sampled),
+            "only_kohaku_why": selection_reasons(db, only_kh, sampled)}  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--db", type=Path, default=BENCH / "out" / "synth-200000-s0.db")
-    ap.add_argument("--posts", type=int, default=200_000, help="posts to generate if --db is missing")
+    ap.add_argument("--posts", type=int, default=200_000, help="posts if --db must be made")
     ap.add_argument("--ranges", default=ALL, help='JSON list of {"start", "end", "count"}')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--hakubooru-dates",
+        action="store_true",
+        help="give kohaku HakuBooru's exact year spans (<2005 early, none after 2024)",
+    )
     ap.add_argument("--work", type=Path, default=BENCH / "out" / "hakubooru-compare")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     db, work = ensure_db(args.db.resolve(), args.posts), args.work.resolve()
     ranges = json.loads(args.ranges)
     hb_t = run_hakubooru(db, work, args.ranges, args.seed)
     fav = json.loads(Path(hb_t.pop("fav_table")).read_text())
     toml, run_dir = work / "kohaku.toml", work / "run"
-    toml.write_text(kohaku_toml(db, run_dir, ranges, args.seed, fav))
+    toml.write_text(kohaku_toml(db, run_dir, ranges, args.seed, fav, args.hakubooru_dates))
     kh_t = run_kohaku(toml, run_dir, args.threads)
-    hb = pl.read_ndjson(work / "hb" / "captions.jsonl", schema={"id": pl.Int64, "caption": pl.String})
-    kh = pl.read_parquet(run_dir / "tag" / "captions.parquet", columns=["id", "caption"])
-    kh = kh.cast({"id": pl.Int64})
+    hb, kh = read_captions(work, run_dir)
     sampled = any(r.get("count", "all") != "all" for r in ranges)
-    only_hb = sorted(set(hb["id"]) - set(kh["id"]))
-    only_kh = sorted(set(kh["id"]) - set(hb["id"]))
     summary = {
         "db": str(db), "ranges": ranges, "seed": args.seed,
-        "hakubooru": hb_t, "kohaku": kh_t,
+        "hakubooru_dates": args.hakubooru_dates, "hakubooru": hb_t, "kohaku": kh_t,
         "speedup": {"stage_total": round(hb_t["total_s"] / kh_t["stage_total_s"], 1),
                     "wall": round(hb_t["total_s"] / kh_t["wall_s"], 1)},
         "posts": {"hakubooru": hb.height, "kohaku": kh.height},
-        "selection": {"only_hakubooru": len(only_hb), "only_kohaku": len(only_kh),
-                      "only_hakubooru_why": selection_reasons(db, only_hb, sampled),
-                      "only_kohaku_why": selection_reasons(db, only_kh, sampled)},
+        "selection": selection(db, hb, kh, sampled),
         **compare(hb, kh),
     }  # fmt: skip
     (work / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))

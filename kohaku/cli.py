@@ -86,6 +86,8 @@ def demo_prefect_env(root: Path) -> dict[str, str]:
         "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(root / "prefect")),
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # the temporary server needs longer than the default on a busy 2-core machine
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     }
 
 
