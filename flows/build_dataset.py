@@ -22,9 +22,7 @@ def build_dataset(config: RunConfig) -> dict[str, str]:
     sample = for_run(sample_task, run_dir, "sample")(
         config.sample, run_dir, sample_inputs(config.sample), return_state=True
     )
-    tag = for_run(tag_task, run_dir, "tag")(
-        config.tag, run_dir, sample.result(), return_state=True
-    )
+    tag = for_run(tag_task, run_dir, "tag")(config.tag, run_dir, sample.result(), return_state=True)
     tag.result()  # raises if the stage failed
     get_run_logger().info("dataset ready: %s", run_dir / "tag" / "captions.parquet")
     return {"sample": sample.name, "tag": tag.name}

@@ -77,7 +77,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
     env = {**os.environ, **demo_prefect_env(args.dir.resolve())}
     cmd = [sys.executable, "-m", "flows.build_dataset", "--config", str(config_path)]
     print(f"running the dataset flow on the demo: {' '.join(cmd)}")
-    raise SystemExit(subprocess.call(cmd, env=env, cwd=Path(__file__).resolve().parents[1]))
+    code = subprocess.call(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
+    if code == 0:
+        _show_captions(args.dir.resolve() / "run" / "tag" / "captions.parquet")
+    raise SystemExit(code)
+
+
+def _show_captions(path: Path, n: int = 3) -> None:
+    import polars as pl
+
+    frame = pl.read_parquet(path, columns=["id", "caption"])
+    print(f"\n{frame.height} captions in {path}; the first {n}:")
+    for post_id, caption in frame.head(n).iter_rows():
+        print(f"  {post_id}: {caption}")
 
 
 def demo_prefect_env(root: Path) -> dict[str, str]:

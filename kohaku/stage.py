@@ -76,9 +76,7 @@ def fingerprint(path: Path, hash_limit: int = 64 << 20) -> FileFingerprint:
     content = None
     if st.st_size <= hash_limit:
         content = hashlib.sha256(path.read_bytes()).hexdigest()
-    return FileFingerprint(
-        path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=content
-    )
+    return FileFingerprint(path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=content)
 
 
 def library_versions(*names: str) -> dict[str, str]:

@@ -39,7 +39,9 @@ def test_delta_ranges_are_the_recipes():
 
 
 def test_file_starts_from_preset_and_overrides_fields(tmp_path):
-    path = write(tmp_path / "run.toml", """
+    path = write(
+        tmp_path / "run.toml",
+        """
 preset = "epsilon"
 run_dir = "out"
 [sample]
@@ -47,7 +49,8 @@ source = "meta/db.sqlite"
 seed = 5
 [tag.quality]
 min_age_days = 14
-""")
+""",
+    )
     cfg = load_config(path, overrides=["sample.seed=9", 'tag.layout="hakubooru"'])
     assert cfg.preset == "epsilon"
     assert cfg.sample.seed == 9

@@ -17,7 +17,7 @@ import duckdb
 from kohaku.errors import ConfigError
 from kohaku.sample import select
 from kohaku.sample.config import SampleConfig
-from kohaku.sample.source import Source, connect, detect_format, open_source
+from kohaku.sample.source import connect, detect_format, open_source
 from kohaku.stage import (
     Manifest,
     StageBuild,
@@ -55,7 +55,11 @@ def run_sample(cfg: SampleConfig, run_dir: Path, threads: int | None = None) -> 
     inputs = sample_inputs(cfg)
     chash = config_hash(cfg)
     done = read_manifest(Path(run_dir) / STAGE)
-    if done and (done.config_hash, done.inputs, done.stage_version) == (chash, inputs, SAMPLE_VERSION):
+    if done and (done.config_hash, done.inputs, done.stage_version) == (
+        chash,
+        inputs,
+        SAMPLE_VERSION,
+    ):
         log.info("sample: up to date in %s", Path(run_dir) / STAGE)
         return done
     src = detect_format(cfg)
@@ -79,8 +83,10 @@ def _select(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, build: StageBuild
     short = select.check_shortfall(cfg, per_range)
     total = sum(r["chosen"] for r in per_range)
     if total == 0:
-        raise ConfigError(f"the selection from {cfg.source} is empty: no post passes the "
-                          "filters in the id ranges; loosen sample.filters or widen sample.ranges")
+        raise ConfigError(
+            f"the selection from {cfg.source} is empty: no post passes the "
+            "filters in the id ranges; loosen sample.filters or widen sample.ranges"
+        )
     snapshot = con.execute("SELECT max(created_at::TIMESTAMPTZ)::VARCHAR FROM post").fetchone()[0]
     log.info("sample: chose %d posts over %d ranges", total, len(per_range))
     return {"posts": total, "ranges": per_range, "short_ranges": short,
@@ -91,17 +97,17 @@ def _write_outputs(con: duckdb.DuckDBPyConnection, build: StageBuild) -> None:
     out = build.dir
     with build.timed("write_posts"):
         con.execute(f"""COPY (SELECT {POST_OUTPUT_COLUMNS} FROM cand SEMI JOIN chosen USING (id)
-            ORDER BY id) TO '{out / OUTPUTS['posts']}' (FORMAT parquet)""")
+            ORDER BY id) TO '{out / OUTPUTS["posts"]}' (FORMAT parquet)""")
     with build.timed("write_post_tags"):
         con.execute(f"""COPY (SELECT r.post_id, r.tag_id, r.ord FROM rel r
             SEMI JOIN chosen c ON r.post_id = c.id ORDER BY r.post_id, r.ord)
-            TO '{out / OUTPUTS['post_tags']}'
+            TO '{out / OUTPUTS["post_tags"]}'
             (FORMAT parquet)""")
     with build.timed("write_tags"):
-        con.execute(f"""COPY (SELECT t.id, t.name, t.category FROM tag t WHERE t.id IN
-            (SELECT DISTINCT tag_id FROM read_parquet('{out / OUTPUTS['post_tags']}')) ORDER BY t.id)
-            TO '{out / OUTPUTS['tags']}' (FORMAT parquet)""")
+        used = f"SELECT DISTINCT tag_id FROM read_parquet('{out / OUTPUTS['post_tags']}')"
+        con.execute(f"""COPY (SELECT t.id, t.name, t.category FROM tag t WHERE t.id IN ({used})
+            ORDER BY t.id) TO '{out / OUTPUTS["tags"]}' (FORMAT parquet)""")
     with build.timed("write_fav_hist"):
         con.execute(f"""COPY (SELECT rating, fav_count, count(*) AS n FROM post
             WHERE rating IS NOT NULL AND fav_count IS NOT NULL GROUP BY ALL ORDER BY ALL)
-            TO '{out / OUTPUTS['fav_hist']}' (FORMAT parquet)""")
+            TO '{out / OUTPUTS["fav_hist"]}' (FORMAT parquet)""")

@@ -45,13 +45,16 @@ def resolve_tags(con: duckdb.DuckDBPyConnection, names: list[str], field: str) -
     """Tag ids of `names`; an unknown name is an error (a typo would silently match nothing)."""
     if not names:
         return []
-    rows = con.execute(f"SELECT name, id FROM tag WHERE name IN (SELECT unnest({_sql_list(names)}))"
-                       ).fetchall()
+    rows = con.execute(
+        f"SELECT name, id FROM tag WHERE name IN (SELECT unnest({_sql_list(names)}))"
+    ).fetchall()
     found = dict(rows)
     unknown = [n for n in names if n not in found]
     if unknown:
-        raise ConfigError(f"sample.filters.{field}: unknown danbooru tags {unknown} "
-                          "(use the danbooru spelling, with underscores)")
+        raise ConfigError(
+            f"sample.filters.{field}: unknown danbooru tags {unknown} "
+            "(use the danbooru spelling, with underscores)"
+        )
     return [found[n] for n in names]
 
 
@@ -60,16 +63,18 @@ def build_tag_filters(con: duckdb.DuckDBPyConnection, f: FilterConfig) -> None:
     exc = resolve_tags(con, f.excluded_tags, "excluded_tags")
     if req:
         con.execute(f"""CREATE OR REPLACE TEMP TABLE has_required AS SELECT post_id FROM rel
-            WHERE tag_id IN ({', '.join(map(str, req))})
+            WHERE tag_id IN ({", ".join(map(str, req))})
             GROUP BY post_id HAVING count(DISTINCT tag_id) = {len(set(req))}""")
     if exc:
         con.execute(f"""CREATE OR REPLACE TEMP TABLE has_excluded AS SELECT DISTINCT post_id
-            FROM rel WHERE tag_id IN ({', '.join(map(str, exc))})""")
+            FROM rel WHERE tag_id IN ({", ".join(map(str, exc))})""")
 
 
 def build_candidates(con: duckdb.DuckDBPyConnection, cfg: SampleConfig) -> list[str]:
     """Create `cand`: posts of all ranges with their range index, key and filter flags."""
-    con.execute("CREATE OR REPLACE TEMP TABLE ranges (idx INT, start BIGINT, stop BIGINT, n BIGINT)")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE ranges (idx INT, start BIGINT, stop BIGINT, n BIGINT)"
+    )
     con.executemany("INSERT INTO ranges VALUES (?, ?, ?, ?)", [
         (i, r.start, r.stop, None if r.count == "all" else r.count)
         for i, r in enumerate(cfg.ranges)
@@ -77,10 +82,12 @@ def build_candidates(con: duckdb.DuckDBPyConnection, cfg: SampleConfig) -> list[
     build_tag_filters(con, cfg.filters)
     flags = filter_flags(cfg.filters)
     flag_cols = "".join(f", {sql} AS f_{name}" for name, sql in flags.items())
-    in_ranges = "SELECT p.*, r.idx AS range_idx FROM post p JOIN ranges r " \
-                "ON p.id >= r.start AND p.id < r.stop"
+    in_ranges = (
+        "SELECT p.*, r.idx AS range_idx FROM post p JOIN ranges r "
+        "ON p.id >= r.start AND p.id < r.stop"
+    )
     con.execute(f"""CREATE OR REPLACE TEMP TABLE cand AS
-        SELECT *{flag_cols} FROM ({keyed_sql(f'({in_ranges})', 'id', cfg.seed)})""")
+        SELECT *{flag_cols} FROM ({keyed_sql(f"({in_ranges})", "id", cfg.seed)})""")
     max_id = con.execute("SELECT max(id) FROM post").fetchone()[0]
     if max_id is not None and max_id > 2**32 - 1:
         raise InputError(f"post ids up to {max_id} exceed 2**32-1; the sampler keys 32-bit ids")
@@ -106,8 +113,7 @@ def range_counts(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, flags: list[
     """Per range: posts in range, rejections per filter (among the posts the filters
     were applied to), posts passing all filters, posts chosen."""
     rejected = " OR ".join(f"f_{n}" for n in flags) or "false"
-    scope = "true" if cfg.filter_timing == "before_sampling" else \
-        "c.id IN (SELECT id FROM sampled)"
+    scope = "true" if cfg.filter_timing == "before_sampling" else "c.id IN (SELECT id FROM sampled)"
     # rejections are counted among the posts the filters were applied to (after_sampling:
     # the drawn ones), like `filtered_pool` and `eligible`
     per_flag = "".join(f", count(*) FILTER (WHERE {scope} AND f_{n}) AS {n}" for n in flags)
@@ -138,8 +144,11 @@ def check_shortfall(cfg: SampleConfig, counts: list[dict]) -> list[str]:
         want = rec["requested"]
         pool = rec["eligible"] if cfg.filter_timing == "before_sampling" else rec["in_range"]
         if want != "all" and pool < want:
-            short.append(f"range {rec['range']} holds {pool} posts, fewer than the {want} requested")
+            short.append(
+                f"range {rec['range']} holds {pool} posts, fewer than the {want} requested"
+            )
     if short and cfg.on_short_range == "error":
-        raise ConfigError("; ".join(short) + ": lower the count, or set "
-                          "sample.on_short_range = 'take_all'")
+        raise ConfigError(
+            "; ".join(short) + ": lower the count, or set sample.on_short_range = 'take_all'"
+        )
     return short

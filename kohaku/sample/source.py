@@ -39,7 +39,9 @@ class Source:
     format: str
 
 
-def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    threads: int | None = None, memory_limit: str | None = None
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection that never tries to download extensions."""
     con = duckdb.connect(config={"autoinstall_known_extensions": False})
     con.execute("SET TimeZone = 'UTC'")  # timestamps in manifests read the same everywhere
@@ -53,8 +55,10 @@ def connect(threads: int | None = None, memory_limit: str | None = None) -> duck
 def detect_format(cfg: SampleConfig) -> Source:
     path = Path(cfg.source).expanduser()
     if not path.exists():
-        raise InputError(f"sample.source {path} does not exist: point it at the danbooru2023 "
-                         "SQLite file, a parquet export folder or a folder of /posts.json pages")
+        raise InputError(
+            f"sample.source {path} does not exist: point it at the danbooru2023 "
+            "SQLite file, a parquet export folder or a folder of /posts.json pages"
+        )
     fmt = cfg.source_format
     if fmt == "auto":
         fmt = _guess_format(path)
@@ -109,8 +113,10 @@ def _open_parquet(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             return f"read_parquet('{_quote(single)}')"
         if folder.is_dir() and any(folder.glob("*.parquet")):
             return f"read_parquet('{_quote(folder)}/*.parquet')"
-        raise InputError(f"parquet source {path} lacks table {table!r}: expected "
-                         f"{single.name} or {table}/*.parquet")
+        raise InputError(
+            f"parquet source {path} lacks table {table!r}: expected "
+            f"{single.name} or {table}/*.parquet"
+        )
 
     sources = {t: locate(t) for t in TABLE_COLUMNS}
     _check_columns(con, path, sources.__getitem__)
@@ -124,8 +130,8 @@ def _define_views(con: duckdb.DuckDBPyConnection, table) -> None:
         image_height::BIGINT AS image_height, file_size::BIGINT AS file_size,
         lower(file_ext) AS file_ext, rating::INT AS rating, score::BIGINT AS score,
         fav_count::BIGINT AS fav_count, file_url FROM {table("post")}""")
-    con.execute(f"""CREATE OR REPLACE TEMP VIEW tag AS
-        SELECT id::BIGINT AS id, name::VARCHAR AS name, type::INT AS category FROM {table("tag")}""")
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW tag AS SELECT id::BIGINT AS id,
+        name::VARCHAR AS name, type::INT AS category FROM {table("tag")}""")
     con.execute(f"""CREATE OR REPLACE TEMP VIEW rel AS SELECT post_id::BIGINT AS post_id,
         tag_id::BIGINT AS tag_id, id::BIGINT AS ord FROM {table("posttagrelation")}""")
 
@@ -134,8 +140,9 @@ def _check_columns(con: duckdb.DuckDBPyConnection, path: Path, table) -> None:
     for name, required in TABLE_COLUMNS.items():
         cols = _columns(con, table(name))
         if cols is None:
-            raise InputError(f"{path}: no readable table {name!r}; is this a danbooru2023 "
-                             "metadata database?")
+            raise InputError(
+                f"{path}: no readable table {name!r}; is this a danbooru2023 metadata database?"
+            )
         missing = [c for c in required if c not in cols]
         if missing:
             raise InputError(f"{path}: table {name!r} lacks columns {missing}")

@@ -109,7 +109,9 @@ def rating_tags_expr(cfg: TagConfig) -> pl.Expr:
     mapping = cfg.resolved_rating_tags()
     expr = pl.when(pl.lit(False)).then(pl.lit([], pl.List(pl.String)))
     for i, rating in enumerate(RATINGS):
-        expr = expr.when(pl.col("rating") == i).then(pl.lit(mapping.get(rating, []), pl.List(pl.String)))
+        expr = expr.when(pl.col("rating") == i).then(
+            pl.lit(mapping.get(rating, []), pl.List(pl.String))
+        )
     return expr.otherwise(pl.lit([], pl.List(pl.String)))
 
 
@@ -117,7 +119,9 @@ def _as_list(col: str) -> pl.Expr:
     """A group column as a list (scalar tags become 0- or 1-element lists)."""
     if col in ("quality", "date"):
         c = pl.col(col)
-        return pl.when(c.is_null()).then(pl.lit([], pl.List(pl.String))).otherwise(pl.concat_list(c))
+        return (
+            pl.when(c.is_null()).then(pl.lit([], pl.List(pl.String))).otherwise(pl.concat_list(c))
+        )
     name = "rating_tags" if col == "rating" else col
     return pl.col(name).fill_null(pl.lit([], pl.List(pl.String)))
 

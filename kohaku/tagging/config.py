@@ -93,7 +93,9 @@ class TagConfig(_Model):
     short_tag_max_len: int = Field(
         3, ge=0, description="tags this short keep underscores (emoticons like ^_^)"
     )
-    escape_brackets: bool = Field(False, description="`ask (askzy)` -> `ask \\(askzy\\)` (sd-webui)")
+    escape_brackets: bool = Field(
+        False, description="`ask (askzy)` -> `ask \\(askzy\\)` (sd-webui)"
+    )
     tag_order: Literal["relation", "name"] = Field(
         "relation", description="order inside a group: metadata row order, or by name"
     )

@@ -17,9 +17,8 @@ from kohaku.sample.config import RATINGS
 def thresholds_from_hist(hist: pl.DataFrame, percentiles: list[float]) -> pl.DataFrame:
     """Per rating, the fav_count at each percentile: the smallest value v with
     P(fav_count <= v) >= p/100 (the nearest-rank, "lower" definition)."""
-    cum = (
-        hist.sort("rating", "fav_count")
-        .with_columns(cdf=pl.col("n").cum_sum().over("rating") / pl.col("n").sum().over("rating"))
+    cum = hist.sort("rating", "fav_count").with_columns(
+        cdf=pl.col("n").cum_sum().over("rating") / pl.col("n").sum().over("rating")
     )
     cols = [
         pl.col("fav_count").filter(pl.col("cdf") >= p / 100 - 1e-12).min().alias(f"t{i}")

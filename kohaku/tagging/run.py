@@ -37,8 +37,9 @@ CAPTION_COLUMNS = [
 def _sample_manifest(run_dir: Path) -> Manifest:
     sample = read_manifest(Path(run_dir) / "sample")
     if sample is None:
-        raise InputError(f"{Path(run_dir) / 'sample'} has no finished sample stage: run "
-                         "`kohaku sample` first")
+        raise InputError(
+            f"{Path(run_dir) / 'sample'} has no finished sample stage: run `kohaku sample` first"
+        )
     return sample
 
 
@@ -112,7 +113,9 @@ def build_captions(
     return captions.lay_out(df, cfg.layout).select(CAPTION_COLUMNS)  # posts are sorted by id
 
 
-def _with_quality(df: pl.LazyFrame, cfg: TagConfig, fav_hist: Path, sample: Manifest) -> pl.LazyFrame:
+def _with_quality(
+    df: pl.LazyFrame, cfg: TagConfig, fav_hist: Path, sample: Manifest
+) -> pl.LazyFrame:
     q = cfg.quality
     if not q.enabled:
         return df.with_columns(quality=pl.lit(None, pl.String))
