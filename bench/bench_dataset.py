@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--preset", default="epsilon")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--memory-limit", default=None, help="DuckDB memory limit, e.g. 6GB")
+    ap.add_argument("--batch-posts", type=int, default=1_000_000, help="tag stage batch size")
     args = ap.parse_args()
     db = ensure_db(args.posts, args.seed)
     run_dir = OUT / "run"
@@ -56,9 +58,11 @@ def main() -> None:
     for i in range(args.repeat):
         shutil.rmtree(run_dir, ignore_errors=True)
         t0 = time.perf_counter()
-        sample = run_sample(sample_cfg, run_dir, threads=args.threads)
+        sample = run_sample(
+            sample_cfg, run_dir, threads=args.threads, memory_limit=args.memory_limit
+        )
         t1 = time.perf_counter()
-        tag = run_tag(cfg.tag, run_dir)
+        tag = run_tag(cfg.tag, run_dir, batch_posts=args.batch_posts)
         t2 = time.perf_counter()
         print(json.dumps({
             "repeat": i, "posts_in_db": args.posts, "chosen": sample.counts["posts"],

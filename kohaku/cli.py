@@ -47,11 +47,21 @@ def cmd_synth(args: argparse.Namespace) -> None:
         print(f"wrote {len(pages)} /posts.json pages to {args.api_pages}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from kohaku.sample.export import export_parquet
+
+    summary = export_parquet(args.source, args.out, threads=args.threads,
+                             memory_limit=args.memory_limit)  # fmt: skip
+    print(f"exported {json.dumps(summary['rows'])} to {args.out} in {summary['timings']}s")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from kohaku.sample import run_sample
 
     cfg = _load(args)
-    _report(run_sample(cfg.sample, cfg.run_dir, threads=args.threads), cfg.run_dir / "sample")
+    manifest = run_sample(cfg.sample, cfg.run_dir, threads=args.threads,
+                          memory_limit=args.memory_limit)  # fmt: skip
+    _report(manifest, cfg.run_dir / "sample")
 
 
 def cmd_tag(args: argparse.Namespace) -> None:
@@ -128,7 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         _config_args(p)
         p.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
+        p.add_argument("--memory-limit", help="DuckDB memory limit, e.g. 6GB (spills beyond)")
         p.set_defaults(func=func)
+    p = sub.add_parser("export-parquet", help="export metadata (e.g. the SQLite file) to "
+                       "a parquet folder that the sample stage reads much faster")  # fmt: skip
+    p.add_argument("--source", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--memory-limit")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("demo", help="the bundled synthetic demo, through Prefect")
     p.add_argument("--dir", type=Path, default=Path("demo-run"))
     p.add_argument("--posts", type=int, default=3000)

@@ -49,3 +49,19 @@ def test_synth_command_writes_a_database(tmp_path: Path):
     assert (tmp_path / "db.sqlite").is_file()
     again = kohaku("synth", "--posts", "200", "--out", "db.sqlite", cwd=tmp_path)
     assert again.returncode == 2 and "overwrite" in again.stderr
+
+
+def test_export_parquet_then_sample_gives_the_same_posts(synth_db: Path, tmp_path: Path):
+    out = kohaku("export-parquet", "--source", str(synth_db), "--out", "meta", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert {p.name for p in (tmp_path / "meta").iterdir()} == {
+        "post.parquet", "tag.parquet", "posttagrelation.parquet", "export.json"}  # fmt: skip
+    for source, run in ((synth_db, "a"), (tmp_path / "meta", "b")):
+        res = kohaku("build-dataset", "--preset", "epsilon", "--set", f'sample.source="{source}"',
+                     "--run-dir", str(tmp_path / run), cwd=tmp_path)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    a = pl.read_parquet(tmp_path / "a" / "tag" / "captions.parquet")
+    b = pl.read_parquet(tmp_path / "b" / "tag" / "captions.parquet")
+    assert a.equals(b)
+    again = kohaku("export-parquet", "--source", str(synth_db), "--out", "meta", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr

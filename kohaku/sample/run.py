@@ -17,7 +17,7 @@ import duckdb
 from kohaku.errors import ConfigError
 from kohaku.sample import select
 from kohaku.sample.config import SampleConfig
-from kohaku.sample.source import connect, detect_format, open_source
+from kohaku.sample.source import connect, detect_format, materialize_posts, open_source
 from kohaku.stage import (
     Manifest,
     StageBuild,
@@ -38,9 +38,10 @@ OUTPUTS = {
     "tags": "tags.parquet",
     "fav_hist": "fav_hist.parquet",
 }
-POST_OUTPUT_COLUMNS = """id, range_idx, created_at::TIMESTAMPTZ AS created_at,
-    substr(created_at, 1, 4)::INT AS year, rating, fav_count, score, md5, file_ext, file_url,
-    file_size, image_width, image_height"""
+# a malformed created_at gives no date (and no date tag) instead of failing the stage
+POST_OUTPUT_COLUMNS = """id, range_idx, TRY_CAST(created_at AS TIMESTAMPTZ) AS created_at,
+    TRY_CAST(substr(created_at, 1, 4) AS INT) AS year, rating, fav_count, score, md5,
+    file_ext, file_url, file_size, image_width, image_height"""
 
 
 def sample_inputs(cfg: SampleConfig) -> dict:
@@ -49,9 +50,12 @@ def sample_inputs(cfg: SampleConfig) -> dict:
     return {"source": fingerprint(src.path).model_dump(), "source_format": src.format}
 
 
-def run_sample(cfg: SampleConfig, run_dir: Path, threads: int | None = None) -> Manifest:
+def run_sample(
+    cfg: SampleConfig, run_dir: Path, threads: int | None = None, memory_limit: str | None = None
+) -> Manifest:
     """Select posts and write `<run_dir>/sample/`; reuse it if already built from the
-    same config and input."""
+    same config and input. `threads` and `memory_limit` (e.g. "6GB", DuckDB spills to
+    disk beyond it) tune DuckDB and do not change the output."""
     inputs = sample_inputs(cfg)
     chash = config_hash(cfg)
     done = read_manifest(Path(run_dir) / STAGE)
@@ -63,10 +67,11 @@ def run_sample(cfg: SampleConfig, run_dir: Path, threads: int | None = None) -> 
         log.info("sample: up to date in %s", Path(run_dir) / STAGE)
         return done
     src = detect_format(cfg)
-    con = connect(threads=threads)
+    con = connect(threads=threads, memory_limit=memory_limit)
     with build_stage(run_dir, STAGE) as build:
         with build.timed("open"):
             open_source(con, src)
+            materialize_posts(con)
         counts = _select(con, cfg, build)
         _write_outputs(con, build)
         return write_manifest(
@@ -87,7 +92,8 @@ def _select(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, build: StageBuild
             f"the selection from {cfg.source} is empty: no post passes the "
             "filters in the id ranges; loosen sample.filters or widen sample.ranges"
         )
-    snapshot = con.execute("SELECT max(created_at::TIMESTAMPTZ)::VARCHAR FROM post").fetchone()[0]
+    newest = "SELECT max(TRY_CAST(created_at AS TIMESTAMPTZ))::VARCHAR FROM post()"
+    snapshot = con.execute(newest).fetchone()[0]
     log.info("sample: chose %d posts over %d ranges", total, len(per_range))
     return {"posts": total, "ranges": per_range, "short_ranges": short,
             "metadata_snapshot_at": snapshot}  # fmt: skip
@@ -99,15 +105,15 @@ def _write_outputs(con: duckdb.DuckDBPyConnection, build: StageBuild) -> None:
         con.execute(f"""COPY (SELECT {POST_OUTPUT_COLUMNS} FROM cand SEMI JOIN chosen USING (id)
             ORDER BY id) TO '{out / OUTPUTS["posts"]}' (FORMAT parquet)""")
     with build.timed("write_post_tags"):
-        con.execute(f"""COPY (SELECT r.post_id, r.tag_id, r.ord FROM rel r
+        con.execute(f"""COPY (SELECT r.post_id, r.tag_id, r.ord FROM rel() r
             SEMI JOIN chosen c ON r.post_id = c.id ORDER BY r.post_id, r.ord)
             TO '{out / OUTPUTS["post_tags"]}'
             (FORMAT parquet)""")
     with build.timed("write_tags"):
         used = f"SELECT DISTINCT tag_id FROM read_parquet('{out / OUTPUTS['post_tags']}')"
-        con.execute(f"""COPY (SELECT t.id, t.name, t.category FROM tag t WHERE t.id IN ({used})
+        con.execute(f"""COPY (SELECT t.id, t.name, t.category FROM tag() t WHERE t.id IN ({used})
             ORDER BY t.id) TO '{out / OUTPUTS["tags"]}' (FORMAT parquet)""")
     with build.timed("write_fav_hist"):
-        con.execute(f"""COPY (SELECT rating, fav_count, count(*) AS n FROM post
+        con.execute(f"""COPY (SELECT rating, fav_count, count(*) AS n FROM post()
             WHERE rating IS NOT NULL AND fav_count IS NOT NULL GROUP BY ALL ORDER BY ALL)
             TO '{out / OUTPUTS["fav_hist"]}' (FORMAT parquet)""")

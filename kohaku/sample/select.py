@@ -46,7 +46,7 @@ def resolve_tags(con: duckdb.DuckDBPyConnection, names: list[str], field: str) -
     if not names:
         return []
     rows = con.execute(
-        f"SELECT name, id FROM tag WHERE name IN (SELECT unnest({_sql_list(names)}))"
+        f"SELECT name, id FROM tag() WHERE name IN (SELECT unnest({_sql_list(names)}))"
     ).fetchall()
     found = dict(rows)
     unknown = [n for n in names if n not in found]
@@ -62,12 +62,12 @@ def build_tag_filters(con: duckdb.DuckDBPyConnection, f: FilterConfig) -> None:
     req = resolve_tags(con, f.required_tags, "required_tags")
     exc = resolve_tags(con, f.excluded_tags, "excluded_tags")
     if req:
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE has_required AS SELECT post_id FROM rel
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE has_required AS SELECT post_id FROM rel()
             WHERE tag_id IN ({", ".join(map(str, req))})
             GROUP BY post_id HAVING count(DISTINCT tag_id) = {len(set(req))}""")
     if exc:
         con.execute(f"""CREATE OR REPLACE TEMP TABLE has_excluded AS SELECT DISTINCT post_id
-            FROM rel WHERE tag_id IN ({", ".join(map(str, exc))})""")
+            FROM rel() WHERE tag_id IN ({", ".join(map(str, exc))})""")
 
 
 def build_candidates(con: duckdb.DuckDBPyConnection, cfg: SampleConfig) -> list[str]:
@@ -83,12 +83,12 @@ def build_candidates(con: duckdb.DuckDBPyConnection, cfg: SampleConfig) -> list[
     flags = filter_flags(cfg.filters)
     flag_cols = "".join(f", {sql} AS f_{name}" for name, sql in flags.items())
     in_ranges = (
-        "SELECT p.*, r.idx AS range_idx FROM post p JOIN ranges r "
+        "SELECT p.*, r.idx AS range_idx FROM post() p JOIN ranges r "
         "ON p.id >= r.start AND p.id < r.stop"
     )
     con.execute(f"""CREATE OR REPLACE TEMP TABLE cand AS
         SELECT *{flag_cols} FROM ({keyed_sql(f"({in_ranges})", "id", cfg.seed)})""")
-    max_id = con.execute("SELECT max(id) FROM post").fetchone()[0]
+    max_id = con.execute("SELECT max(id) FROM post()").fetchone()[0]
     if max_id is not None and max_id > 2**32 - 1:
         raise InputError(f"post ids up to {max_id} exceed 2**32-1; the sampler keys 32-bit ids")
     return list(flags)

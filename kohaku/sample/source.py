@@ -3,8 +3,8 @@
 Reads: the danbooru2023 SQLite file (through the sqlite scanner shipped in the
 `duckdb-ext-sqlite` wheel, loaded from disk: DuckDB's own INSTALL needs the internet),
 a folder of parquet exports, or a folder of danbooru `/posts.json` pages.
-Writes: nothing; it defines views `post`, `tag` and `rel(post_id, tag_id, ord)` on the
-connection, with tag categories in the danbooru2023 numbering (0 general, 1 artist,
+Writes: nothing; it defines table macros `post()`, `tag()` and `rel()` (post_id, tag_id,
+ord) on the connection, with tag categories in the danbooru2023 numbering (0 general, 1 artist,
 2 character, 3 copyright, 4 meta) and ratings as 0..3.
 """
 
@@ -71,21 +71,33 @@ def _guess_format(path: Path) -> str:
             if f.read(16) == SQLITE_MAGIC:
                 return "sqlite"
         raise InputError(f"sample.source {path} is a file but not a SQLite database")
-    if any(path.glob("*.json")):
-        return "api_json"
     if any(path.glob("*.parquet")) or any(path.glob("*/*.parquet")):
         return "parquet"
+    if any(path.glob("*.json")):
+        return "api_json"
     raise InputError(f"sample.source {path} holds no .parquet or .json files")
 
 
 def open_source(con: duckdb.DuckDBPyConnection, src: Source) -> None:
-    """Define the views `post`, `tag` and `rel` for `src` and check their columns."""
+    """Define the table macros `post()`, `tag()` and `rel()` for `src` and check columns.
+
+    Macros rather than views: DuckDB binds a view when it is created, and binding an
+    attached SQLite table runs `SELECT MIN(ROWID), MAX(ROWID)`, a full scan in SQLite
+    (about 40 s for the 200M-row relation table)."""
     if src.format == "sqlite":
         _open_sqlite(con, src.path)
     elif src.format == "parquet":
         _open_parquet(con, src.path)
     else:
         _open_api_json(con, src.path)
+
+
+def materialize_posts(con: duckdb.DuckDBPyConnection) -> None:
+    """Read the post table once: the stage queries it several times (candidates, id
+    bound, snapshot time, fav_count histogram), and every read of an attached SQLite
+    table costs a bind scan plus a slow row-by-row read."""
+    con.execute("CREATE OR REPLACE TEMP TABLE post_all AS SELECT * FROM post()")
+    con.execute("CREATE OR REPLACE TEMP MACRO post() AS TABLE SELECT * FROM post_all")
 
 
 def _sqlite_extension_dir() -> str:
@@ -103,7 +115,7 @@ def _open_sqlite(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     except duckdb.Error as exc:
         raise InputError(f"cannot open {path} as SQLite: {exc}") from exc
     _check_columns(con, path, lambda t: f"src.{t}")
-    _define_views(con, lambda t: f"src.{t}")
+    _define_macros(con, lambda t: f"src.{t}")
 
 
 def _open_parquet(con: duckdb.DuckDBPyConnection, path: Path) -> None:
@@ -120,19 +132,19 @@ def _open_parquet(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
     sources = {t: locate(t) for t in TABLE_COLUMNS}
     _check_columns(con, path, sources.__getitem__)
-    _define_views(con, sources.__getitem__)
+    _define_macros(con, sources.__getitem__)
 
 
-def _define_views(con: duckdb.DuckDBPyConnection, table) -> None:
-    con.execute(f"""CREATE OR REPLACE TEMP VIEW post AS SELECT
+def _define_macros(con: duckdb.DuckDBPyConnection, table) -> None:
+    con.execute(f"""CREATE OR REPLACE TEMP MACRO post() AS TABLE SELECT
         id::BIGINT AS id, created_at::VARCHAR AS created_at, md5, is_deleted::INT AS is_deleted,
         is_banned::INT AS is_banned, image_width::BIGINT AS image_width,
         image_height::BIGINT AS image_height, file_size::BIGINT AS file_size,
         lower(file_ext) AS file_ext, rating::INT AS rating, score::BIGINT AS score,
         fav_count::BIGINT AS fav_count, file_url FROM {table("post")}""")
-    con.execute(f"""CREATE OR REPLACE TEMP VIEW tag AS SELECT id::BIGINT AS id,
+    con.execute(f"""CREATE OR REPLACE TEMP MACRO tag() AS TABLE SELECT id::BIGINT AS id,
         name::VARCHAR AS name, type::INT AS category FROM {table("tag")}""")
-    con.execute(f"""CREATE OR REPLACE TEMP VIEW rel AS SELECT post_id::BIGINT AS post_id,
+    con.execute(f"""CREATE OR REPLACE TEMP MACRO rel() AS TABLE SELECT post_id::BIGINT AS post_id,
         tag_id::BIGINT AS tag_id, id::BIGINT AS ord FROM {table("posttagrelation")}""")
 
 
@@ -181,7 +193,7 @@ def _define_api_views(con: duckdb.DuckDBPyConnection) -> None:
     # A post can appear on several pages (re-fetched); keep its newest version.
     con.execute("""CREATE OR REPLACE TEMP TABLE api_post AS SELECT * FROM api_raw
         QUALIFY row_number() OVER (PARTITION BY id ORDER BY updated_at DESC) = 1""")
-    con.execute("""CREATE OR REPLACE TEMP VIEW post AS SELECT id::BIGINT AS id,
+    con.execute("""CREATE OR REPLACE TEMP MACRO post() AS TABLE SELECT id::BIGINT AS id,
         created_at::VARCHAR AS created_at, md5, is_deleted::INT AS is_deleted,
         is_banned::INT AS is_banned, image_width::BIGINT AS image_width,
         image_height::BIGINT AS image_height, file_size::BIGINT AS file_size,
@@ -197,11 +209,12 @@ def _define_api_views(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"""CREATE OR REPLACE TEMP TABLE api_rel AS
         SELECT post_id, category, name, category * 100000 + pos AS ord
         FROM ({unions}) WHERE name <> ''""")
-    con.execute("""CREATE OR REPLACE TEMP TABLE tag AS
+    con.execute("""CREATE OR REPLACE TEMP TABLE api_tag AS
         SELECT dense_rank() OVER (ORDER BY name) AS id, name, any_value(category) AS category
         FROM api_rel GROUP BY name""")
-    con.execute("""CREATE OR REPLACE TEMP VIEW rel AS
-        SELECT r.post_id, t.id AS tag_id, r.ord FROM api_rel r JOIN tag t USING (name)""")
+    con.execute("CREATE OR REPLACE TEMP MACRO tag() AS TABLE SELECT * FROM api_tag")
+    con.execute("""CREATE OR REPLACE TEMP MACRO rel() AS TABLE
+        SELECT r.post_id, t.id AS tag_id, r.ord FROM api_rel r JOIN api_tag t USING (name)""")
 
 
 def _quote(path: Path) -> str:

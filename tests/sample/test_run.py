@@ -406,3 +406,25 @@ def test_stale_partial_dir_of_a_killed_run_is_harmless(synth_parquet: Path, tmp_
     manifest = run_sample(config(synth_parquet), tmp_path)
     assert stage_leftovers(tmp_path) == ["sample"]
     assert read(tmp_path / "sample", "posts").height == manifest.counts["posts"]
+
+
+def test_partial_dirs_of_dead_processes_are_removed(synth_parquet: Path, tmp_path: Path) -> None:
+    """A killed run's `.sample.partial-<pid>` goes away on the next run; the partial dir
+    of a live process (another run in progress) is left alone."""
+    dead = _exited_pid()
+    stale = tmp_path / f".sample.partial-{dead}"
+    live = tmp_path / f".sample.partial-{os.getppid()}"
+    for d in (stale, live):
+        d.mkdir(parents=True)
+        (d / "posts.parquet").write_bytes(b"half a file")
+    run_sample(config(synth_parquet), tmp_path)
+    assert not stale.exists()
+    assert live.exists()
+
+
+def _exited_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
