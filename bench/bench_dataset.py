@@ -2,6 +2,7 @@
 
     python bench/bench_dataset.py --posts 200000          # the 2.5 s target
     python bench/bench_dataset.py --posts 7000000 --preset epsilon
+    python bench/bench_dataset.py --posts 200000 --source bench/out/pq200k   # exported parquet
 
 Generates the database once into bench/out/ (reused), then times the two stages as the
 library runs them (fresh run dir each repeat) and prints wall time and peak RSS.
@@ -42,10 +43,12 @@ def main() -> None:
     ap.add_argument("--preset", default="epsilon")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--source", type=Path, help="read this instead of the generated SQLite "
+                    "file, e.g. its `kohaku export-parquet` folder")  # fmt: skip
     ap.add_argument("--memory-limit", default=None, help="DuckDB memory limit, e.g. 6GB")
     ap.add_argument("--batch-posts", type=int, default=1_000_000, help="tag stage batch size")
     args = ap.parse_args()
-    db = ensure_db(args.posts, args.seed)
+    db = args.source or ensure_db(args.posts, args.seed)
     run_dir = OUT / "run"
     # the preset's id ranges are for ~7.8M ids; scale them to this database
     scale = args.posts * 1.1 / 7_800_000

@@ -133,7 +133,9 @@ def _concat(cols: tuple[str, ...]) -> pl.Expr:
 
 
 def lay_out(df: pl.LazyFrame, layout: str, sep: str = ", ") -> pl.LazyFrame:
-    """Add head/body/tail lists and the caption string."""
+    """Add the layout's head/body/tail lists (what the trainer keeps, shuffles and drops
+    per step) and the caption they make. `captions.parquet` stores the groups; this
+    derives the lists from them."""
     spec = LAYOUTS[layout]
     df = df.with_columns(head=_concat(spec.head), body=_concat(spec.body), tail=_concat(spec.tail))
     rest = pl.concat_list("body", "tail").list.join(sep)
@@ -142,3 +144,32 @@ def lay_out(df: pl.LazyFrame, layout: str, sep: str = ", ") -> pl.LazyFrame:
     else:  # exactly HakuBooru: "<keep>, |||<rest>", even when keep is empty
         caption = pl.col("head").list.join(sep) + sep + spec.keep_separator + rest
     return df.with_columns(caption=caption)
+
+
+def _part_text(col: str, sep: str) -> pl.Expr:
+    """One group as text, null when it is empty."""
+    if col in ("quality", "date"):
+        return pl.col(col)
+    c = pl.col("rating_tags" if col == "rating" else col)
+    return pl.when(c.list.len() > 0).then(c.list.join(sep))
+
+
+def _join_parts(cols: tuple[str, ...], sep: str) -> pl.Expr:
+    if not cols:
+        return pl.lit("")
+    parts = [_part_text(c, sep) for c in cols]
+    return pl.concat_str(parts, separator=sep, ignore_nulls=True).fill_null("")
+
+
+def caption_expr(layout: str, sep: str = ", ") -> pl.Expr:
+    """The caption of `lay_out`, built group by group as strings: the same text without
+    materialising the concatenated lists (several times faster on millions of posts)."""
+    spec = LAYOUTS[layout]
+    if spec.keep_separator is None:
+        return _join_parts(spec.head + spec.body + spec.tail, sep)
+    return (
+        _join_parts(spec.head, sep)
+        + sep
+        + spec.keep_separator
+        + _join_parts(spec.body + spec.tail, sep)
+    )

@@ -30,7 +30,7 @@ TAG_VERSION = "1"
 STAGE = "tag"
 OUTPUTS = {"captions": "captions.parquet"}
 CAPTION_COLUMNS = [
-    "id", "caption", "head", "body", "tail", *captions.GROUPS, "quality", "rating_tags", "date",
+    "id", "caption", *captions.GROUPS, "quality", "rating_tags", "date",
 ]  # fmt: skip
 
 
@@ -110,7 +110,8 @@ def build_captions(
         rating_tags=captions.rating_tags_expr(cfg), date=captions.date_tag_expr(cfg),
     )  # fmt: skip
     df = _with_quality(df, cfg, files["fav_hist"], sample)
-    return captions.lay_out(df, cfg.layout).select(CAPTION_COLUMNS)  # posts are sorted by id
+    df = df.with_columns(caption=captions.caption_expr(cfg.layout))
+    return df.select(CAPTION_COLUMNS)  # posts are sorted by id
 
 
 def _with_quality(
@@ -140,8 +141,13 @@ def _quality_eligible(cfg: TagConfig, sample: Manifest) -> pl.Expr:
 
 def caption_counts(frame: pl.DataFrame) -> dict:
     """Counts of one batch: captions, posts without tags, tags, quality histogram."""
-    n_tags = frame["head"].list.len() + frame["body"].list.len() + frame["tail"].list.len()
     n_post_tags = sum(frame[g].list.len() for g in captions.GROUPS)
+    n_special = (
+        frame["quality"].is_not_null().cast(pl.Int64)
+        + frame["date"].is_not_null().cast(pl.Int64)
+        + frame["rating_tags"].list.len()
+    )
+    n_tags = n_post_tags + n_special
     return {
         "captions": frame.height,
         "without_tags": int((n_post_tags == 0).sum()),

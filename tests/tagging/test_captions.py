@@ -269,6 +269,12 @@ def captions(sample_dir, **cfg) -> pl.DataFrame:
     return build_captions(cfg, *sample_dir).collect()
 
 
+def laid_out(sample_dir, layout: str = "epsilon", **cfg) -> pl.DataFrame:
+    """The stage's output with the layout's head/body/tail derived by `lay_out`."""
+    frame = captions(sample_dir, layout=layout, **cfg)
+    return lay_out(frame.lazy(), layout).collect()
+
+
 EXPECTED = {
     "epsilon": [
         "1girl, hatsune miku, vocaloid, ask (askzy), solo, long hair, ^_^, masterpiece, "
@@ -334,7 +340,7 @@ def test_caption_strings(sample_dir, layout: str) -> None:
     ],
 )
 def test_head_body_tail(sample_dir, layout: str, head, body, tail) -> None:
-    row = captions(sample_dir, layout=layout).row(0, named=True)
+    row = laid_out(sample_dir, layout=layout).row(0, named=True)
     assert (row["head"], row["body"], row["tail"]) == (head, body, tail)
     assert row["count"] == ["1girl"] and row["character"] == ["hatsune miku"]
     assert row["copyright"] == ["vocaloid"] and row["artist"] == ["ask (askzy)"]
@@ -342,11 +348,20 @@ def test_head_body_tail(sample_dir, layout: str, head, body, tail) -> None:
     assert row["quality"] == "masterpiece" and row["date"] == "newest"
 
 
+@pytest.mark.parametrize("layout", list(EXPECTED))
+def test_stage_caption_equals_the_laid_out_lists(sample_dir, layout: str) -> None:
+    """The stage builds captions group by group as strings; `lay_out` (what the trainer
+    uses) builds them from lists: the two agree, separators and empty groups included."""
+    frame = laid_out(sample_dir, layout=layout)
+    stage_caption = captions(sample_dir, layout=layout)["caption"]
+    assert frame["caption"].to_list() == stage_caption.to_list()
+
+
 def test_posts_without_tags_get_empty_groups(sample_dir) -> None:
-    row = captions(sample_dir).row(2, named=True)
+    row = laid_out(sample_dir).row(2, named=True)
     assert row["id"] == 3
     for group in ("count", "character", "copyright", "artist", "general", "meta"):
-        assert not row[group]  # null (no tag rows at all) or empty
+        assert row[group] == []
     assert (row["head"], row["body"]) == ([], [])
     assert row["tail"] == ["great quality", "mid", "sensitive"]
 

@@ -15,6 +15,7 @@ from kohaku.errors import ConfigError, InputError
 from kohaku.sample import SampleConfig, run_sample
 from kohaku.stage import read_manifest
 from kohaku.tagging import TAG_VERSION, TagConfig, run_tag
+from kohaku.tagging.captions import lay_out
 from tests.sample.reference import Metadata, read_metadata
 from tests.tagging.stage_files import write_sample_stage
 
@@ -139,7 +140,8 @@ def expected_date(year: int) -> str:
 
 def test_epsilon_captions_match_an_independent_recomputation(run_dir: Path, meta: Metadata) -> None:
     manifest = run_tag(TagConfig(), run_dir)
-    got = captions(run_dir)
+    got = lay_out(captions(run_dir).lazy(), "epsilon").collect()
+    assert got["caption"].equals(captions(run_dir)["caption"])
     posts = pl.read_parquet(run_dir / "sample" / "posts.parquet")
     assert got["id"].to_list() == posts["id"].to_list()  # one caption per post, by id
     thresholds = expected_thresholds(meta)
@@ -200,7 +202,8 @@ def test_manifest_counts(run_dir: Path) -> None:
     assert counts["quality"] == {str(k): v for k, v in expected_hist.items()}
     assert sum(counts["quality"].values()) == got.height
     assert set(counts["quality"]) == set(QUALITY)
-    n_tags = got["head"].list.len() + got["body"].list.len() + got["tail"].list.len()
+    laid = lay_out(got.lazy(), "delta").collect()
+    n_tags = laid["head"].list.len() + laid["body"].list.len() + laid["tail"].list.len()
     assert counts["mean_tags"] == round(float(n_tags.mean()), 2)
     assert {"captions", "total"} <= set(manifest.timings)
     assert "polars" in manifest.versions
