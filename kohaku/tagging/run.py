@@ -68,25 +68,22 @@ def run_tag(cfg: TagConfig, run_dir: Path, batch_posts: int = 1_000_000) -> Mani
 def write_captions(
     cfg: TagConfig, sample_dir: Path, sample: Manifest, out_dir: Path, batch_posts: int
 ) -> dict:
-    """Write `captions.parquet` batch by batch; returns the manifest counts."""
+    """Write `captions.parquet`; returns the manifest counts. More than `batch_posts`
+    posts are streamed batch by batch into the one file (bounded memory, no merge)."""
     ids = pl.read_parquet(sample_dir / sample.outputs["posts"], columns=["id"])["id"]
     bounds = [(int(ids[i]), int(ids[min(i + batch_posts, len(ids)) - 1]))
               for i in range(0, len(ids), batch_posts)]  # fmt: skip
     out = out_dir / OUTPUTS["captions"]
-    parts, counts = [], []
-    for i, id_range in enumerate(bounds):
-        frame = build_captions(cfg, sample_dir, sample, id_range).collect()
-        parts.append(out if len(bounds) == 1 else out_dir / f".part-{i:05d}.parquet")
-        frame.write_parquet(parts[-1], compression="zstd", compression_level=1)
-        counts.append(caption_counts(frame))
-        log.info("tag: batch %d/%d, %d captions", i + 1, len(bounds), frame.height)
-    if len(parts) > 1:  # stream the parts into one file
-        pl.scan_parquet(parts).sink_parquet(out, compression="zstd", compression_level=1)
-        for part in parts:
-            part.unlink()
-    if not parts:  # no posts: an empty table with the right columns
-        build_captions(cfg, sample_dir, sample, None).collect().write_parquet(out)
-    return merge_counts(counts)
+    if len(bounds) <= 1:
+        frame = build_captions(cfg, sample_dir, sample, bounds[0] if bounds else None).collect()
+        frame.write_parquet(out, compression="zstd", compression_level=1)
+    else:
+        batches = [build_captions(cfg, sample_dir, sample, b) for b in bounds]
+        log.info("tag: %d posts in %d batches", len(ids), len(bounds))
+        pl.concat(batches, parallel=False).sink_parquet(
+            out, compression="zstd", compression_level=1
+        )
+    return caption_counts(pl.scan_parquet(out))
 
 
 def build_captions(
@@ -139,34 +136,22 @@ def _quality_eligible(cfg: TagConfig, sample: Manifest) -> pl.Expr:
     return ok
 
 
-def caption_counts(frame: pl.DataFrame) -> dict:
-    """Counts of one batch: captions, posts without tags, tags, quality histogram."""
-    n_post_tags = sum(frame[g].list.len() for g in captions.GROUPS)
+def caption_counts(captions_file: pl.LazyFrame) -> dict:
+    """Manifest counts: captions, posts without tags, quality histogram, mean tags."""
+    n_post = pl.sum_horizontal([pl.col(g).list.len() for g in captions.GROUPS])
     n_special = (
-        frame["quality"].is_not_null().cast(pl.Int64)
-        + frame["date"].is_not_null().cast(pl.Int64)
-        + frame["rating_tags"].list.len()
+        pl.col("quality").is_not_null().cast(pl.Int64)
+        + pl.col("date").is_not_null().cast(pl.Int64)
+        + pl.col("rating_tags").list.len()
     )
-    n_tags = n_post_tags + n_special
+    totals = captions_file.select(
+        captions=pl.len(), without_tags=(n_post == 0).sum(), tags=(n_post + n_special).sum()
+    ).collect()
+    hist = captions_file.group_by("quality").len().collect()
+    n = int(totals["captions"][0])
     return {
-        "captions": frame.height,
-        "without_tags": int((n_post_tags == 0).sum()),
-        "tags": int(n_tags.sum() or 0),
-        "quality": dict(frame.group_by("quality").len().iter_rows()),
-    }
-
-
-def merge_counts(batches: list[dict]) -> dict:
-    """Manifest counts summed over batches."""
-    quality_hist: dict[str, int] = {}
-    for b in batches:
-        for k, v in b["quality"].items():
-            quality_hist[str(k)] = quality_hist.get(str(k), 0) + v
-    captions_n = sum(b["captions"] for b in batches)
-    tags_n = sum(b["tags"] for b in batches)
-    return {
-        "captions": captions_n,
-        "without_tags": sum(b["without_tags"] for b in batches),
-        "quality": dict(sorted(quality_hist.items())),
-        "mean_tags": round(tags_n / captions_n, 2) if captions_n else 0.0,
+        "captions": n,
+        "without_tags": int(totals["without_tags"][0]),
+        "quality": {str(k): v for k, v in sorted(hist.iter_rows(), key=lambda kv: str(kv[0]))},
+        "mean_tags": round(int(totals["tags"][0] or 0) / n, 2) if n else 0.0,
     }
