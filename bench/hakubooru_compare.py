@@ -1,8 +1,8 @@
 """Benchmark and check kohaku's `hakubooru` caption layout against HakuBooru 0.0.3 itself.
 
     bash bench/setup_hakubooru.sh                      # once: bench/.venv-hakubooru
-    /tmp/kv/bin/python bench/hakubooru_compare.py --db bench/out/synth-200000-s0.db
-    /tmp/kv/bin/python bench/hakubooru_compare.py --ranges '[{"start": 0, "count": 20000}]'
+    .venv/bin/python bench/hakubooru_compare.py --db bench/out/synth-200000-s0.db
+    .venv/bin/python bench/hakubooru_compare.py --ranges '[{"start": 0, "count": 20000}]'
 
 Reads the danbooru2023 SQLite file (generated with `kohaku.synth` when missing).
 Runs bench/hakubooru_side.py in bench/.venv-hakubooru (peewee selection + KohakuCaptioner),
@@ -211,6 +211,8 @@ def parse_args() -> argparse.Namespace:
         help="give kohaku HakuBooru's exact year spans (<2005 early, none after 2024)",
     )
     ap.add_argument("--work", type=Path, default=BENCH / "out" / "hakubooru-compare")
+    ap.add_argument("--kohaku-source", type=Path, help="kohaku reads this instead of --db, "
+                    "e.g. the `kohaku export-parquet` folder of the same database")  # fmt: skip
     return ap.parse_args()
 
 
@@ -221,12 +223,13 @@ def main() -> None:
     hb_t = run_hakubooru(db, work, args.ranges, args.seed)
     fav = json.loads(Path(hb_t.pop("fav_table")).read_text())
     toml, run_dir = work / "kohaku.toml", work / "run"
-    toml.write_text(kohaku_toml(db, run_dir, ranges, args.seed, fav, args.hakubooru_dates))
+    source = (args.kohaku_source or db).resolve()
+    toml.write_text(kohaku_toml(source, run_dir, ranges, args.seed, fav, args.hakubooru_dates))
     kh_t = run_kohaku(toml, run_dir, args.threads)
     hb, kh = read_captions(work, run_dir)
     sampled = any(r.get("count", "all") != "all" for r in ranges)
     summary = {
-        "db": str(db), "ranges": ranges, "seed": args.seed,
+        "db": str(db), "kohaku_source": str(source), "ranges": ranges, "seed": args.seed,
         "hakubooru_dates": args.hakubooru_dates, "hakubooru": hb_t, "kohaku": kh_t,
         "speedup": {"stage_total": round(hb_t["total_s"] / kh_t["stage_total_s"], 1),
                     "wall": round(hb_t["total_s"] / kh_t["wall_s"], 1)},

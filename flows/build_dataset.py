@@ -20,9 +20,11 @@ def build_dataset(config: RunConfig) -> dict[str, str]:
     (Completed when it ran, Cached when it was reused)."""
     run_dir = config.run_dir.resolve()
     sample = for_run(sample_task, run_dir, "sample")(
-        config.sample, run_dir, sample_inputs(config.sample), return_state=True
+        config.sample, run_dir, sample_inputs(config.sample), config.resources, return_state=True
     )
-    tag = for_run(tag_task, run_dir, "tag")(config.tag, run_dir, sample.result(), return_state=True)
+    tag = for_run(tag_task, run_dir, "tag")(
+        config.tag, run_dir, sample.result(), config.resources, return_state=True
+    )
     tag.result()  # raises if the stage failed
     get_run_logger().info("dataset ready: %s", run_dir / "tag" / "captions.parquet")
     return {"sample": sample.name, "tag": tag.name}

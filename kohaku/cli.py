@@ -59,8 +59,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from kohaku.sample import run_sample
 
     cfg = _load(args)
-    manifest = run_sample(cfg.sample, cfg.run_dir, threads=args.threads,
-                          memory_limit=args.memory_limit)  # fmt: skip
+    res = cfg.resources
+    manifest = run_sample(
+        cfg.sample, cfg.run_dir, threads=args.threads or res.threads,
+        memory_limit=args.memory_limit or res.memory_limit,
+    )  # fmt: skip
     _report(manifest, cfg.run_dir / "sample")
 
 
@@ -68,7 +71,8 @@ def cmd_tag(args: argparse.Namespace) -> None:
     from kohaku.tagging import run_tag
 
     cfg = _load(args)
-    _report(run_tag(cfg.tag, cfg.run_dir), cfg.run_dir / "tag")
+    manifest = run_tag(cfg.tag, cfg.run_dir, batch_posts=cfg.resources.tag_batch_posts)
+    _report(manifest, cfg.run_dir / "tag")
 
 
 def cmd_build_dataset(args: argparse.Namespace) -> None:

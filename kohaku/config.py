@@ -22,6 +22,20 @@ from kohaku.tagging.config import TagConfig
 PRESETS = ("delta", "epsilon", "gamma")
 
 
+class Resources(BaseModel):
+    """How much of the machine the data stages use; never changes their output."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    threads: int | None = Field(None, ge=1, description="DuckDB threads; empty = all cores")
+    memory_limit: str | None = Field(
+        None, pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$",
+        description="DuckDB memory limit, e.g. 6GB (spills to disk beyond); empty = 80% of RAM",
+    )  # fmt: skip
+    tag_batch_posts: int = Field(
+        1_000_000, ge=1, description="posts per tag-stage batch (bounds its memory)"
+    )
+
+
 class RunConfig(BaseModel):
     """Everything a pipeline run needs; each stage reads its own section."""
 
@@ -30,6 +44,7 @@ class RunConfig(BaseModel):
     run_dir: Path = Field(Path("runs/default"), description="folder of the run's stage outputs")
     sample: SampleConfig = Field(description="post selection")
     tag: TagConfig = Field(TagConfig(), description="captions")
+    resources: Resources = Field(Resources(), description="threads and memory of the stages")
 
 
 def preset_dict(name: str) -> dict[str, Any]:

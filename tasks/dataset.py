@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import task
 
+from kohaku.config import Resources
 from kohaku.sample import SAMPLE_VERSION, SampleConfig, run_sample
 from kohaku.stage import Manifest
 from kohaku.tagging import TAG_VERSION, TagConfig, run_tag
@@ -14,13 +15,15 @@ from tasks.policy import stage_policy
 
 @task(name="sample", cache_policy=stage_policy("sample", SAMPLE_VERSION), persist_result=True,
       retries=1, retry_delay_seconds=5, tags=["cpu", "data"])  # fmt: skip
-def sample_task(cfg: SampleConfig, run_dir: Path, source_inputs: dict) -> Manifest:
+def sample_task(
+    cfg: SampleConfig, run_dir: Path, source_inputs: dict, resources: Resources
+) -> Manifest:
     """`source_inputs` (fingerprint of the metadata) is part of the cache key."""
-    return run_sample(cfg, run_dir)
+    return run_sample(cfg, run_dir, threads=resources.threads, memory_limit=resources.memory_limit)
 
 
 @task(name="tag", cache_policy=stage_policy("tag", TAG_VERSION), persist_result=True,
       retries=1, retry_delay_seconds=5, tags=["cpu", "data"])  # fmt: skip
-def tag_task(cfg: TagConfig, run_dir: Path, sample: Manifest) -> Manifest:
+def tag_task(cfg: TagConfig, run_dir: Path, sample: Manifest, resources: Resources) -> Manifest:
     """The upstream sample manifest is part of the cache key."""
-    return run_tag(cfg, run_dir)
+    return run_tag(cfg, run_dir, batch_posts=resources.tag_batch_posts)

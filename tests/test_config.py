@@ -115,3 +115,22 @@ def test_unknown_preset_and_missing_file(tmp_path):
 
 def test_all_presets_are_listed():
     assert set(PRESETS) == {"delta", "epsilon", "gamma"}
+
+
+@pytest.mark.parametrize("limit", ["6GB", "512MiB", "1.5 GB"])
+def test_resources_accept_duckdb_memory_limits(limit):
+    cfg = validate({"sample": {"source": "x"}, "resources": {"memory_limit": limit, "threads": 2}})
+    assert cfg.resources.memory_limit == limit and cfg.resources.threads == 2
+
+
+@pytest.mark.parametrize(
+    ("resources", "fragment"),
+    [
+        ({"memory_limit": "lots"}, "resources.memory_limit"),
+        ({"threads": 0}, "resources.threads"),
+        ({"tag_batch_posts": 0}, "resources.tag_batch_posts"),
+    ],
+)
+def test_bad_resources(resources, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        validate({"sample": {"source": "x"}, "resources": resources})
