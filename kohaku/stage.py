@@ -33,7 +33,7 @@ class FileFingerprint(BaseModel):
     path: str
     size: int
     mtime_ns: int
-    sha256: str | None = Field(None, description="content hash, for files up to 64 MiB")
+    sha256: str | None = Field(None, description="content hash, for files up to 1 MiB")
 
 
 class Manifest(BaseModel):
@@ -63,7 +63,7 @@ def config_hash(model: BaseModel) -> str:
     return sha256_bytes(model.model_dump_json().encode())[:16]
 
 
-def fingerprint(path: Path, hash_limit: int = 64 << 20) -> FileFingerprint:
+def fingerprint(path: Path, hash_limit: int = 1 << 20) -> FileFingerprint:
     """Fingerprint a file, or a directory as the fingerprints of its files."""
     path = Path(path)
     if path.is_dir():

@@ -84,15 +84,17 @@ def tag_dictionary(tags: pl.DataFrame, cfg: TagConfig) -> pl.DataFrame:
 def group_tags(post_tags: pl.LazyFrame, dictionary: pl.DataFrame, order: str) -> pl.LazyFrame:
     """Post-tag rows -> one row per post with a list column per group, in row order
     (`post_tags` sorted by post_id, ord) or by name."""
-    vocab = dictionary.lazy().select("tag_id", "code", "text", "name")
-    rows = post_tags.join(vocab, on="tag_id", how="inner", maintain_order="left")
+    vocab = dictionary.lazy().select(pl.col("tag_id").cast(pl.UInt32), "code", "text", "name")
+    rows = post_tags.select("post_id", pl.col("tag_id").cast(pl.UInt32))
+    rows = rows.join(vocab, on="tag_id", how="inner", maintain_order="left")
     if order == "name":
         rows = rows.sort("post_id", "name")
     # rows stay sorted by post_id (the sample stage writes them so), which lets the
     # group-by take its sorted fast path
     rows = rows.with_columns(pl.col("post_id").set_sorted())
     aggs = [pl.col("text").filter(pl.col("code") == i).alias(g) for i, g in enumerate(GROUPS)]
-    return rows.group_by("post_id", maintain_order=True).agg(aggs).rename({"post_id": "id"})
+    grouped = rows.group_by("post_id", maintain_order=True).agg(aggs)
+    return grouped.select(pl.col("post_id").cast(pl.Int64).alias("id"), *GROUPS)
 
 
 def date_tag_expr(cfg: TagConfig) -> pl.Expr:

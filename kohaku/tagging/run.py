@@ -77,12 +77,10 @@ def write_captions(
     if len(bounds) <= 1:
         frame = build_captions(cfg, sample_dir, sample, bounds[0] if bounds else None).collect()
         frame.write_parquet(out, compression="zstd", compression_level=1)
-    else:
-        batches = [build_captions(cfg, sample_dir, sample, b) for b in bounds]
-        log.info("tag: %d posts in %d batches", len(ids), len(bounds))
-        pl.concat(batches, parallel=False).sink_parquet(
-            out, compression="zstd", compression_level=1
-        )
+        return caption_counts(frame.lazy())
+    batches = [build_captions(cfg, sample_dir, sample, b) for b in bounds]
+    log.info("tag: %d posts in %d batches", len(ids), len(bounds))
+    pl.concat(batches, parallel=False).sink_parquet(out, compression="zstd", compression_level=1)
     return caption_counts(pl.scan_parquet(out))
 
 

@@ -134,7 +134,7 @@ def test_manifest(built, synth_db: Path, meta: Metadata) -> None:
     assert source["path"] == str(synth_db)
     assert source["size"] == synth_db.stat().st_size
     assert source["mtime_ns"] == synth_db.stat().st_mtime_ns
-    assert source["sha256"] == hashlib.sha256(synth_db.read_bytes()).hexdigest()
+    assert source["sha256"] is None  # large files: size and mtime only (a 30 GB DB is not hashed)
     assert manifest.outputs == {
         "posts": "posts.parquet",
         "post_tags": "post_tags.parquet",
@@ -180,7 +180,7 @@ def test_rerun_reuses_and_a_changed_input_rebuilds(synth_db: Path, tmp_path: Pat
     rebuilt = run_sample(config(db), run_dir)
     assert rebuilt.created_at > first.created_at
     assert rebuilt.config_hash == first.config_hash
-    assert rebuilt.inputs["source"]["sha256"] != first.inputs["source"]["sha256"]
+    assert rebuilt.inputs["source"]["mtime_ns"] != first.inputs["source"]["mtime_ns"]
     hist = read(run_dir / "sample", "fav_hist")
     assert hist["fav_count"].min() >= 1
     assert stage_leftovers(run_dir) == ["sample"]
