@@ -95,19 +95,24 @@ def build_candidates(con: duckdb.DuckDBPyConnection, cfg: SampleConfig) -> list[
     return list(flags)
 
 
-def choose(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, flags: list[str]) -> None:
-    """Create `chosen(id, range_idx)` from `cand` following `cfg.filter_timing`."""
-    rejected = " OR ".join(f"f_{n}" for n in flags) or "false"
+def _drawn(where: str) -> str:
+    """SQL: per range, the `n` posts of `cand` matching `where` with the smallest keys."""
     rank = "row_number() OVER (PARTITION BY range_idx ORDER BY sample_key, id)"
+    return f"""SELECT x.id, x.range_idx FROM (SELECT id, range_idx, {rank} AS rn FROM cand
+               WHERE {where}) x JOIN ranges r ON r.idx = x.range_idx
+               WHERE r.n IS NULL OR x.rn <= r.n"""
+
+
+def choose(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, flags: list[str]) -> None:
+    """Create `chosen(id, range_idx)` from `cand` following `cfg.filter_timing`
+    (after_sampling also keeps the drawn posts as `sampled`)."""
+    rejected = " OR ".join(f"f_{n}" for n in flags) or "false"
     if cfg.filter_timing == "before_sampling":
-        sql = f"""SELECT id, range_idx FROM (SELECT c.*, {rank} AS rn FROM cand c
-                  WHERE NOT ({rejected})) x JOIN ranges r ON r.idx = x.range_idx
-                  WHERE r.n IS NULL OR x.rn <= r.n"""
-    else:
-        sql = f"""SELECT id, range_idx FROM (SELECT c.*, {rank} AS rn FROM cand c) x
-                  JOIN ranges r ON r.idx = x.range_idx
-                  WHERE (r.n IS NULL OR x.rn <= r.n) AND NOT ({rejected})"""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE chosen AS {sql}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE chosen AS {_drawn(f'NOT ({rejected})')}")
+        return
+    con.execute(f"CREATE OR REPLACE TEMP TABLE sampled AS {_drawn('true')}")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE chosen AS SELECT s.id, s.range_idx
+        FROM sampled s JOIN cand c USING (id) WHERE NOT ({rejected})""")
 
 
 def range_counts(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, flags: list[str]) -> list[dict]:
@@ -118,10 +123,6 @@ def range_counts(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, flags: list[
     # rejections are counted among the posts the filters were applied to (after_sampling:
     # the drawn ones), like `filtered_pool` and `eligible`
     per_flag = "".join(f", count(*) FILTER (WHERE {scope} AND f_{n}) AS {n}" for n in flags)
-    if cfg.filter_timing == "after_sampling":
-        con.execute("""CREATE OR REPLACE TEMP TABLE sampled AS SELECT id FROM (SELECT c.id,
-            c.range_idx, row_number() OVER (PARTITION BY range_idx ORDER BY sample_key, id) AS rn
-            FROM cand c) x JOIN ranges r ON r.idx = x.range_idx WHERE r.n IS NULL OR x.rn <= r.n""")
     rows = con.execute(f"""SELECT r.idx, r.n, count(c.id) AS in_range,
             count(c.id) FILTER (WHERE {scope}) AS filtered_pool
             {per_flag}, count(c.id) FILTER (WHERE {scope} AND NOT ({rejected})) AS eligible,
