@@ -8,10 +8,12 @@ head/body/tail lists the trainer shuffles and drops per step) and `manifest.json
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
+from polars.io.plugins import register_io_source
 
 from kohaku.errors import InputError
 from kohaku.stage import (
@@ -69,19 +71,31 @@ def write_captions(
     cfg: TagConfig, sample_dir: Path, sample: Manifest, out_dir: Path, batch_posts: int
 ) -> dict:
     """Write `captions.parquet`; returns the manifest counts. More than `batch_posts`
-    posts are streamed batch by batch into the one file (bounded memory, no merge)."""
+    posts are computed batch by batch and streamed into the one file (bounded memory,
+    no merge pass)."""
     ids = pl.read_parquet(sample_dir / sample.outputs["posts"], columns=["id"])["id"]
     bounds = [(int(ids[i]), int(ids[min(i + batch_posts, len(ids)) - 1]))
               for i in range(0, len(ids), batch_posts)]  # fmt: skip
     out = out_dir / OUTPUTS["captions"]
     if len(bounds) <= 1:
-        frame = build_captions(cfg, sample_dir, sample, bounds[0] if bounds else None).collect()
+        frame = _collect(build_captions(cfg, sample_dir, sample, bounds[0] if bounds else None))
         frame.write_parquet(out, compression="zstd", compression_level=1)
         return caption_counts(frame.lazy())
-    batches = [build_captions(cfg, sample_dir, sample, b) for b in bounds]
-    log.info("tag: %d posts in %d batches", len(ids), len(bounds))
-    pl.concat(batches, parallel=False).sink_parquet(out, compression="zstd", compression_level=1)
+
+    def batches(*_args: object) -> Iterator[pl.DataFrame]:
+        for i, b in enumerate(bounds):
+            log.info("tag: batch %d/%d", i + 1, len(bounds))
+            yield _collect(build_captions(cfg, sample_dir, sample, b))
+
+    schema = build_captions(cfg, sample_dir, sample, bounds[0]).collect_schema()
+    source = register_io_source(io_source=batches, schema=schema)
+    source.sink_parquet(out, compression="zstd", compression_level=1)
     return caption_counts(pl.scan_parquet(out))
+
+
+def _collect(query: pl.LazyFrame) -> pl.DataFrame:
+    # the in-memory engine runs this query about twice as fast as the streaming default
+    return query.collect(engine="in-memory")
 
 
 def build_captions(
