@@ -8,12 +8,10 @@ head/body/tail lists the trainer shuffles and drops per step) and `manifest.json
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
-from polars.io.plugins import register_io_source
 
 from kohaku.errors import InputError
 from kohaku.stage import (
@@ -78,24 +76,18 @@ def write_captions(
               for i in range(0, len(ids), batch_posts)]  # fmt: skip
     out = out_dir / OUTPUTS["captions"]
     if len(bounds) <= 1:
-        frame = _collect(build_captions(cfg, sample_dir, sample, bounds[0] if bounds else None))
+        query = build_captions(cfg, sample_dir, sample, bounds[0] if bounds else None)
+        # one batch: the in-memory engine runs it about twice as fast as the streaming default
+        frame = query.collect(engine="in-memory")
         frame.write_parquet(out, compression="zstd", compression_level=1)
         return caption_counts(frame.lazy())
 
-    def batches(*_args: object) -> Iterator[pl.DataFrame]:
-        for i, b in enumerate(bounds):
-            log.info("tag: batch %d/%d", i + 1, len(bounds))
-            yield _collect(build_captions(cfg, sample_dir, sample, b))
-
-    schema = build_captions(cfg, sample_dir, sample, bounds[0]).collect_schema()
-    source = register_io_source(io_source=batches, schema=schema)
-    source.sink_parquet(out, compression="zstd", compression_level=1)
+    # several batches: the streaming engine runs them one after the other into one file
+    # and overlaps computing with writing (faster here than in-memory batches)
+    batches = [build_captions(cfg, sample_dir, sample, b) for b in bounds]
+    log.info("tag: %d posts in %d batches", len(ids), len(bounds))
+    pl.concat(batches, parallel=False).sink_parquet(out, compression="zstd", compression_level=1)
     return caption_counts(pl.scan_parquet(out))
-
-
-def _collect(query: pl.LazyFrame) -> pl.DataFrame:
-    # the in-memory engine runs this query about twice as fast as the streaming default
-    return query.collect(engine="in-memory")
 
 
 def build_captions(
