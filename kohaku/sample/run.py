@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import duckdb
+import polars as pl
 
 from kohaku.errors import ConfigError
 from kohaku.sample import select
@@ -73,7 +74,7 @@ def run_sample(
             open_source(con, src)
             materialize_posts(con)
         counts = _select(con, cfg, build)
-        _write_outputs(con, build)
+        _write_outputs(con, build, src.format)
         return write_manifest(
             build, stage_version=SAMPLE_VERSION, config_hash=chash, inputs=inputs,
             outputs=OUTPUTS, counts=counts, versions=library_versions("duckdb"),
@@ -99,17 +100,45 @@ def _select(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, build: StageBuild
             "metadata_snapshot_at": snapshot}  # fmt: skip
 
 
-def _write_outputs(con: duckdb.DuckDBPyConnection, build: StageBuild) -> None:
+POST_TAG_COLUMNS = "r.post_id::UINTEGER AS post_id, r.tag_id::UINTEGER AS tag_id, r.ord"
+MAX_BITMAP_SPAN = 1 << 27  # ids spanned by the chosen posts; 16 MiB of bits
+
+
+def write_post_tags(con: duckdb.DuckDBPyConnection, path: Path, source_format: str) -> None:
+    """The tag rows of the chosen posts, sorted by (post_id, ord), 32-bit ids.
+
+    Fast path for parquet: a bitmap of the chosen ids as a plain filter keeps the file's
+    row order (a semi join does not; nor does the parallel sqlite scanner), so a file
+    already in (post_id, ord) order, such as a `kohaku export-parquet` folder, needs no
+    sort. The order is checked; otherwise the rows are sorted."""
+    lo, hi = con.execute("SELECT min(id), max(id) FROM chosen").fetchone()
+    if source_format == "parquet" and lo is not None and hi - lo < MAX_BITMAP_SPAN:
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE chosen_bits AS
+            SELECT bitstring_agg(id, {lo}, {hi}) AS bits FROM chosen""")
+        con.execute(f"""COPY (SELECT {POST_TAG_COLUMNS} FROM rel() r
+            WHERE r.post_id BETWEEN {lo} AND {hi}
+            AND get_bit((SELECT bits FROM chosen_bits), (r.post_id - {lo})::INTEGER) = 1)
+            TO '{path}' (FORMAT parquet)""")
+        if _sorted_by_post_and_ord(path):
+            return
+        log.info("sample: the source's tag rows are not in post order; sorting them")
+    con.execute(f"""COPY (SELECT {POST_TAG_COLUMNS} FROM rel() r SEMI JOIN chosen c
+        ON r.post_id = c.id ORDER BY r.post_id, r.ord) TO '{path}' (FORMAT parquet)""")
+
+
+def _sorted_by_post_and_ord(path: Path) -> bool:
+    post, ord_ = pl.col("post_id").cast(pl.Int64).diff(), pl.col("ord").diff()
+    unsorted = (post < 0) | ((post == 0) & (ord_ <= 0))
+    return pl.scan_parquet(path).select(unsorted.sum()).collect().item() == 0
+
+
+def _write_outputs(con: duckdb.DuckDBPyConnection, build: StageBuild, source_format: str) -> None:
     out = build.dir
     with build.timed("write_posts"):
         con.execute(f"""COPY (SELECT {POST_OUTPUT_COLUMNS} FROM cand SEMI JOIN chosen USING (id)
             ORDER BY id) TO '{out / OUTPUTS["posts"]}' (FORMAT parquet)""")
     with build.timed("write_post_tags"):
-        # 32-bit ids: half the bytes to sort, write and read back (ids are checked < 2**32)
-        con.execute(f"""COPY (SELECT r.post_id::UINTEGER AS post_id, r.tag_id::UINTEGER AS tag_id,
-            r.ord FROM rel() r SEMI JOIN chosen c ON r.post_id = c.id ORDER BY r.post_id, r.ord)
-            TO '{out / OUTPUTS["post_tags"]}'
-            (FORMAT parquet)""")
+        write_post_tags(con, out / OUTPUTS["post_tags"], source_format)
     with build.timed("write_tags"):
         used = f"SELECT DISTINCT tag_id FROM read_parquet('{out / OUTPUTS['post_tags']}')"
         con.execute(f"""COPY (SELECT t.id, t.name, t.category FROM tag() t WHERE t.id IN ({used})
