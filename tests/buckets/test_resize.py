@@ -1,0 +1,91 @@
+"""Decoding, normalising, fitting and encoding images built in the test."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from kohaku.buckets import BucketConfig, bucket_set, place
+from kohaku.resize import ImageRejected, decode, encode, fit
+
+CFG = BucketConfig()
+BUCKETS = bucket_set(CFG)
+
+
+def image_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def gradient(w: int, h: int, mode: str = "RGB") -> Image.Image:
+    img = Image.new("RGB", (w, h))
+    img.putdata([((x * 255) // w, (y * 255) // h, 128) for y in range(h) for x in range(w)])
+    return img.convert(mode)
+
+
+def test_rgba_is_flattened_onto_the_background():
+    img = Image.new("RGBA", (40, 30), (255, 0, 0, 0))  # fully transparent red
+    out = decode(image_bytes(img), background=(0, 255, 0))
+    assert out.mode == "RGB" and out.getpixel((5, 5)) == (0, 255, 0)
+
+
+@pytest.mark.parametrize("mode", ["P", "L", "CMYK", "LA"])
+def test_other_modes_become_rgb(mode):
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    out = decode(image_bytes(gradient(32, 16, mode), fmt))
+    assert out.mode == "RGB" and out.size == (32, 16)
+
+
+def test_16_bit_grey_becomes_8_bit_rgb():
+    img = Image.new("I;16", (8, 8))
+    img.putdata([65535] * 64)
+    out = decode(image_bytes(img))
+    assert out.mode == "RGB" and out.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied():
+    img = gradient(60, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    out = decode(image_bytes(img, "JPEG", exif=exif.tobytes()))
+    assert out.size == (20, 60)
+
+
+def test_truncated_and_non_images_are_rejected():
+    data = image_bytes(gradient(64, 64), "JPEG")
+    with pytest.raises(ImageRejected, match="not a readable image"):
+        decode(data[: len(data) // 2])
+    with pytest.raises(ImageRejected, match="not a readable image"):
+        decode(b"<html>not an image</html>")
+
+
+def test_pixel_limit_stops_decompression_bombs_before_decoding():
+    data = image_bytes(Image.new("L", (5000, 5000)), "PNG")  # small file, 25 MP
+    with pytest.raises(ImageRejected, match="pixel limit"):
+        decode(data, max_pixels=10_000_000)
+
+
+def test_jpeg_draft_decodes_at_a_reduced_scale_but_not_below_the_request():
+    data = image_bytes(gradient(400, 300), "JPEG")
+    out = decode(data, draft=(100, 75))
+    assert 100 <= out.size[0] < 400 and 75 <= out.size[1] < 300
+
+
+@pytest.mark.parametrize("size", [(2000, 1400), (300, 900), (1024, 1024)])
+def test_fit_gives_exactly_the_bucket_size(size):
+    img = gradient(*size) if size[0] * size[1] < 400_000 else Image.new("RGB", size, "blue")
+    p = place(*size, CFG, BUCKETS)
+    out = fit(img, p)
+    assert out.size == (p.bucket.width, p.bucket.height)
+
+
+@pytest.mark.parametrize("fmt", ["webp", "jpeg", "png"])
+def test_encode_round_trips(fmt):
+    img = Image.new("RGB", (64, 48), (10, 200, 30))
+    out = Image.open(io.BytesIO(encode(img, fmt, quality=95)))
+    assert out.size == (64, 48) and out.format == fmt.upper()
+    r, g, b = out.convert("RGB").getpixel((10, 10))
+    assert abs(r - 10) < 6 and abs(g - 200) < 6 and abs(b - 30) < 6
