@@ -38,7 +38,8 @@ def _load(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from kohaku.synth import generate_danbooru_db, write_api_pages
+    from kohaku.api_pages import write_api_pages
+    from kohaku.synth import generate_danbooru_db
 
     summary = generate_danbooru_db(args.out, args.posts, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {summary.posts} posts, {summary.relations} tag rows to {summary.path}")

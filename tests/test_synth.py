@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kohaku.synth import SynthSummary, generate_danbooru_db, write_api_pages
+from kohaku.api_pages import write_api_pages
+from kohaku.synth import SynthSummary, generate_danbooru_db
 
 N_POSTS = 3000
 # The danbooru2023 schema (shared danbooru_schema.md): (column, declared type) in table order.
