@@ -76,6 +76,13 @@ def cmd_tag(args: argparse.Namespace) -> None:
     _report(manifest, cfg.run_dir / "tag")
 
 
+def cmd_download(args: argparse.Namespace) -> None:
+    from kohaku.download_stage import run_download
+
+    cfg = _load(args)
+    _report(run_download(cfg.download, cfg.run_dir), cfg.run_dir / "download")
+
+
 def cmd_build_dataset(args: argparse.Namespace) -> None:
     cmd_sample(args)
     cmd_tag(args)
@@ -138,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sample", cmd_sample, "select posts (DuckDB)"),
         ("tag", cmd_tag, "build captions (Polars)"),
         ("build-dataset", cmd_build_dataset, "sample then tag, without Prefect"),
+        ("download", cmd_download, "fetch, verify and resize the sampled posts' images"),
         ("config", cmd_config, "print the resolved config"),
     ):
         p = sub.add_parser(name, help=text)

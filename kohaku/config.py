@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kohaku.download import DownloadConfig
 from kohaku.errors import ConfigError
 from kohaku.sample.config import SampleConfig
 from kohaku.tagging.config import TagConfig
@@ -44,6 +45,7 @@ class RunConfig(BaseModel):
     run_dir: Path = Field(Path("runs/default"), description="folder of the run's stage outputs")
     sample: SampleConfig = Field(description="post selection")
     tag: TagConfig = Field(TagConfig(), description="captions")
+    download: DownloadConfig = Field(DownloadConfig(), description="images: fetch, check, resize")
     resources: Resources = Field(Resources(), description="threads and memory of the stages")
 
 
