@@ -20,3 +20,14 @@ def synth_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("metadata") / "danbooru.db"
     generate_danbooru_db(path, 3000, seed=7)
     return path
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory):
+    """A real local Prefect API (temporary server on SQLite) for flow tests."""
+    from prefect.settings import PREFECT_HOME, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = str(tmp_path_factory.mktemp("prefect-home"))
+    with temporary_settings({PREFECT_HOME: home}), prefect_test_harness(server_startup_timeout=120):
+        yield

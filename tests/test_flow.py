@@ -7,19 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-import pytest
-
 from kohaku.config import RunConfig, validate
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory):
-    from prefect.settings import PREFECT_HOME, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = str(tmp_path_factory.mktemp("prefect-home"))
-    with temporary_settings({PREFECT_HOME: home}), prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def make_config(source: Path, run_dir: Path, **tag) -> RunConfig:
