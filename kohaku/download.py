@@ -113,8 +113,10 @@ def _store(data: bytes, post: dict, cfg: DownloadConfig, buckets: list[Bucket],
            out_dir: Path) -> dict:  # fmt: skip
     """Verify, resize, encode and write one image; returns its ledger fields."""
     expected = (post.get("md5") or "").lower()
-    if cfg.verify_md5 and expected and hashlib.md5(data).hexdigest() != expected:
-        raise ImageRejected(f"md5 {hashlib.md5(data).hexdigest()} differs from metadata {expected}")
+    if cfg.verify_md5 and expected:
+        actual = hashlib.md5(data).hexdigest()
+        if actual != expected:
+            raise ImageRejected(f"md5 {actual} differs from metadata {expected}")
     img = decode(data, cfg.max_pixels, cfg.background)
     p = place(img.width, img.height, cfg.buckets, buckets)
     encoded = encode(fit(img, p), cfg.image_format, cfg.quality)

@@ -97,6 +97,19 @@ def read_manifest(stage_dir: Path) -> Manifest | None:
     return Manifest.model_validate_json(path.read_text())
 
 
+def reusable(stage_dir: Path, config_hash: str, inputs: dict, version: str) -> Manifest | None:
+    """The finished stage's manifest when it was built from the same config, inputs and
+    stage version (so the stage need not run again), else None."""
+    done = read_manifest(stage_dir)
+    if done and (done.config_hash, done.inputs, done.stage_version) == (
+        config_hash,
+        inputs,
+        version,
+    ):
+        return done
+    return None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data)
@@ -112,7 +125,6 @@ class StageBuild:
     """A stage directory under construction; files go into `.dir`."""
 
     stage: str
-    final_dir: Path
     dir: Path
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
@@ -135,7 +147,7 @@ def build_stage(run_dir: Path, stage: str) -> Iterator[StageBuild]:
     partial = run_dir / f".{stage}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    build = StageBuild(stage=stage, final_dir=final, dir=partial)
+    build = StageBuild(stage=stage, dir=partial)
     try:
         yield build
         if not (partial / MANIFEST).is_file():

@@ -18,7 +18,7 @@ import polars as pl
 from kohaku.errors import ConfigError
 from kohaku.sample import select
 from kohaku.sample.config import SampleConfig
-from kohaku.sample.source import connect, detect_format, materialize_posts, open_source
+from kohaku.sample.source import Source, connect, detect_format, materialize_posts, open_source
 from kohaku.stage import (
     Manifest,
     StageBuild,
@@ -26,7 +26,7 @@ from kohaku.stage import (
     config_hash,
     fingerprint,
     library_versions,
-    read_manifest,
+    reusable,
     write_manifest,
 )
 
@@ -45,9 +45,9 @@ POST_OUTPUT_COLUMNS = """id, range_idx, TRY_CAST(created_at AS TIMESTAMPTZ) AS c
     file_ext, file_url, file_size, image_width, image_height"""
 
 
-def sample_inputs(cfg: SampleConfig) -> dict:
+def sample_inputs(cfg: SampleConfig, src: Source | None = None) -> dict:
     """What the stage's output depends on besides its config."""
-    src = detect_format(cfg)
+    src = src or detect_format(cfg)
     return {"source": fingerprint(src.path).model_dump(), "source_format": src.format}
 
 
@@ -57,17 +57,11 @@ def run_sample(
     """Select posts and write `<run_dir>/sample/`; reuse it if already built from the
     same config and input. `threads` and `memory_limit` (e.g. "6GB", DuckDB spills to
     disk beyond it) tune DuckDB and do not change the output."""
-    inputs = sample_inputs(cfg)
-    chash = config_hash(cfg)
-    done = read_manifest(Path(run_dir) / STAGE)
-    if done and (done.config_hash, done.inputs, done.stage_version) == (
-        chash,
-        inputs,
-        SAMPLE_VERSION,
-    ):
+    src = detect_format(cfg)
+    inputs, chash = sample_inputs(cfg, src), config_hash(cfg)
+    if done := reusable(Path(run_dir) / STAGE, chash, inputs, SAMPLE_VERSION):
         log.info("sample: up to date in %s", Path(run_dir) / STAGE)
         return done
-    src = detect_format(cfg)
     con = connect(threads=threads, memory_limit=memory_limit)
     with build_stage(run_dir, STAGE) as build:
         with build.timed("open"):

@@ -8,6 +8,7 @@ head/body/tail lists the trainer shuffles and drops per step) and `manifest.json
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from kohaku.stage import (
     config_hash,
     library_versions,
     read_manifest,
+    reusable,
     write_manifest,
 )
 from kohaku.tagging import captions, quality
@@ -52,8 +54,7 @@ def run_tag(cfg: TagConfig, run_dir: Path, batch_posts: int = 1_000_000) -> Mani
     sample = _sample_manifest(run_dir)
     inputs = {"sample": {"config_hash": sample.config_hash, "created_at": sample.created_at}}
     chash = config_hash(cfg)
-    done = read_manifest(run_dir / STAGE)
-    if done and (done.config_hash, done.inputs, done.stage_version) == (chash, inputs, TAG_VERSION):
+    if done := reusable(run_dir / STAGE, chash, inputs, TAG_VERSION):
         log.info("tag: up to date in %s", run_dir / STAGE)
         return done
     with build_stage(run_dir, STAGE) as build:
@@ -75,8 +76,9 @@ def write_captions(
     bounds = [(int(ids[i]), int(ids[min(i + batch_posts, len(ids)) - 1]))
               for i in range(0, len(ids), batch_posts)]  # fmt: skip
     out = out_dir / OUTPUTS["captions"]
+    shared = prepare(cfg, sample_dir, sample)  # read once, used by every batch
     if len(bounds) <= 1:
-        query = build_captions(cfg, sample_dir, sample, bounds[0] if bounds else None)
+        query = build_captions(cfg, sample_dir, sample, bounds[0] if bounds else None, shared)
         # one batch: the in-memory engine runs it about twice as fast as the streaming default
         frame = query.collect(engine="in-memory")
         frame.write_parquet(out, compression="zstd", compression_level=1)
@@ -84,17 +86,42 @@ def write_captions(
 
     # several batches: the streaming engine runs them one after the other into one file
     # and overlaps computing with writing (faster here than in-memory batches)
-    batches = [build_captions(cfg, sample_dir, sample, b) for b in bounds]
+    batches = [build_captions(cfg, sample_dir, sample, b, shared) for b in bounds]
     log.info("tag: %d posts in %d batches", len(ids), len(bounds))
     pl.concat(batches, parallel=False).sink_parquet(out, compression="zstd", compression_level=1)
     return caption_counts(pl.scan_parquet(out))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What every batch shares: the tag dictionary and the quality thresholds."""
+
+    dictionary: pl.DataFrame
+    thresholds: pl.DataFrame | None
+
+
+def prepare(cfg: TagConfig, sample_dir: Path, sample: Manifest) -> Prepared:
+    q = cfg.quality
+    thresholds = None
+    if q.enabled and q.table is not None:
+        thresholds = quality.thresholds_from_table(q.table, len(q.percentiles))
+    elif q.enabled:
+        hist = pl.read_parquet(sample_dir / sample.outputs["fav_hist"])
+        thresholds = quality.thresholds_from_hist(hist, q.percentiles)
+    tags = pl.read_parquet(sample_dir / sample.outputs["tags"])
+    return Prepared(captions.tag_dictionary(tags, cfg), thresholds)
+
+
 def build_captions(
-    cfg: TagConfig, sample_dir: Path, sample: Manifest, id_range: tuple[int, int] | None = None
+    cfg: TagConfig,
+    sample_dir: Path,
+    sample: Manifest,
+    id_range: tuple[int, int] | None = None,
+    shared: Prepared | None = None,
 ) -> pl.LazyFrame:
     """The tag stage as one lazy query over the sample stage's files (posts with
     lo <= id <= hi when `id_range` is given)."""
+    shared = shared or prepare(cfg, sample_dir, sample)
     files = {k: sample_dir / v for k, v in sample.outputs.items()}
     posts = pl.scan_parquet(files["posts"]).select(
         "id", "created_at", "year", pl.col("rating").cast(pl.Int32), "fav_count"
@@ -103,29 +130,19 @@ def build_captions(
     if id_range is not None:
         posts = posts.filter(pl.col("id").is_between(*id_range))
         post_tags = post_tags.filter(pl.col("post_id").is_between(*id_range))
-    dictionary = captions.tag_dictionary(pl.read_parquet(files["tags"]), cfg)
-    grouped = captions.group_tags(post_tags, dictionary, cfg.tag_order)
+    grouped = captions.group_tags(post_tags, shared.dictionary, cfg.tag_order)
     empty = pl.lit([], pl.List(pl.String))
     df = posts.join(grouped, on="id", how="left", maintain_order="left").with_columns(
         *[pl.col(g).fill_null(empty) for g in captions.GROUPS],
         rating_tags=captions.rating_tags_expr(cfg), date=captions.date_tag_expr(cfg),
     )  # fmt: skip
-    df = _with_quality(df, cfg, files["fav_hist"], sample)
+    if shared.thresholds is None:
+        df = df.with_columns(quality=pl.lit(None, pl.String))
+    else:
+        eligible = _quality_eligible(cfg, sample)
+        df = quality.add_quality(df, shared.thresholds.lazy(), cfg.quality.tags, eligible)
     df = df.with_columns(caption=captions.caption_expr(cfg.layout))
     return df.select(CAPTION_COLUMNS)  # posts are sorted by id
-
-
-def _with_quality(
-    df: pl.LazyFrame, cfg: TagConfig, fav_hist: Path, sample: Manifest
-) -> pl.LazyFrame:
-    q = cfg.quality
-    if not q.enabled:
-        return df.with_columns(quality=pl.lit(None, pl.String))
-    if q.table is not None:
-        thresholds = quality.thresholds_from_table(q.table, len(q.percentiles))
-    else:
-        thresholds = quality.thresholds_from_hist(pl.read_parquet(fav_hist), q.percentiles)
-    return quality.add_quality(df, thresholds.lazy(), q.tags, _quality_eligible(cfg, sample))
 
 
 def _quality_eligible(cfg: TagConfig, sample: Manifest) -> pl.Expr:
