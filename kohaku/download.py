@@ -1,52 +1,91 @@
 """Download stage core: one shard of posts -> verified, resized images and a ledger.
 
-Reads: a shard of the sample stage's posts (id, md5, file_ext, file_url) and image bytes
-over HTTP (`kohaku.fetch`). Writes `<out>/images/<id % 1000:03d>/<id>.<format>`, each file
-atomically (temporary name, then rename), and returns the shard's ledger: one row per post
-with its status (`ok` or `failed`), the error, bytes fetched, source URL, output path and
-the bucket placement (original size, bucket, resize, crop) that SDXL conditions on.
-A rerun keeps the posts done before (their file still there) and retries the others.
+Reads: a shard of the sample stage's posts (id, md5, file_ext, file_url; `caption` when
+sidecars are asked for) and each post's image bytes, over HTTP (`kohaku.fetch`) or from a
+local folder or tar shards (`kohaku.local_source`, entries joined onto the posts).
+Writes `<out>/images/<id % 1000:03d>/<id>.<format>` (and `<id>.txt`, the caption, for
+kohya-style trainers), each file atomically (temporary name, then rename); appends each
+finished post to a journal (JSON lines) so a killed shard resumes where it stopped; returns
+the shard's ledger: one row per post with its status (`ok` or `failed`), the error, bytes
+read, source, output path, whether the md5 was checked, and the bucket placement
+(original size, bucket, resize, crop) that SDXL conditions on. A rerun keeps the posts
+done before (their files still there) and retries the others.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kohaku.buckets import Bucket, BucketConfig, bucket_set, place
 from kohaku.fetch import FetchConfig, Fetcher
-from kohaku.resize import Format, ImageRejected, decode, encode, fit
+from kohaku.local_source import LocalReader
+from kohaku.resize import (
+    Format,
+    ImageRejected,
+    encode,
+    fit,
+    load_rgb,
+    open_checked,
+    oriented_size,
+    stored_size,
+)
 
 LEDGER_SCHEMA = {
     "id": pl.Int64, "status": pl.String, "error": pl.String, "bytes": pl.Int64,
-    "source": pl.String, "path": pl.String, "orig_w": pl.Int32, "orig_h": pl.Int32,
-    "bucket_w": pl.Int32, "bucket_h": pl.Int32, "resized_w": pl.Int32, "resized_h": pl.Int32,
-    "crop_left": pl.Int32, "crop_top": pl.Int32,
+    "source": pl.String, "path": pl.String, "md5_checked": pl.Boolean,
+    "orig_w": pl.Int32, "orig_h": pl.Int32, "bucket_w": pl.Int32, "bucket_h": pl.Int32,
+    "resized_w": pl.Int32, "resized_h": pl.Int32, "crop_left": pl.Int32, "crop_top": pl.Int32,
 }  # fmt: skip
+SourceKind = Literal["http", "folder", "tar"]
 
 
 class DownloadConfig(BaseModel):
-    """How images are fetched, checked and resized."""
+    """Where images come from and how they are checked and resized."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    source: SourceKind = Field(
+        "http", description="http (each post's file_url or url_template), folder "
+        "(<id>.<ext> files under source_path) or tar (data-NNNN.tar shards in source_path)",
+    )  # fmt: skip
+    source_path: Path | None = Field(None, description="the folder for folder and tar sources")
     fetch: FetchConfig = Field(FetchConfig(), description="HTTP policy")
     url_template: str | None = Field(
         None, description="URL from {id}, {md5}, {md5_a} (md5[0:2]), {md5_b} (md5[2:4]), "
         "{ext}; empty = each post's file_url",
     )  # fmt: skip
-    threads: int = Field(8, ge=1, description="downloads in flight per shard")
-    verify_md5: bool = Field(True, description="refuse files whose md5 differs from metadata")
+    threads: int = Field(8, ge=1, description="posts in flight per shard")
+    verify_md5: bool = Field(
+        True, description="refuse files whose md5 differs from the metadata (checked when the "
+        "file is the original: HTTP, or a local file in the metadata's format)",
+    )  # fmt: skip
     max_pixels: int = Field(100_000_000, ge=1, description="larger images are refused")
+    jpeg_draft: bool = Field(True, description="decode big JPEGs at a reduced DCT scale that "
+                             "still covers the target size (faster, same output size)")  # fmt: skip
     image_format: Format = Field("webp", description="output format: webp, jpeg or png")
     quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
     background: tuple[int, int, int] = Field((255, 255, 255), description="alpha flattened onto")
+    sidecars: bool = Field(False, description="also write <id>.txt (the tag stage's caption) "
+                           "next to each image, for kohya-style trainers")  # fmt: skip
     buckets: BucketConfig = Field(BucketConfig(), description="aspect-ratio buckets")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DownloadConfig:
+        if self.source == "http" and self.source_path is not None:
+            raise ValueError("source_path is only for source = 'folder' or 'tar'")
+        if self.source != "http" and self.source_path is None:
+            raise ValueError(f"source = {self.source!r} needs source_path (the folder)")
+        return self
 
 
 def post_url(post: dict[str, Any], cfg: DownloadConfig) -> str | None:
@@ -66,16 +105,77 @@ def image_path(post_id: int, cfg: DownloadConfig) -> Path:
     return Path("images") / f"{int(post_id) % 1000:03d}" / f"{int(post_id)}.{ext}"
 
 
+def caption_path(post_id: int, cfg: DownloadConfig) -> Path:
+    return image_path(post_id, cfg).with_suffix(".txt")
+
+
+@dataclass
+class Acquired:
+    source: str | None
+    data: bytes | None = None
+    error: str | None = None
+    original: bool = True  # the file as danbooru stores it, so its md5 can be checked
+
+
+class Journal:
+    """Append-only JSON lines of finished ledger rows: what a killed shard already did."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.lock = path, threading.Lock()
+
+    def append(self, row: dict) -> None:
+        if self.path is None:
+            return
+        with self.lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_journal(path: Path) -> pl.DataFrame:
+    """The rows of a journal; a line cut short by a kill is ignored."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return pl.DataFrame(rows, schema=LEDGER_SCHEMA) if rows else _empty_ledger()
+
+
+def merge_previous(ledger: pl.DataFrame | None, journal: pl.DataFrame) -> pl.DataFrame:
+    """An earlier ledger updated with the journal's newer rows."""
+    base = _empty_ledger() if ledger is None else ledger.select(list(LEDGER_SCHEMA))
+    base = base.cast(LEDGER_SCHEMA)
+    return pl.concat([base, journal]).unique("id", keep="last", maintain_order=True)
+
+
 def download_shard(
-    posts: pl.DataFrame, cfg: DownloadConfig, out_dir: Path, previous: pl.DataFrame | None = None
+    posts: pl.DataFrame,
+    cfg: DownloadConfig,
+    out_dir: Path,
+    previous: pl.DataFrame | None = None,
+    *,
+    journal: Path | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> pl.DataFrame:
-    """Process every post of the shard not already done; returns the whole ledger."""
-    done = _still_done(previous, out_dir)
+    """Process every post of the shard not already done; returns the whole ledger.
+    For local sources `posts` carries the chosen index entry (`kohaku.local_source`)."""
+    done = _still_done(previous, out_dir, cfg)
     todo = posts.filter(~pl.col("id").is_in(done["id"].implode()))
-    buckets = bucket_set(cfg.buckets)
-    with Fetcher(cfg.fetch) as fetcher, ThreadPoolExecutor(cfg.threads) as pool:
-        rows = list(pool.map(lambda p: _process(p, cfg, fetcher, buckets, out_dir),
-                             todo.iter_rows(named=True)))  # fmt: skip
+    if progress is not None and done.height:
+        progress(done.height)
+    buckets, log = bucket_set(cfg.buckets), Journal(journal)
+    rows = []
+    with _acquirer(cfg) as acquire, ThreadPoolExecutor(cfg.threads) as pool:
+        futures = [pool.submit(_process, p, cfg, acquire, buckets, out_dir)
+                   for p in todo.iter_rows(named=True)]  # fmt: skip
+        for future in as_completed(futures):
+            rows.append(future.result())
+            log.append(rows[-1])
+            if progress is not None:
+                progress(1)
     fresh = pl.DataFrame(rows, schema=LEDGER_SCHEMA) if rows else _empty_ledger()
     return pl.concat([done, fresh]).sort("id")
 
@@ -84,49 +184,98 @@ def _empty_ledger() -> pl.DataFrame:
     return pl.DataFrame(schema=LEDGER_SCHEMA)
 
 
-def _still_done(previous: pl.DataFrame | None, out_dir: Path) -> pl.DataFrame:
+def _still_done(previous: pl.DataFrame | None, out_dir: Path, cfg: DownloadConfig) -> pl.DataFrame:
     if previous is None or previous.is_empty():
         return _empty_ledger()
-    ok = previous.filter(pl.col("status") == "ok")
-    exists = [(out_dir / p).is_file() for p in ok["path"]]
+    ok = previous.filter(pl.col("status") == "ok").select(list(LEDGER_SCHEMA))
+    exists = [(out_dir / p).is_file() and (not cfg.sidecars or
+              (out_dir / caption_path(i, cfg)).is_file())
+              for i, p in zip(ok["id"], ok["path"], strict=True)]  # fmt: skip
     return ok.filter(pl.Series(exists, dtype=pl.Boolean)).cast(LEDGER_SCHEMA)
 
 
-def _process(post: dict, cfg: DownloadConfig, fetcher: Fetcher, buckets: list[Bucket],
-             out_dir: Path) -> dict:  # fmt: skip
-    row: dict[str, Any] = dict.fromkeys(LEDGER_SCHEMA)
-    row["id"], url = post["id"], post_url(post, cfg)
-    row["source"] = url
+class _acquirer:
+    """Context manager giving `post -> Acquired` for the configured source."""
+
+    def __init__(self, cfg: DownloadConfig):
+        self.cfg, self.fetcher = cfg, None
+
+    def __enter__(self) -> Callable[[dict], Acquired]:
+        cfg = self.cfg
+        if cfg.source == "http":
+            self.fetcher = Fetcher(cfg.fetch).__enter__()
+            return lambda post: _from_http(post, cfg, self.fetcher)
+        reader = LocalReader(cfg.source, cfg.source_path, cfg.fetch.max_bytes)
+        return lambda post: _from_local(post, reader)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fetcher is not None:
+            self.fetcher.__exit__(*exc)
+
+
+def _from_http(post: dict, cfg: DownloadConfig, fetcher: Fetcher) -> Acquired:
+    url = post_url(post, cfg)
     if url is None:
-        return {**row, "status": "failed", "error": "no URL in the metadata"}
+        return Acquired(None, error="no URL in the metadata")
     result = fetcher.fetch(url)
-    if not result.ok:
-        return {**row, "status": "failed", "error": result.error}
-    row["bytes"] = len(result.data)
+    return Acquired(url, result.data, None if result.ok else result.error)
+
+
+def _from_local(post: dict, reader: LocalReader) -> Acquired:
+    if post.get("member") is None:
+        return Acquired(None, error=f"not in the {reader.kind} source")
+    source = reader.describe(post)
     try:
-        return {**row, **_store(result.data, post, cfg, buckets, out_dir), "status": "ok"}
+        return Acquired(source, reader.read(post), original=bool(post["original"]))
+    except (OSError, ValueError) as exc:
+        return Acquired(source, error=f"cannot read: {exc}")
+
+
+def _process(post: dict, cfg: DownloadConfig, acquire: Callable[[dict], Acquired],
+             buckets: list[Bucket], out_dir: Path) -> dict:  # fmt: skip
+    row: dict[str, Any] = dict.fromkeys(LEDGER_SCHEMA)
+    got = acquire(post)
+    row["id"], row["source"] = post["id"], got.source
+    if got.error is not None:
+        return {**row, "status": "failed", "error": got.error}
+    row["bytes"] = len(got.data)
+    try:
+        stored = _store(got, post, cfg, buckets, out_dir)
+        return {**row, **stored, "status": "ok"}
     except ImageRejected as exc:
         return {**row, "status": "failed", "error": str(exc)}
 
 
-def _store(data: bytes, post: dict, cfg: DownloadConfig, buckets: list[Bucket],
+def _store(got: Acquired, post: dict, cfg: DownloadConfig, buckets: list[Bucket],
            out_dir: Path) -> dict:  # fmt: skip
     """Verify, resize, encode and write one image; returns its ledger fields."""
-    expected = (post.get("md5") or "").lower()
-    if cfg.verify_md5 and expected:
-        actual = hashlib.md5(data).hexdigest()
-        if actual != expected:
-            raise ImageRejected(f"md5 {actual} differs from metadata {expected}")
-    img = decode(data, cfg.max_pixels, cfg.background)
-    p = place(img.width, img.height, cfg.buckets, buckets)
-    encoded = encode(fit(img, p), cfg.image_format, cfg.quality)
+    checked = _check_md5(got, post, cfg)
+    img = open_checked(got.data, cfg.max_pixels)
+    p = place(*oriented_size(img), cfg.buckets, buckets)
+    draft = stored_size(img, p.resized) if cfg.jpeg_draft else None
+    rgb = load_rgb(img, cfg.background, draft)
+    encoded = encode(fit(rgb, p), cfg.image_format, cfg.quality)
     rel = image_path(post["id"], cfg)
+    if cfg.sidecars:
+        _write_atomic(out_dir / caption_path(post["id"], cfg),
+                      (post.get("caption") or "").encode("utf-8"))  # fmt: skip
     _write_atomic(out_dir / rel, encoded)
     return {
-        "path": str(rel), "orig_w": p.original[0], "orig_h": p.original[1],
-        "bucket_w": p.bucket.width, "bucket_h": p.bucket.height, "resized_w": p.resized[0],
-        "resized_h": p.resized[1], "crop_left": p.crop_left, "crop_top": p.crop_top,
+        "path": str(rel), "md5_checked": checked, "orig_w": p.original[0],
+        "orig_h": p.original[1], "bucket_w": p.bucket.width, "bucket_h": p.bucket.height,
+        "resized_w": p.resized[0], "resized_h": p.resized[1], "crop_left": p.crop_left,
+        "crop_top": p.crop_top,
     }  # fmt: skip
+
+
+def _check_md5(got: Acquired, post: dict, cfg: DownloadConfig) -> bool:
+    expected = (post.get("md5") or "").lower()
+    if not (cfg.verify_md5 and expected and got.original):
+        return False
+    actual = hashlib.md5(got.data).hexdigest()
+    if actual != expected:
+        raise ImageRejected(f"md5 {actual} differs from metadata {expected}")
+    return True
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

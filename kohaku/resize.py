@@ -28,21 +28,58 @@ def decode(
     background: tuple[int, int, int] = (255, 255, 255),
     draft: tuple[int, int] | None = None,
 ) -> Image.Image:
-    """Fully decode `data` into an RGB image. `draft` (a size) lets JPEG decode at a
-    reduced scale that is still at least that size (much faster for big photos)."""
+    """Fully decode `data` into an RGB image. `draft` (a size, in the stored orientation)
+    lets JPEG decode at a reduced scale that is still at least that size (much faster for
+    big photos)."""
+    return load_rgb(open_checked(data, max_pixels), background, draft)
+
+
+def open_checked(data: bytes, max_pixels: int = 100_000_000) -> Image.Image:
+    """Open `data` lazily (header only) and refuse images over `max_pixels`, before any
+    pixel is decoded."""
     try:
         img = Image.open(io.BytesIO(data))
-        width, height = img.size
-        if width * height > max_pixels:
-            raise ImageRejected(f"{width}x{height} exceeds the {max_pixels} pixel limit")
-        if draft is not None and img.format == "JPEG":
-            img.draft("RGB", draft)
-        img.load()  # full decode: truncated or corrupt files fail here
-    except ImageRejected:
-        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageRejected(f"not a readable image: {exc}") from None
-    return to_rgb(ImageOps.exif_transpose(img), background)
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageRejected(f"{width}x{height} exceeds the {max_pixels} pixel limit")
+    return img
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """The size once EXIF orientation is applied (orientations 5-8 swap the sides)."""
+    width, height = img.size
+    return (height, width) if _swaps_sides(img) else (width, height)
+
+
+def stored_size(img: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
+    """`size` given in the displayed orientation, in the file's stored orientation."""
+    return (size[1], size[0]) if _swaps_sides(img) else size
+
+
+def _swaps_sides(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def load_rgb(
+    img: Image.Image,
+    background: tuple[int, int, int] = (255, 255, 255),
+    draft: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Fully decode an opened image (truncated or corrupt files fail here) into RGB,
+    EXIF orientation applied."""
+    try:
+        if draft is not None and img.format == "JPEG":
+            img.draft("RGB", draft)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageRejected(f"not a readable image: {exc}") from None
+    return to_rgb(img, background)
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:

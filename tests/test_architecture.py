@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_MODULES = [
     "kohaku.cli", "kohaku.config", "kohaku.demo", "kohaku.stage", "kohaku.synth", "kohaku.buckets",
     "kohaku.resize", "kohaku.fetch", "kohaku.download",
-    "kohaku.download_stage",
+    "kohaku.download_stage", "kohaku.local_source", "kohaku.buckets_stage",
     "kohaku.sample", "kohaku.sample.run", "kohaku.tagging", "kohaku.tagging.run",
 ]  # fmt: skip
 
