@@ -80,7 +80,15 @@ def cmd_download(args: argparse.Namespace) -> None:
     from kohaku.download_stage import run_download
 
     cfg = _load(args)
-    _report(run_download(cfg.download, cfg.run_dir), cfg.run_dir / "download")
+    manifest = run_download(cfg.download, cfg.run_dir, shard_size=args.shard_size)
+    _report(manifest, cfg.run_dir / "download")
+
+
+def cmd_buckets(args: argparse.Namespace) -> None:
+    from kohaku.buckets_stage import run_buckets
+
+    cfg = _load(args)
+    _report(run_buckets(cfg.run_dir), cfg.run_dir / "buckets")
 
 
 def cmd_build_dataset(args: argparse.Namespace) -> None:
@@ -93,16 +101,23 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from kohaku.demo import prepare_demo
+    from kohaku.demo import DEMO_URL_KEY, prepare_demo
+    from kohaku.demo_images import ImageServer
 
-    config_path = prepare_demo(args.dir.resolve(), posts=args.posts)
-    env = {**os.environ, **demo_prefect_env(args.dir.resolve())}
-    cmd = [sys.executable, "-m", "flows.build_dataset", "--config", str(config_path)]
-    print(f"running the dataset flow on the demo: {' '.join(cmd)}")
-    code = subprocess.call(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
-    if code == 0:
-        _show_captions(args.dir.resolve() / "run" / "tag" / "captions.parquet")
-    raise SystemExit(code)
+    root = args.dir.resolve()
+    config_path = prepare_demo(root, posts=args.posts)
+    env = {**os.environ, **demo_prefect_env(root)}
+    with ImageServer(root / "metadata" / "danbooru.db") as server:
+        print(f"demo image server on http://127.0.0.1:{server.port}")
+        url = ["--set", f"{DEMO_URL_KEY}={server.url_template}"]
+        for flow, extra in (("build_dataset", []), ("images", url)):
+            cmd = [sys.executable, "-m", f"flows.{flow}", "--config", str(config_path), *extra]
+            print(f"running: {' '.join(cmd)}")
+            code = subprocess.call(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
+            if code != 0:
+                raise SystemExit(code)
+    _show_captions(root / "run" / "tag" / "captions.parquet")
+    print(f"images and bucket manifest: {root / 'run' / 'buckets' / 'manifest.parquet'}")
 
 
 def _show_captions(path: Path, n: int = 3) -> None:
@@ -146,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("tag", cmd_tag, "build captions (Polars)"),
         ("build-dataset", cmd_build_dataset, "sample then tag, without Prefect"),
         ("download", cmd_download, "fetch, verify and resize the sampled posts' images"),
+        ("buckets", cmd_buckets, "the bucket manifest of the downloaded images"),
         ("config", cmd_config, "print the resolved config"),
     ):
         p = sub.add_parser(name, help=text)
@@ -153,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
         p.add_argument("--memory-limit", help="DuckDB memory limit, e.g. 6GB (spills beyond)")
         p.set_defaults(func=func)
+        if name == "download":
+            p.add_argument("--shard-size", type=int, default=2000, help="posts per shard")
     p = sub.add_parser("export-parquet", help="export metadata (e.g. the SQLite file) to "
                        "a parquet folder that the sample stage reads much faster")  # fmt: skip
     p.add_argument("--source", type=Path, required=True)

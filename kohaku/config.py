@@ -11,9 +11,9 @@ import copy
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kohaku.download import DownloadConfig
 from kohaku.errors import ConfigError
@@ -37,6 +37,25 @@ class Resources(BaseModel):
     )
 
 
+class RunnerConfig(BaseModel):
+    """Where a flow's parallel tasks (download shards) run: threads in the flow's process,
+    or an existing Dask cluster (the `dask` extra); never changes their output. With Dask,
+    the run dir must be on storage every worker sees."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["threads", "dask"] = Field("threads", description="threads or dask")
+    address: str | None = Field(
+        None, description="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (kind = dask)"
+    )
+    max_workers: int | None = Field(None, ge=1, description="threads; empty = Prefect default")
+
+    @model_validator(mode="after")
+    def _check(self) -> RunnerConfig:
+        if (self.kind == "dask") != (self.address is not None):
+            raise ValueError("runner.address is needed for kind = 'dask' and only for it")
+        return self
+
+
 class RunConfig(BaseModel):
     """Everything a pipeline run needs; each stage reads its own section."""
 
@@ -47,6 +66,7 @@ class RunConfig(BaseModel):
     tag: TagConfig = Field(TagConfig(), description="captions")
     download: DownloadConfig = Field(DownloadConfig(), description="images: fetch, check, resize")
     resources: Resources = Field(Resources(), description="threads and memory of the stages")
+    runner: RunnerConfig = Field(RunnerConfig(), description="where parallel tasks run")
 
 
 def preset_dict(name: str) -> dict[str, Any]:

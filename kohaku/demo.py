@@ -1,13 +1,18 @@
 """The bundled demo: a small synthetic danbooru2023 database and a run config for it.
 
-Writes `<dir>/metadata/danbooru.db` (once) and `<dir>/demo.toml`.
+Writes `<dir>/metadata/danbooru.db` (once; md5s stamped from the demo pictures that
+`kohaku.demo_images.ImageServer` serves) and `<dir>/demo.toml`. The image server's URL is
+only known once it runs, so it is passed as an override (`DEMO_URL_KEY`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from kohaku.demo_images import stamp_md5s
 from kohaku.synth import generate_danbooru_db
+
+DEMO_URL_KEY = "download.url_template"
 
 DEMO_TOML = """# The bundled demo: a synthetic danbooru2023 database, epsilon-style captions.
 preset = "epsilon"
@@ -30,6 +35,22 @@ count = "all"
 
 [tag.quality]
 min_age_days = 30
+
+# images from the local demo server (download.url_template is set when it starts);
+# small buckets (about 128x128) for the demo's tiny model
+[download]
+threads = 8
+
+[download.fetch]
+allowed_hosts = ["127.0.0.1"]
+per_host_concurrency = 8
+per_host_rate = 1000.0
+
+[download.buckets]
+area = 16384
+min_side = 64
+max_side = 256
+step = 32
 """
 
 
@@ -38,7 +59,11 @@ def prepare_demo(root: Path, posts: int = 3000, seed: int = 0) -> Path:
     db = root / "metadata" / "danbooru.db"
     if not db.exists():
         db.parent.mkdir(parents=True, exist_ok=True)
-        generate_danbooru_db(db, posts, seed=seed)
+        partial = db.with_name(db.name + ".partial")
+        partial.unlink(missing_ok=True)
+        generate_danbooru_db(partial, posts, seed=seed)
+        stamp_md5s(partial)
+        partial.replace(db)
     max_id = round(posts * 1.1)
     config = root / "demo.toml"
     config.write_text(DEMO_TOML.format(split=max_id // 2, first=posts // 4))

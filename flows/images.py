@@ -1,0 +1,90 @@
+"""Flow `images`: the sampled posts' images, one download task per shard run in parallel
+(threads, or an existing Dask cluster from `[runner]`), then the bucket manifest; with a
+progress bar in the terminal, a progress artifact, a summary table and the bucket
+histogram (a picture) in the UI.
+Run it: `python -m flows.images --config run.toml` after `build-dataset`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from prefect import Flow, flow
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from tqdm import tqdm
+
+from kohaku.buckets_stage import OUTPUTS, histogram_markdown
+from kohaku.config import RunConfig, load_config
+from kohaku.download_stage import post_count, shard_count
+from tasks.images import (
+    buckets_task,
+    download_manifest_task,
+    download_shard_task,
+    prepare_source_task,
+)
+from tasks.runners import task_runner
+
+
+@flow(name="images", log_prints=True)
+def images(config: RunConfig, shard_size: int = 2000) -> dict:
+    """Download, verify and resize every sampled post, then bucket them; returns the
+    download counts and the bucket counts."""
+    run_dir, start = config.run_dir.resolve(), time.perf_counter()
+    prepare_source_task(config.download, run_dir)
+    download = _download_shards(config, run_dir, shard_size)
+    manifest = download_manifest_task(
+        config.download, run_dir, shard_size, time.perf_counter() - start
+    )
+    _report_download(manifest.counts)
+    buckets = buckets_task(run_dir)
+    png = (run_dir / "buckets" / OUTPUTS["histogram"]).read_bytes()
+    create_markdown_artifact(histogram_markdown(png, buckets.counts["histogram"]),
+                             key="bucket-histogram", description="images per bucket")  # fmt: skip
+    return {"download": download | manifest.counts, "buckets": buckets.counts}
+
+
+def _download_shards(config: RunConfig, run_dir: Path, shard_size: int) -> dict:
+    n = shard_count(run_dir, shard_size)
+    progress = create_progress_artifact(0.0, description=f"download: shards done of {n}")
+    futures = [download_shard_task.submit(config.download, run_dir, i, shard_size)
+               for i in range(n)]  # fmt: skip
+    with tqdm(total=post_count(run_dir), unit="img", desc="download", disable=None) as bar:
+        for done, future in enumerate(as_completed(futures), start=1):
+            bar.update(future.result()["posts"])
+            update_progress_artifact(progress, 100.0 * done / n)
+    return {"shards": n}
+
+
+def _report_download(counts: dict) -> None:
+    summary = {k: v for k, v in counts.items() if k != "top_errors"}
+    create_table_artifact([summary], key="download-summary", description="download: posts")
+    errors = [{"error": e, "posts": n} for e, n in counts["top_errors"].items()]
+    if errors:
+        create_table_artifact(errors, key="download-errors", description="download: failures")
+
+
+def images_flow(config: RunConfig) -> Flow:
+    """The flow with the task runner the config asks for."""
+    return images.with_options(task_runner=task_runner(config.runner))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--shard-size", type=int, default=2000)
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.preset, args.overrides)
+    print(images_flow(config)(config, args.shard_size))
+
+
+if __name__ == "__main__":
+    main()
