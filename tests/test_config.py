@@ -96,6 +96,11 @@ def test_parse_override(item, expected):
          "strictly descending"),
         ({"sample": {"source": "x"}, "tag": {"layout": "nope"}}, "tag.layout"),
         ({}, "sample: Field required"),
+        ({"sample": {"source": "x"}, "runner": {"kind": "dask"}}, "runner.address is needed"),
+        ({"sample": {"source": "x"}, "runner": {"address": "tcp://h:8786"}}, "only for it"),
+        ({"sample": {"source": "x"}, "download": {"source": "tar"}}, "needs source_path"),
+        ({"sample": {"source": "x"}, "download": {"buckets": {"min_side": 100}}},
+         "not a multiple of step"),
     ],
 )  # fmt: skip
 def test_bad_configs_fail_with_a_message_naming_the_field(data, fragment):
