@@ -1,9 +1,11 @@
 # The two commands of the README: `make demo` and `make test`.
-# Both create .venv on first use; torch is never installed by them (the data stages do not
-# need it), so nothing pulls CUDA builds.
+# Both create .venv on first use. torch is installed first, pinned to the CPU build on this
+# machine kind (torch==2.13.0); the `train` extra's range is then already satisfied, so
+# nothing pulls CUDA builds. On a GPU machine install torch for its CUDA first instead.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
@@ -12,7 +14,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
 	touch $@
 
 install: $(BIN)/.installed

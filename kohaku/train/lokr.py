@@ -1,0 +1,175 @@
+"""LoKr adapters (lycoris-lora) on the SDXL UNet and both text encoders.
+
+Reads a LoKr preset (TOML: target module classes and a factor per class, for the UNet and
+the text encoders; built-ins in `kohaku/train/presets/`) and, to reload, a LoKr
+safetensors file. Writes LoKr safetensors files whose keys follow the kohya layout that
+ComfyUI and A1111 load (`lora_unet_<SGM module path>`, `lora_te1_text_model_...`,
+`lora_te2_text_model_...`), with the LyCORIS metadata. Training uses the modules' own
+(diffusers) names; `kohya_name` maps them on export and back on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from kohaku.errors import ConfigError
+from kohaku.train.names import UnetLayout, underscore_table
+
+PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+
+
+class Targets(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    target_module: list[str] = Field(min_length=1, description="module classes to adapt")
+    factor: int = Field(8, ge=1, description="LoKr factor for classes not in `factors`")
+    factors: dict[str, int] = Field({}, description="LoKr factor per module class")
+
+
+class LokrPreset(BaseModel):
+    """Which modules get a LoKr and with which factor."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    full_matrix: bool = Field(True, description="both Kronecker factors full (no low rank)")
+    unet: Targets
+    text: Targets
+
+
+@dataclass
+class Adapters:
+    """One lycoris network per adapted model (`text_encoder*` absent when not trained)."""
+
+    networks: dict[str, torch.nn.Module]
+    unet_table: dict[str, str]  # diffusers -> SGM UNet module names, with underscores
+
+    def parameters(self, component: str) -> list[torch.nn.Parameter]:
+        net = self.networks.get(component)
+        return [] if net is None else [p for p in net.parameters() if p.requires_grad]
+
+
+def load_preset(name_or_path: str) -> LokrPreset:
+    """A built-in preset by name (`delta`, `attn-only`) or a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise ConfigError(f"LoKr preset {path} does not exist")
+        text = path.read_text()
+    else:
+        files = resources.files("kohaku.train.presets")
+        if not files.joinpath(f"{name_or_path}.toml").is_file():
+            raise ConfigError(f"unknown LoKr preset {name_or_path!r}: give a built-in name "
+                              "(delta, attn-only) or a .toml path")  # fmt: skip
+        text = files.joinpath(f"{name_or_path}.toml").read_text()
+    return LokrPreset.model_validate(tomllib.loads(text))
+
+
+def check_preset(preset: LokrPreset, models: dict[str, torch.nn.Module]) -> None:
+    """Every module class the preset names exists in the models it targets (call it on
+    meta-device models: nothing is allocated)."""
+    for component, model in models.items():
+        targets = preset.unet if component == "unet" else preset.text
+        classes = {type(m).__name__ for m in model.modules()}
+        unknown = sorted((set(targets.target_module) | set(targets.factors)) - classes)
+        if unknown:
+            raise ConfigError(f"LoKr preset names module classes that {component} does not "
+                              f"have: {unknown}; it has e.g. {sorted(classes)[:12]}")  # fmt: skip
+
+
+def attach(preset: LokrPreset, models: dict[str, torch.nn.Module], seed: int) -> Adapters:
+    """Wrap each model's target modules with LoKr (w2 random, w1 zero: the model's output
+    is unchanged until trained); the base weights are frozen."""
+    from lycoris import LycorisNetwork, create_lycoris
+
+    networks = {}
+    for i, (component, model) in enumerate(models.items()):
+        targets = preset.unet if component == "unet" else preset.text
+        LycorisNetwork.apply_preset(_lycoris_preset(targets, PREFIXES[component]))
+        torch.manual_seed(seed * 7919 + i)
+        model.requires_grad_(False)
+        net = create_lycoris(model, 1.0, linear_dim=100_000, linear_alpha=1.0, algo="lokr",
+                             factor=targets.factor, full_matrix=preset.full_matrix)  # fmt: skip
+        net.apply_to()
+        networks[component] = net
+    unet = models["unet"]
+    layout = UnetLayout.from_config(dict(unet.config))
+    return Adapters(networks, underscore_table([n for n, _ in unet.named_modules()], layout))
+
+
+def _lycoris_preset(targets: Targets, prefix: str) -> dict:
+    """The complete preset every time: lycoris keeps it in class attributes."""
+    return {
+        "enable_conv": True, "target_module": list(targets.target_module), "target_name": [],
+        "module_algo_map": {c: {"factor": f} for c, f in targets.factors.items()},
+        "name_algo_map": {}, "lora_prefix": prefix, "use_fnmatch": False, "exclude_name": [],
+    }  # fmt: skip
+
+
+def kohya_name(key: str, unet_table: dict[str, str]) -> str:
+    """A training-time (diffusers) LoKr key -> its kohya-layout name; `unet_table` is
+    `Adapters.unet_table` (diffusers -> SGM module names, underscores)."""
+    module, _, leaf = key.partition(".")
+    for component, prefix in PREFIXES.items():
+        if not module.startswith(prefix + "_"):
+            continue
+        rest = module[len(prefix) + 1 :]
+        if component == "unet":
+            if rest not in unet_table:
+                raise ValueError(f"UNet module {rest} has no SGM name")
+            rest = unet_table[rest]
+        elif not rest.startswith("text_model_"):
+            rest = "text_model_" + rest  # transformers 5 flattened CLIPTextModel
+        return f"{prefix}_{rest}.{leaf}"
+    raise ValueError(f"{key} is not a LoKr key of the UNet or a text encoder")
+
+
+def state_dict(adapters: Adapters) -> dict[str, torch.Tensor]:
+    """All LoKr tensors under their kohya-layout names."""
+    out = {}
+    for net in adapters.networks.values():
+        for key, value in net.state_dict().items():
+            out[kohya_name(key, adapters.unet_table)] = value
+    return out
+
+
+def save(adapters: Adapters, path: Path, dtype: torch.dtype = torch.float16,
+         extra: dict | None = None) -> Path:  # fmt: skip
+    """The LoKr as safetensors (kohya names, LyCORIS metadata), written atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu", dtype).contiguous()
+               for k, v in state_dict(adapters).items()}  # fmt: skip
+    meta = {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(
+        {"algo": "lokr", "full_matrix": True}), **(extra or {})}  # fmt: skip
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_into(adapters: Adapters, path: Path) -> None:
+    """Load a saved LoKr (kohya names) into attached adapters of the same preset."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path))
+    for net in adapters.networks.values():
+        own = net.state_dict()
+        names = {kohya_name(k, adapters.unet_table): k for k in own}
+        missing = sorted(set(names) - set(saved))
+        if missing:
+            raise ConfigError(f"{path} lacks {len(missing)} LoKr tensors, e.g. {missing[:3]}")
+        net.load_state_dict({names[k]: saved[k].to(own[names[k]].dtype) for k in names})
+
+
+def merge(adapters: Adapters) -> None:
+    """Fold the LoKr into the base weights (the models then run without it)."""
+    for net in adapters.networks.values():
+        net.merge_to(1.0)

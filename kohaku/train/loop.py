@@ -1,0 +1,260 @@
+"""The training loop: LoKr on SDXL over the bucket manifest, data parallel, resumable
+exactly.
+
+Reads `<run>/buckets/manifest.parquet`, `<run>/tag/captions.parquet`, the base model and
+the newest checkpoint in `<run>/train/checkpoints/`. Writes checkpoints there (every
+`checkpoint_every` steps and on SIGTERM), `<run>/train/metrics.jsonl` (rank 0) and, at the
+end, `<run>/train/lokr.safetensors` (kohya names) and `<run>/train/result.json`.
+Run it under torchrun for several processes (`kohaku.train.run`), or directly for one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from kohaku.train import checkpoint as ckpt
+from kohaku.train import lokr, objective
+from kohaku.train.config import TrainConfig, check_bitsandbytes
+from kohaku.train.data import BucketBatches, DataPosition, load_batch, load_items
+from kohaku.train.model import check_model_path, load_sdxl, restore_embeddings
+
+STOPPED = 75  # exit code after a SIGTERM: checkpoint written, run again to resume
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def init_dist() -> Dist:
+    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Dist(rank, world, device)
+
+
+class Denoiser(torch.nn.Module):
+    """Everything one step runs, as one module (so DDP sees the LoKr parameters)."""
+
+    def __init__(self, parts, adapters: lokr.Adapters, cfg: TrainConfig):
+        super().__init__()
+        self.parts, self.cfg = parts, cfg
+        self.unet, self.vae = parts.unet, parts.vae
+        self.text_encoder, self.text_encoder_2 = parts.text_encoder, parts.text_encoder_2
+        self.networks = torch.nn.ModuleDict(adapters.networks)
+
+    def forward(self, batch, gens: list[torch.Generator]) -> torch.Tensor:
+        device = next(self.unet.parameters()).device
+        pixels = batch.pixels.to(device)
+        shape = (self.unet.config.in_channels, pixels.shape[2] // 8, pixels.shape[3] // 8)
+        draws = objective.draw(gens, shape, self.cfg.loss,
+                               self.parts.noise_scheduler.config.num_train_timesteps)  # fmt: skip
+        latents = objective.to_latents(self.vae, pixels, draws.latent_eps.to(device))
+        ids = objective.time_ids(batch.original_size, batch.crop_top_left, batch.target_size)
+        text_grad = self.cfg.adapter.train_text_encoders
+        with nullcontext() if text_grad else torch.no_grad():
+            cond = objective.encode_prompts(self.parts, batch.captions, ids.to(device))
+        return objective.sample_losses(self.parts, latents, cond, draws, self.cfg.loss)
+
+
+def build_optimizer(cfg: TrainConfig, adapters: lokr.Adapters) -> torch.optim.Optimizer:
+    o = cfg.optim
+    groups = [{"params": adapters.parameters("unet"), "lr": o.lr_unet}]
+    text = adapters.parameters("text_encoder") + adapters.parameters("text_encoder_2")
+    if text:
+        groups.append({"params": text, "lr": o.lr_text})
+    kw = {"betas": o.betas, "weight_decay": o.weight_decay}
+    if o.kind == "adamw":
+        return torch.optim.AdamW(groups, **kw)
+    import bitsandbytes as bnb
+
+    check_bitsandbytes(bnb.__version__)
+    return (bnb.optim.Lion8bit if o.kind == "lion8bit" else bnb.optim.AdamW8bit)(groups, **kw)
+
+
+def build_schedule(cfg: TrainConfig, optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup, cosine = cfg.optim.warmup_steps, cfg.optim.schedule == "cosine"
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Trainer:
+    """Holds the run's objects; `train()` reads as the outline of a run."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, d: Dist):
+        self.cfg, self.run_dir, self.d = cfg, Path(run_dir), d
+        self.out = self.run_dir / "train"
+        self.items = load_items(self.run_dir / "buckets" / "manifest.parquet",
+                                self.run_dir / "tag" / "captions.parquet", cfg.layout)  # fmt: skip
+        self.batches = BucketBatches(self.items, cfg.batch_size, d.world, d.rank, cfg.seed)
+        self.parts, self.adapters = self._model()
+        self.model = self._wrap(Denoiser(self.parts, self.adapters, cfg))
+        self.optimizer = build_optimizer(cfg, self.adapters)
+        self.total = cfg.max_steps or cfg.epochs * self.batches.batches_per_epoch // cfg.grad_accum
+        self.scheduler = build_schedule(cfg, self.optimizer, self.total)
+        self.scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.precision == "fp16")
+        self.stop_requested = False
+
+    def _model(self):
+        cfg = self.cfg.model
+        parts = load_sdxl(check_model_path(cfg.path, cfg.allow_pickle, cfg.config_dir))
+        if cfg.restore_embeddings_from is not None:
+            ref = load_sdxl(check_model_path(cfg.restore_embeddings_from, cfg.allow_pickle,
+                                             cfg.config_dir))  # fmt: skip
+            restore_embeddings(parts, ref)
+        models = {"unet": parts.unet}
+        if self.cfg.adapter.train_text_encoders:
+            models |= {"text_encoder": parts.text_encoder, "text_encoder_2": parts.text_encoder_2}
+        preset = lokr.load_preset(self.cfg.adapter.preset)
+        lokr.check_preset(preset, models)
+        for m in (parts.unet, parts.vae, parts.text_encoder, parts.text_encoder_2):
+            m.requires_grad_(False).to(self.d.device)
+        adapters = lokr.attach(preset, models, self.cfg.seed)
+        for net in adapters.networks.values():
+            net.to(self.d.device)
+        if self.cfg.gradient_checkpointing:
+            parts.unet.enable_gradient_checkpointing()
+        return parts, adapters
+
+    def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        if self.d.world == 1:
+            return module
+        ids = [self.d.device.index] if self.d.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    def train(self) -> dict:
+        """Resume if a checkpoint exists, run to the last step, export; returns a summary."""
+        pos = self._resume()
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        stream = self.batches.iterate(DataPosition(pos.epoch, pos.index))
+        step, start, images = pos.step, time.perf_counter(), 0
+        while step < self.total:
+            micro = [next(stream) for _ in range(self.cfg.grad_accum)]
+            loss = self.train_step([b for _, b in micro])
+            step, images = step + 1, images + len(micro) * self.cfg.batch_size * self.d.world
+            last = micro[-1][0]
+            pos = ckpt.Position(step, last.epoch, last.index + 1)
+            self._log(step, loss, images / (time.perf_counter() - start))
+            if self._should_stop() or step % self.cfg.checkpoint_every == 0:
+                self.save(pos)
+                if self.stop_requested:
+                    return {"status": "stopped", "step": step}
+        return self._finish(step)
+
+    def train_step(self, batches: list) -> float:
+        """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
+        total = 0.0
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1 or self.d.world == 1
+            gens = [objective.sample_generator(self.cfg.seed, batch.epoch, pid)
+                    for pid in batch.ids]  # fmt: skip
+            data = load_batch(batch, self.items, self.run_dir, self.cfg.captions, self.cfg.seed)
+            with self._autocast(), nullcontext() if sync else self.model.no_sync():
+                loss = self.model(data, gens).mean() / len(batches)
+                self.scaler.scale(loss).backward()
+            total += loss.item()
+        self._clip()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def _autocast(self):
+        if self.cfg.precision == "fp32":
+            return nullcontext()
+        dtype = torch.float16 if self.cfg.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.d.device.type, dtype=dtype)
+
+    def _clip(self) -> None:
+        if self.cfg.optim.max_grad_norm is None:
+            return
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm)
+
+    def _on_sigterm(self, *_: object) -> None:
+        self.stop_requested = True
+
+    def _should_stop(self) -> bool:
+        """All ranks agree (a SIGTERM may reach them between different steps)."""
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0])
+        if self.d.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.stop_requested = bool(flag.item())
+        return self.stop_requested
+
+    def _adapter_state(self) -> dict[str, torch.Tensor]:
+        return {f"{c}.{k}": v for c, net in self.adapters.networks.items()
+                for k, v in net.state_dict().items()}  # fmt: skip
+
+    def save(self, pos: ckpt.Position) -> None:
+        state = ckpt.TrainState(self._adapter_state(), self.optimizer.state_dict(),
+                                self.scheduler.state_dict(), self.scaler.state_dict() or None,
+                                pos)  # fmt: skip
+        ckpt.save(self.out / "checkpoints", state, self.d.rank, self.d.world, self.d.barrier)
+        if self.d.rank == 0:
+            ckpt.prune(self.out / "checkpoints", self.cfg.keep_checkpoints)
+
+    def _resume(self) -> ckpt.Position:
+        path = ckpt.latest(self.out / "checkpoints")
+        if path is None:
+            return ckpt.Position(0, 0, 0)
+        state = ckpt.load(path, self.d.rank)
+        for c, net in self.adapters.networks.items():
+            net.load_state_dict({k.split(".", 1)[1]: v for k, v in state.adapter.items()
+                                 if k.split(".", 1)[0] == c})  # fmt: skip
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        if state.scaler:
+            self.scaler.load_state_dict(state.scaler)
+        return state.position
+
+    def _log(self, step: int, loss: float, rate: float) -> None:
+        if self.d.rank != 0 or (step % self.cfg.log_every and step != self.total):
+            return
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        line = {"step": step, "total": self.total, "loss": loss, "lr_unet": lrs[0],
+                "lr_text": lrs[1] if len(lrs) > 1 else None, "images_per_s": rate}  # fmt: skip
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        print(f"kohaku-train {json.dumps(line)}", flush=True)
+
+    def _finish(self, step: int) -> dict:
+        if self.d.rank == 0:
+            lokr.save(self.adapters, self.out / "lokr.safetensors", torch.float16)
+            result = {"status": "done", "step": step, "lokr": "lokr.safetensors"}
+            (self.out / "result.json").write_text(json.dumps(result))
+        self.d.barrier()
+        return {"status": "done", "step": step}

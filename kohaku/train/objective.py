@@ -1,0 +1,103 @@
+"""The SDXL training objective: prompts to conditioning, images to latents, noise, the
+UNet's prediction and the per-sample loss (epsilon or v-prediction, min-SNR, offset noise).
+
+Reads and writes nothing. Every random draw of a sample (latent sampling, timestep,
+noise, offset) comes from a generator keyed by (seed, epoch, post id), so a sample's loss
+does not depend on which rank or micro-batch it lands in, nor on a resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from kohaku.train.config import LossConfig
+
+
+@dataclass
+class Conditioning:
+    hidden: torch.Tensor  # [B, 77, TE1 hidden + TE2 hidden], both penultimate layers
+    pooled: torch.Tensor  # [B, TE2 projection]
+    time_ids: torch.Tensor  # [B, 6]: original h, w, crop top, left, target h, w
+
+
+def sample_generator(seed: int, epoch: int, post_id: int) -> torch.Generator:
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{post_id}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+
+
+def tokenize(tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids  # fmt: skip
+    return ids.to(device)
+
+
+def encode_prompts(parts, captions: list[str], time_ids: torch.Tensor) -> Conditioning:
+    """SDXL conditioning: both encoders' penultimate hidden states side by side, TE2's
+    pooled projection, and the size/crop micro-conditioning."""
+    device = time_ids.device
+    out1 = parts.text_encoder(tokenize(parts.tokenizer, captions, device),
+                              output_hidden_states=True)  # fmt: skip
+    out2 = parts.text_encoder_2(tokenize(parts.tokenizer_2, captions, device),
+                                output_hidden_states=True)  # fmt: skip
+    hidden = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
+    return Conditioning(hidden, out2.text_embeds, time_ids)
+
+
+def time_ids(original: torch.Tensor, crop: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[B, 6] from [B, 2] (h, w) original size, (top, left) crop and (h, w) target size."""
+    return torch.cat([original, crop, target], dim=1).float()
+
+
+@dataclass
+class Draws:
+    """A micro-batch's random draws, one generator per sample."""
+
+    timesteps: torch.Tensor
+    noise: torch.Tensor
+    latent_eps: torch.Tensor
+
+
+def draw(gens: list[torch.Generator], latent_shape: tuple[int, ...], cfg: LossConfig,
+         steps: int) -> Draws:  # fmt: skip
+    ts, noises, eps = [], [], []
+    for g in gens:
+        eps.append(torch.randn(latent_shape, generator=g))
+        ts.append(torch.randint(0, steps, (1,), generator=g))
+        noise = torch.randn(latent_shape, generator=g)
+        offset = torch.randn((latent_shape[0], 1, 1), generator=g)
+        noises.append(noise + cfg.noise_offset * offset if cfg.noise_offset else noise)
+    return Draws(torch.cat(ts), torch.stack(noises), torch.stack(eps))
+
+
+def to_latents(vae, pixels: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Sample the VAE posterior with the given standard normal draws."""
+    with torch.no_grad():
+        dist = vae.encode(pixels.to(vae.dtype)).latent_dist
+        latents = dist.mean + dist.std * eps.to(dist.mean)
+    return latents * vae.config.scaling_factor
+
+
+def snr(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    return alphas / (1 - alphas)
+
+
+def sample_losses(parts, latents: torch.Tensor, cond: Conditioning, draws: Draws,
+                  cfg: LossConfig) -> torch.Tensor:  # fmt: skip
+    """Per-sample loss [B]: MSE to the target, min-SNR weighted."""
+    sched, t = parts.noise_scheduler, draws.timesteps.to(latents.device)
+    noise = draws.noise.to(latents)
+    noisy = sched.add_noise(latents, noise, t)
+    target = noise if cfg.prediction == "epsilon" else sched.get_velocity(latents, noise, t)
+    pred = parts.unet(noisy, t, cond.hidden, added_cond_kwargs={
+        "text_embeds": cond.pooled, "time_ids": cond.time_ids}).sample  # fmt: skip
+    mse = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+    if cfg.min_snr_gamma is None:
+        return mse
+    s = snr(sched, t).float()
+    clipped = torch.clamp(s, max=cfg.min_snr_gamma)
+    weight = clipped / s if cfg.prediction == "epsilon" else clipped / (s + 1)
+    return mse * weight
