@@ -19,6 +19,7 @@ from kohaku.download import DownloadConfig
 from kohaku.errors import ConfigError
 from kohaku.sample.config import SampleConfig
 from kohaku.tagging.config import TagConfig
+from kohaku.train.config import TrainConfig
 
 PRESETS = ("delta", "epsilon", "gamma")
 
@@ -67,6 +68,7 @@ class RunConfig(BaseModel):
     download: DownloadConfig = Field(DownloadConfig(), description="images: fetch, check, resize")
     resources: Resources = Field(Resources(), description="threads and memory of the stages")
     runner: RunnerConfig = Field(RunnerConfig(), description="where parallel tasks run")
+    train: TrainConfig | None = Field(None, description="LoKr training; empty = no training")
 
 
 def preset_dict(name: str) -> dict[str, Any]:

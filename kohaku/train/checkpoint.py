@@ -56,23 +56,34 @@ def _atomic_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def optimizer_split(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimizer state_dict as (tensors by 'state.<param>.<key>', the rest as JSON)."""
-    tensors, plain = {}, {"param_groups": state["param_groups"], "state": {}}
-    for pid, entry in state["state"].items():
-        for key, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{pid}.{key}"] = value
-            else:
-                plain["state"].setdefault(str(pid), {})[key] = value
+    """An optimizer state_dict as (tensors by dotted path, the rest as JSON with a
+    `{"__tensor__": path}` marker where each tensor was; bitsandbytes nests dicts)."""
+    tensors: dict[str, torch.Tensor] = {}
+    entries = {str(k): _split(v, f"state.{k}", tensors) for k, v in state["state"].items()}
+    plain = {"param_groups": state["param_groups"], "state": entries}
     return tensors, plain
 
 
+def _split(value, path: str, tensors: dict[str, torch.Tensor]):
+    if torch.is_tensor(value):
+        tensors[path] = value
+        return {"__tensor__": path}
+    if isinstance(value, dict):
+        return {str(k): _split(v, f"{path}.{k}", tensors) for k, v in value.items()}
+    return value
+
+
 def optimizer_join(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
-    state: dict[int, dict] = {int(pid): dict(v) for pid, v in plain["state"].items()}
-    for name, value in tensors.items():
-        _, pid, key = name.split(".", 2)
-        state.setdefault(int(pid), {})[key] = value
+    state = {int(k): _join(v, tensors) for k, v in plain["state"].items()}
     return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def _join(value, tensors: dict[str, torch.Tensor]):
+    if isinstance(value, dict):
+        if set(value) == {"__tensor__"}:
+            return tensors[value["__tensor__"]]
+        return {k: _join(v, tensors) for k, v in value.items()}
+    return value
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:

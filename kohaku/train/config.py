@@ -57,6 +57,20 @@ class LossConfig(_Frozen):
     noise_offset: float = Field(0.0, ge=0, description="offset noise strength (0.0357 in epsilon)")
 
 
+class DistConfig(_Frozen):
+    """How many processes train: torchrun's nodes and processes per node."""
+
+    nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) on each machine")
+    nnodes: int = Field(1, ge=1, description="machines")
+    node_rank: int = Field(0, ge=0, description="this machine's rank among them")
+    master_addr: str = Field("127.0.0.1", description="address of the rank-0 machine")
+    master_port: int = Field(29500, ge=1, le=65535, description="its rendezvous port")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
 class TrainConfig(_Frozen):
     """One LoKr training run over the bucket manifest."""
 
@@ -65,13 +79,14 @@ class TrainConfig(_Frozen):
     optim: OptimConfig = Field(OptimConfig(), description="optimizer and schedule")
     loss: LossConfig = Field(LossConfig(), description="objective")
     captions: CaptionConfig = Field(CaptionConfig(), description="tag shuffle and dropout")
-    layout: Literal["delta", "epsilon", "hakubooru"] = Field(
-        "delta", description="caption layout (which tags keep their place)"
-    )
+    layout: Literal["delta", "epsilon", "hakubooru"] | None = Field(
+        None, description="caption layout (which tags keep their place); empty = the tag "
+        "stage's layout",
+    )  # fmt: skip
     seed: int = Field(0, description="data order, noise and initialisation")
     batch_size: int = Field(4, ge=1, description="images per micro-batch per rank")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    world_size: int = Field(1, ge=1, description="ranks (processes) over all machines")
+    dist: DistConfig = Field(DistConfig(), description="processes and machines")
     global_batch: int | None = Field(
         None, description="expected batch_size * grad_accum * world_size; checked if given"
     )
@@ -85,12 +100,14 @@ class TrainConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        real = self.batch_size * self.grad_accum * self.world_size
+        real = self.batch_size * self.grad_accum * self.dist.world_size
         if self.global_batch is not None and self.global_batch != real:
             raise ValueError(
                 f"global_batch {self.global_batch} != batch_size {self.batch_size} x grad_accum "
-                f"{self.grad_accum} x world_size {self.world_size} = {real}"
+                f"{self.grad_accum} x {self.dist.world_size} processes = {real}"
             )
+        if self.dist.node_rank >= self.dist.nnodes:
+            raise ValueError(f"dist.node_rank {self.dist.node_rank} >= nnodes {self.dist.nnodes}")
         return self
 
 

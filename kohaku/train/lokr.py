@@ -90,7 +90,8 @@ def attach(preset: LokrPreset, models: dict[str, torch.nn.Module], seed: int) ->
     networks = {}
     for i, (component, model) in enumerate(models.items()):
         targets = preset.unet if component == "unet" else preset.text
-        LycorisNetwork.apply_preset(_lycoris_preset(targets, PREFIXES[component]))
+        excluded = _unused_layers(component, model)
+        LycorisNetwork.apply_preset(_lycoris_preset(targets, PREFIXES[component], excluded))
         torch.manual_seed(seed * 7919 + i)
         model.requires_grad_(False)
         net = create_lycoris(model, 1.0, linear_dim=100_000, linear_alpha=1.0, algo="lokr",
@@ -102,12 +103,23 @@ def attach(preset: LokrPreset, models: dict[str, torch.nn.Module], seed: int) ->
     return Adapters(networks, underscore_table([n for n, _ in unet.named_modules()], layout))
 
 
-def _lycoris_preset(targets: Targets, prefix: str) -> dict:
+def _unused_layers(component: str, model: torch.nn.Module) -> list[str]:
+    """SDXL reads TE1's penultimate hidden states only: its last layer never affects the
+    output, so it gets no LoKr (an adapter there would never learn, and DDP would wait for
+    its gradients forever)."""
+    if component != "text_encoder":
+        return []
+    last = model.config.num_hidden_layers - 1
+    return [rf"(text_model\.)?encoder\.layers\.{last}(\.|$)"]
+
+
+def _lycoris_preset(targets: Targets, prefix: str, excluded: list[str]) -> dict:
     """The complete preset every time: lycoris keeps it in class attributes."""
     return {
         "enable_conv": True, "target_module": list(targets.target_module), "target_name": [],
         "module_algo_map": {c: {"factor": f} for c, f in targets.factors.items()},
-        "name_algo_map": {}, "lora_prefix": prefix, "use_fnmatch": False, "exclude_name": [],
+        "name_algo_map": {}, "lora_prefix": prefix, "use_fnmatch": False,
+        "exclude_name": excluded,
     }  # fmt: skip
 
 

@@ -68,7 +68,8 @@ class Denoiser(torch.nn.Module):
     def forward(self, batch, gens: list[torch.Generator]) -> torch.Tensor:
         device = next(self.unet.parameters()).device
         pixels = batch.pixels.to(device)
-        shape = (self.unet.config.in_channels, pixels.shape[2] // 8, pixels.shape[3] // 8)
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        shape = (self.unet.config.in_channels, pixels.shape[2] // scale, pixels.shape[3] // scale)
         draws = objective.draw(gens, shape, self.cfg.loss,
                                self.parts.noise_scheduler.config.num_train_timesteps)  # fmt: skip
         latents = objective.to_latents(self.vae, pixels, draws.latent_eps.to(device))
@@ -114,8 +115,9 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, d: Dist):
         self.cfg, self.run_dir, self.d = cfg, Path(run_dir), d
         self.out = self.run_dir / "train"
-        self.items = load_items(self.run_dir / "buckets" / "manifest.parquet",
-                                self.run_dir / "tag" / "captions.parquet", cfg.layout)  # fmt: skip
+        captions = self.run_dir / "tag" / "captions.parquet"
+        self.items = load_items(self.run_dir / "buckets" / "manifest.parquet", captions,
+                                cfg.layout or "epsilon")  # fmt: skip
         self.batches = BucketBatches(self.items, cfg.batch_size, d.world, d.rank, cfg.seed)
         self.parts, self.adapters = self._model()
         self.model = self._wrap(Denoiser(self.parts, self.adapters, cfg))
@@ -162,8 +164,8 @@ class Trainer:
             micro = [next(stream) for _ in range(self.cfg.grad_accum)]
             loss = self.train_step([b for _, b in micro])
             step, images = step + 1, images + len(micro) * self.cfg.batch_size * self.d.world
-            last = micro[-1][0]
-            pos = ckpt.Position(step, last.epoch, last.index + 1)
+            nxt = self.batches.next_position(micro[-1][0])
+            pos = ckpt.Position(step, nxt.epoch, nxt.index)
             self._log(step, loss, images / (time.perf_counter() - start))
             if self._should_stop() or step % self.cfg.checkpoint_every == 0:
                 self.save(pos)
@@ -188,7 +190,14 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total
+        return self._mean_over_ranks(total)
+
+    def _mean_over_ranks(self, value: float) -> float:
+        if self.d.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.d.device)
+        dist.all_reduce(t)
+        return t.item() / self.d.world
 
     def _autocast(self):
         if self.cfg.precision == "fp32":

@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = TrainConfig.model_validate(json.loads(args.config.read_text()))
     d = init_dist()
-    if d.world != cfg.world_size:
-        raise ConfigError(f"world_size is {cfg.world_size} in the config but {d.world} "
-                          "processes were started")  # fmt: skip
+    if d.world != cfg.dist.world_size:
+        raise ConfigError(f"the config asks for {cfg.dist.world_size} processes but {d.world} "
+                          "were started")  # fmt: skip
     try:
         result = Trainer(cfg, args.run_dir, d).train()
     finally:

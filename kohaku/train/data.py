@@ -1,0 +1,415 @@
+"""The data side of the train stage: bucketed batch order with exact resume, per-step
+captions, and the tensors of one batch.
+
+Reads `<run>/buckets/manifest.parquet` (id, run-relative path, original size, bucket, crop),
+`<run>/tag/captions.parquet` (the tag groups; `kohaku.tagging.captions.lay_out` derives the
+head/body/tail lists) and the images under `<run>/download/images/`, which the download
+stage already resized and cropped to their bucket. Writes nothing.
+
+Determinism. Every random choice comes from a PCG64 bit generator seeded through a
+`SeedSequence` of (domain, seed, epoch[, post id]), and only its raw 64-bit output is used:
+a permutation is the stable argsort of raw draws, a uniform is the top 53 bits of one. NumPy
+keeps PCG64's raw stream fixed for a fixed seed across versions and machines (the PCG64
+docstring's compatibility guarantee), while `Generator` methods such as `permutation` only
+promise the same stream on the same build of NumPy (numpy.random compatibility policy,
+NEP 19), so they are not used. The order therefore depends on nothing but the items, the
+seed, the epoch and the global batch size: not on the manifest's row order, the rank, the
+NumPy version or the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from kohaku.errors import ConfigError, InputError
+from kohaku.tagging.captions import LAYOUTS, lay_out
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+ORDER_VERSION = "1"  # bump when the batch order of the same inputs changes
+_ORDER_DOMAIN, _CAPTION_DOMAIN = 1, 2  # keep the order and caption streams apart
+BUCKET_COLUMNS = ["id", "path", "orig_w", "orig_h", "bucket_w", "bucket_h", "crop_left", "crop_top"]
+PARTS = ["head", "body", "tail"]
+_PARTS_SCHEMA = {p: pl.List(pl.String) for p in PARTS}
+
+
+# ---------------------------------------------------------------- items
+
+
+@dataclass(frozen=True, eq=False)
+class BucketItems:
+    """The training images, one row each, sorted by id. Sizes are (width, height), the
+    crop is (left, top) in the resized image. Paths and caption parts stay in Polars
+    (Arrow) columns: millions of Python strings would cost gigabytes per rank."""
+
+    ids: np.ndarray  # int64 [N], ascending, unique
+    bucket: np.ndarray  # int64 [N, 2] (width, height)
+    original_size: np.ndarray  # int64 [N, 2] (width, height)
+    crop: np.ndarray  # int64 [N, 2] (left, top)
+    paths: pl.Series  # relative to the run dir
+    parts: pl.DataFrame  # head, body, tail lists of caption text
+    keep_separator: str | None = None  # the layout's (hakubooru: "|||")
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        if any(len(a) != n for a in (self.bucket, self.original_size, self.crop, self.paths)):
+            raise ValueError("BucketItems: every column needs one row per id")
+        if self.parts.height != n or self.parts.columns != PARTS:
+            raise ValueError(f"BucketItems: parts needs columns {PARTS} and {n} rows")
+        if n and not bool(np.all(np.diff(self.ids) > 0)):
+            raise ValueError("BucketItems: ids must be unique and ascending")
+
+    def rows(self, ids: Sequence[int]) -> np.ndarray:
+        """Row index of each id; KeyError for an id that is not an item."""
+        want = np.asarray(ids, dtype=np.int64)
+        rows = np.searchsorted(self.ids, want).clip(0, max(len(self.ids) - 1, 0))
+        absent = want[self.ids[rows] != want] if len(self.ids) else want
+        if len(absent):
+            raise KeyError(f"ids not among the items: {absent.tolist()}")
+        return rows
+
+
+def load_items(
+    buckets_manifest: Path, captions: Path | None, layout: str = "epsilon"
+) -> BucketItems:
+    """Read the buckets stage's `manifest.parquet` and, when `captions` is given, the tag
+    stage's `captions.parquet` laid out by `layout` (the run's `tag.layout`). Without
+    captions every caption is empty."""
+    _check_columns(Path(buckets_manifest), BUCKET_COLUMNS, "run `kohaku buckets` first")
+    frame = pl.read_parquet(buckets_manifest, columns=BUCKET_COLUMNS).sort("id")
+    if frame["id"].is_duplicated().any():
+        raise InputError(f"{buckets_manifest}: duplicate ids; rebuild the buckets stage")
+    if captions is None:
+        parts = pl.DataFrame({p: [[]] * frame.height for p in PARTS}, schema=_PARTS_SCHEMA)
+    else:
+        parts = _read_parts(Path(captions), layout, frame["id"])
+    return BucketItems(
+        ids=frame["id"].to_numpy().astype(np.int64), bucket=_pairs(frame, "bucket_w", "bucket_h"),
+        original_size=_pairs(frame, "orig_w", "orig_h"),
+        crop=_pairs(frame, "crop_left", "crop_top"), paths=frame["path"], parts=parts,
+        keep_separator=LAYOUTS[layout].keep_separator if captions is not None else None,
+    )  # fmt: skip
+
+
+def _pairs(frame: pl.DataFrame, first: str, second: str) -> np.ndarray:
+    return frame.select(first, second).to_numpy().astype(np.int64)
+
+
+def _check_columns(path: Path, columns: list[str], fix: str) -> None:
+    if not path.is_file():
+        raise InputError(f"{path} does not exist: {fix}")
+    missing = [c for c in columns if c not in pl.read_parquet_schema(path)]
+    if missing:
+        raise InputError(f"{path} lacks columns {missing}: {fix}")
+
+
+def _read_parts(path: Path, layout: str, ids: pl.Series) -> pl.DataFrame:
+    """head/body/tail of every id, in the order of `ids`; InputError when any lacks one."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown caption layout {layout!r}; one of {sorted(LAYOUTS)}")
+    spec = LAYOUTS[layout]
+    groups = {"rating_tags" if g == "rating" else g for g in spec.head + spec.body + spec.tail}
+    _check_columns(path, ["id", *sorted(groups)], "rebuild the tag stage (`kohaku tag`)")
+    wanted = pl.LazyFrame({"id": ids})
+    scan = pl.scan_parquet(path).select("id", *sorted(groups)).join(wanted, on="id", how="semi")
+    laid = lay_out(scan, layout).select("id", *PARTS)
+    parts = wanted.join(laid, on="id", how="left", maintain_order="left").collect()
+    if parts.height != len(ids):
+        raise InputError(f"{path}: duplicate ids; rebuild the tag stage")
+    missing = parts.filter(pl.col("head").is_null())["id"]
+    if len(missing):
+        raise InputError(
+            f"{len(missing)} of {len(ids)} images in the buckets manifest have no caption in "
+            f"{path} (first ids: {missing.head(5).to_list()}); rebuild the tag stage"
+        )
+    return parts.select(PARTS)
+
+
+# ---------------------------------------------------------------- batch order
+
+
+@dataclass(frozen=True, order=True)
+class DataPosition:
+    """Where the data stands: `index` is the next global micro-batch within `epoch`.
+    Stored in a checkpoint's sidecar (`dataclasses.asdict`, `DataPosition(**d)`)."""
+
+    epoch: int = 0
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epoch < 0 or self.index < 0:
+            raise ValueError(f"DataPosition needs epoch >= 0 and index >= 0, got {self}")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One rank's micro-batch: its ids, all from one `bucket` (width, height), and the
+    position of the global micro-batch it belongs to."""
+
+    ids: tuple[int, ...]
+    bucket: tuple[int, int]
+    epoch: int
+    index: int
+
+
+@dataclass(frozen=True, eq=False)
+class GlobalOrder:
+    """An epoch's global micro-batches: `ids[k]` (all ranks' items) from bucket `bucket[k]`."""
+
+    ids: np.ndarray  # int64 [K, batch_size * world_size]
+    bucket: np.ndarray  # int64 [K, 2] (width, height)
+
+
+class BucketBatches:
+    """The deterministic, resumable order of one rank's micro-batches.
+
+    Per epoch: each bucket's ids are shuffled by (seed, epoch), cut into global batches of
+    `batch_size * world_size` (a bucket's incomplete remainder is left out of that epoch,
+    see `dropped_per_epoch`), and the batches of all buckets are shuffled by (seed, epoch).
+    Rank r takes items [r * batch_size, (r + 1) * batch_size) of every global batch, so all
+    ranks step through the same buckets together. The global order depends only on the
+    global batch size: 1 rank with batch B sees what 2 ranks with B/2 see together."""
+
+    def __init__(
+        self, items: BucketItems, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0
+    ) -> None:
+        _check_ranks(batch_size, world_size, rank, seed)
+        self.batch_size, self.world_size, self.rank, self.seed = batch_size, world_size, rank, seed
+        self.global_batch = batch_size * world_size
+        self.buckets, self._groups = _group_by_bucket(items)
+        sizes = np.array([len(g) for g in self._groups], dtype=np.int64)
+        self.batches_per_epoch = int((sizes // self.global_batch).sum())
+        self.dropped_per_epoch = int((sizes % self.global_batch).sum())
+        if self.batches_per_epoch == 0:
+            raise ConfigError(
+                f"no batch possible: batch_size * world_size = {self.global_batch} exceeds "
+                f"every bucket (the largest holds {int(sizes.max(initial=0))} images)"
+            )
+        log.info("data: %d batches of %d per epoch; %d of %d images left out (incomplete "
+                 "batches of their bucket)", self.batches_per_epoch, self.global_batch,
+                 self.dropped_per_epoch, int(sizes.sum()))  # fmt: skip
+        self._cache: tuple[int, GlobalOrder] | None = None
+
+    def global_order(self, epoch: int) -> GlobalOrder:
+        """Every rank's micro-batches of `epoch` (the last epoch asked is cached)."""
+        if self._cache is None or self._cache[0] != epoch:
+            self._cache = (epoch, _shuffle_epoch(self._groups, self.buckets, self.seed, epoch,
+                                                 self.global_batch))  # fmt: skip
+        return self._cache[1]
+
+    def epoch_batches(self, epoch: int) -> list[Batch]:
+        """This rank's micro-batches of `epoch`, in order."""
+        order = self.global_order(epoch)
+        return [self._batch(order, epoch, k) for k in range(self.batches_per_epoch)]
+
+    def iterate(
+        self, start: DataPosition | None = None, stop_epoch: int | None = None
+    ) -> Iterator[tuple[DataPosition, Batch]]:
+        """(position, batch) from `start` (default: the very beginning) on, across epochs,
+        until `stop_epoch` (exclusive; None: forever). Resume from `next_position` of the
+        last batch trained on."""
+        pos = self.normalize(start if start is not None else DataPosition())
+        epoch, index = pos.epoch, pos.index
+        while stop_epoch is None or epoch < stop_epoch:
+            order = self.global_order(epoch)
+            for k in range(index, self.batches_per_epoch):
+                yield DataPosition(epoch, k), self._batch(order, epoch, k)
+            epoch, index = epoch + 1, 0
+
+    def next_position(self, pos: DataPosition) -> DataPosition:
+        """The position after the batch at `pos` (the first of the next epoch at its end)."""
+        return self.normalize(DataPosition(pos.epoch, pos.index + 1))
+
+    def normalize(self, pos: DataPosition) -> DataPosition:
+        """`pos` with an index at the epoch's end moved to the start of the next epoch."""
+        if pos.index > self.batches_per_epoch:
+            raise ValueError(f"{pos} is past the epoch's {self.batches_per_epoch} batches")
+        if pos.index == self.batches_per_epoch:
+            return DataPosition(pos.epoch + 1, 0)
+        return pos
+
+    def fingerprint(self) -> str:
+        """What the global order depends on (items, buckets, seed, global batch, version):
+        store it with a checkpoint and resume only when it matches."""
+        digest = hashlib.sha256(f"{ORDER_VERSION}/{self.seed}/{self.global_batch}".encode())
+        for bucket, ids in zip(self.buckets, self._groups, strict=True):
+            digest.update(np.asarray(bucket, dtype=np.int64).tobytes() + ids.tobytes())
+        return digest.hexdigest()[:16]
+
+    def _batch(self, order: GlobalOrder, epoch: int, k: int) -> Batch:
+        lo = self.rank * self.batch_size
+        ids = tuple(int(i) for i in order.ids[k, lo : lo + self.batch_size])
+        width, height = (int(v) for v in order.bucket[k])
+        return Batch(ids=ids, bucket=(width, height), epoch=epoch, index=k)
+
+
+def _check_ranks(batch_size: int, world_size: int, rank: int, seed: int) -> None:
+    if batch_size < 1 or world_size < 1:
+        raise ConfigError(f"batch_size ({batch_size}) and world_size ({world_size}) must be >= 1")
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is out of range for world_size {world_size}")
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
+
+
+def _group_by_bucket(items: BucketItems) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
+    """Buckets sorted by (width, height) and the ascending ids of each."""
+    if len(items.ids) == 0:
+        return [], []
+    bucket = np.asarray(items.bucket, dtype=np.int64).reshape(-1, 2)
+    order = np.lexsort((items.ids, bucket[:, 1], bucket[:, 0]))
+    keys, starts = np.unique(bucket[order], axis=0, return_index=True)
+    groups = np.split(np.asarray(items.ids, dtype=np.int64)[order], starts[1:])
+    return [(int(w), int(h)) for w, h in keys], groups
+
+
+def _shuffle_epoch(
+    groups: list[np.ndarray], buckets: list[tuple[int, int]], seed: int, epoch: int, size: int
+) -> GlobalOrder:
+    rng = _rng(_ORDER_DOMAIN, seed, epoch)
+    chunks, owners = [], []
+    for b, ids in enumerate(groups):
+        shuffled = ids[_permutation(rng, len(ids))]  # drawn for every bucket, full or not
+        k = len(ids) // size
+        chunks.append(shuffled[: k * size].reshape(k, size))
+        owners.append(np.full(k, b, dtype=np.int64))
+    batches, owner = np.concatenate(chunks), np.concatenate(owners)
+    perm = _permutation(rng, len(batches))
+    return GlobalOrder(ids=batches[perm], bucket=np.asarray(buckets, dtype=np.int64)[owner[perm]])
+
+
+# ---------------------------------------------------------------- randomness
+
+
+def _rng(*entropy: int) -> np.random.Generator:
+    if any(e < 0 for e in entropy):
+        raise ValueError(f"seed, epoch and post id must be >= 0, got {entropy[1:]}")
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(entropy))))
+
+
+def _permutation(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A permutation of range(n) from raw PCG64 output (stable across NumPy versions)."""
+    return np.argsort(rng.bit_generator.random_raw(n), kind="stable")
+
+
+def _uniform(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n floats in [0, 1) from raw PCG64 output (top 53 bits)."""
+    return (rng.bit_generator.random_raw(n) >> np.uint64(11)) * (1.0 / 2**53)
+
+
+def caption_rng(seed: int, epoch: int, post_id: int) -> np.random.Generator:
+    """The generator of one post's caption in one epoch: a post is drawn once per epoch,
+    so a resumed run rebuilds exactly the captions the interrupted one would have."""
+    return _rng(_CAPTION_DOMAIN, seed, epoch, post_id)
+
+
+# ---------------------------------------------------------------- captions
+
+
+class CaptionConfig(BaseModel):
+    """Per-step caption augmentation (recipes: delta drops 10 % of general tags, epsilon 15 %)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    shuffle: bool = Field(True, description="shuffle the body (general) tags every step")
+    tag_dropout: float = Field(
+        0.1, ge=0, lt=1, description="chance that each body tag is left out of a step's caption"
+    )
+    caption_dropout: float = Field(
+        0.0, ge=0, lt=1, description="chance that a step's whole caption is empty"
+    )
+    separator: str = Field(", ", description="text between tags")
+
+
+def make_caption(
+    head: Sequence[str],
+    body: Sequence[str],
+    tail: Sequence[str],
+    cfg: CaptionConfig,
+    rng: np.random.Generator,
+    keep_separator: str | None = None,
+) -> str:
+    """One step's caption: head and tail tags in place and always kept, body tags shuffled
+    and each dropped with `tag_dropout`; "" with `caption_dropout`. With a `keep_separator`
+    (hakubooru layout) the text is `<head><sep><keep_separator><rest>`. The draws are the
+    same whatever the config, so changing one setting does not reshuffle the others."""
+    draws = _uniform(rng, 1 + 2 * len(body))
+    blank, keys, drop = draws[0], draws[1 : 1 + len(body)], draws[1 + len(body) :]
+    if blank < cfg.caption_dropout:
+        return ""
+    order = np.argsort(keys, kind="stable") if cfg.shuffle else range(len(body))
+    kept = [body[i] for i in order if drop[i] >= cfg.tag_dropout]
+    sep = cfg.separator
+    if keep_separator is None:
+        return sep.join([*head, *kept, *tail])
+    return sep.join(head) + sep + keep_separator + sep.join([*kept, *tail])
+
+
+# ---------------------------------------------------------------- tensors
+
+
+@dataclass(frozen=True, eq=False)
+class TrainBatch:
+    """One rank's micro-batch, ready for SDXL. Sizes are (height, width), the order of
+    SDXL's add_time_ids: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)."""
+
+    ids: tuple[int, ...]
+    pixels: torch.Tensor  # float32 [B, 3, H, W] in [-1, 1]
+    captions: list[str]
+    original_size: torch.Tensor  # int64 [B, 2]
+    crop_top_left: torch.Tensor  # int64 [B, 2]
+    target_size: torch.Tensor  # int64 [B, 2]
+
+    def time_ids(self) -> torch.Tensor:
+        """SDXL's add_time_ids, int64 [B, 6]."""
+        import torch
+
+        return torch.cat([self.original_size, self.crop_top_left, self.target_size], dim=1)
+
+
+def load_batch(
+    batch: Batch, items: BucketItems, run_dir: Path, cfg: CaptionConfig, seed: int
+) -> TrainBatch:
+    """Open the batch's images (already fitted to its bucket) and draw its captions."""
+    import torch
+
+    rows = items.rows(batch.ids)
+    pictures = [_read_image(Path(run_dir) / p, batch.bucket) for p in items.paths.gather(rows)]
+    pixels = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    parts = items.parts[rows].rows()
+    captions = [
+        make_caption(*p, cfg, caption_rng(seed, batch.epoch, i), items.keep_separator)
+        for p, i in zip(parts, batch.ids, strict=True)
+    ]
+    target = np.broadcast_to([batch.bucket[1], batch.bucket[0]], (len(rows), 2))
+    return TrainBatch(
+        ids=batch.ids, pixels=pixels.contiguous(), captions=captions,
+        original_size=torch.from_numpy(items.original_size[rows][:, ::-1].copy()),
+        crop_top_left=torch.from_numpy(items.crop[rows][:, ::-1].copy()),
+        target_size=torch.tensor(target, dtype=torch.int64),
+    )  # fmt: skip
+
+
+def _read_image(path: Path, bucket: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3]; InputError when the file is gone or not of its bucket's size."""
+    if not path.is_file():
+        raise InputError(f"{path} is missing: rerun the download and buckets stages")
+    with Image.open(path) as img:
+        if img.size != bucket:
+            raise InputError(
+                f"{path} is {img.size[0]}x{img.size[1]}, its bucket {bucket[0]}x{bucket[1]}: "
+                "rerun the download stage (it fits every image to its bucket)"
+            )
+        return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))

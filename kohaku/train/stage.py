@@ -1,0 +1,107 @@
+"""The train stage: check every input, then run the trainer in child processes.
+
+Reads `<run>/buckets/manifest.json` (+ its parquet), `<run>/tag/manifest.json` (+
+captions), the base model's configs (not its weights) and the LoKr preset; every check
+runs before a tensor is allocated. Writes `<run>/train/config.json` and, through the
+trainer, `checkpoints/`, `metrics.jsonl`, `lokr.safetensors`; then, last,
+`<run>/train/manifest.json`. Like the download stage it works in place: a stopped or
+killed run resumes from its newest checkpoint when started again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from kohaku.errors import ConfigError, InputError
+from kohaku.stage import MANIFEST, Manifest, atomic_write_text, config_hash, library_versions
+from kohaku.stage import read_manifest as read_stage
+from kohaku.train import lokr
+from kohaku.train.config import TrainConfig
+from kohaku.train.data import BucketBatches, load_items
+from kohaku.train.launch import command, launch
+from kohaku.train.loop import STOPPED
+from kohaku.train.model import ModelSource, check_model_path
+
+STAGE, TRAIN_VERSION = "train", "1"
+
+
+class TrainingStopped(RuntimeError):
+    """The trainer stopped on SIGTERM after writing a checkpoint: run the stage again."""
+
+
+def check_inputs(cfg: TrainConfig, run_dir: Path) -> ModelSource:
+    """Everything that can be checked without loading weights."""
+    run_dir = Path(run_dir)
+    for stage, what in (("buckets", "the images"), ("tag", "the captions")):
+        if read_stage(run_dir / stage) is None:
+            raise InputError(f"{run_dir / stage} is not finished: build {what} first")
+    source = check_model_path(cfg.model.path, cfg.model.allow_pickle, cfg.model.config_dir)
+    if cfg.model.restore_embeddings_from is not None:
+        check_model_path(cfg.model.restore_embeddings_from, cfg.model.allow_pickle,
+                         cfg.model.config_dir)  # fmt: skip
+    lokr.check_preset(lokr.load_preset(cfg.adapter.preset), meta_models(source, cfg))
+    items = load_items(run_dir / "buckets" / "manifest.parquet",
+                       run_dir / "tag" / "captions.parquet", cfg.layout)  # fmt: skip
+    try:
+        BucketBatches(items, cfg.batch_size, cfg.dist.world_size, 0, cfg.seed)
+    except ValueError as exc:
+        raise ConfigError(f"train: {exc}") from None
+    return source
+
+
+def meta_models(source: ModelSource, cfg: TrainConfig) -> dict[str, torch.nn.Module]:
+    """The models the preset targets, built from their configs on the meta device."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = source.config_dir or source.path
+    with torch.device("meta"):
+        models = {"unet": UNet2DConditionModel.from_config(
+            UNet2DConditionModel.load_config(folder / "unet"))}  # fmt: skip
+        if cfg.adapter.train_text_encoders:
+            for name, cls in (("text_encoder", CLIPTextModel),
+                              ("text_encoder_2", CLIPTextModelWithProjection)):  # fmt: skip
+                models[name] = cls(CLIPTextConfig.from_pretrained(folder / name))
+    return models
+
+
+def run_train(cfg: TrainConfig, run_dir: Path, on_line: Callable[[str], None] = print,
+              env: dict | None = None) -> Manifest:  # fmt: skip
+    """Train (or resume) to the end; returns the stage manifest."""
+    run_dir, start = Path(run_dir).resolve(), time.perf_counter()
+    check_inputs(cfg, run_dir)
+    out = run_dir / STAGE
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", cfg.model_dump_json(indent=1))
+    done = launch(command(cfg, out / "config.json", run_dir), on_line, env)
+    if done.returncode == STOPPED:
+        raise TrainingStopped(f"training stopped at step {(done.last_metrics or {}).get('step')}"
+                              "; run the stage again to resume")  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the trainer failed (exit {done.returncode}):\n"
+                           + "\n".join(done.tail[-20:]))  # fmt: skip
+    return _write_manifest(cfg, run_dir, done.last_metrics or {}, time.perf_counter() - start)
+
+
+def _write_manifest(cfg: TrainConfig, run_dir: Path, metrics: dict, seconds: float) -> Manifest:
+    result = json.loads((run_dir / STAGE / "result.json").read_text())
+    buckets = read_stage(run_dir / "buckets")
+    manifest = Manifest(
+        stage=STAGE, stage_version=TRAIN_VERSION, config_hash=config_hash(cfg),
+        inputs={"buckets": {"config_hash": buckets.config_hash, "created_at": buckets.created_at},
+                "model": str(cfg.model.path)},
+        outputs={"lokr": result["lokr"], "metrics": "metrics.jsonl"},
+        counts={"steps": result["step"], "final_loss": metrics.get("loss"),
+                "images_per_s": metrics.get("images_per_s")},
+        timings={"total": round(seconds, 3)},
+        versions=library_versions("torch", "diffusers", "transformers", "lycoris-lora",
+                                  "bitsandbytes", "safetensors"),
+        created_at=time.time(),
+    )  # fmt: skip
+    atomic_write_text(run_dir / STAGE / MANIFEST, manifest.model_dump_json(indent=2))
+    return manifest

@@ -1,0 +1,30 @@
+"""The train task: checks the inputs, runs the trainer in child processes (torchrun for
+several), streams its log, shows progress in the UI, and fails with the trainer's error.
+A run stopped by SIGTERM raises `TrainingStopped`; the retry resumes from the checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from kohaku.stage import Manifest
+from kohaku.train.config import TrainConfig
+from kohaku.train.launch import parse_metrics
+from kohaku.train.stage import run_train
+
+
+@task(name="train", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, tags=["gpu"])
+def train_task(cfg: TrainConfig, run_dir: Path) -> Manifest:
+    logger = get_run_logger()
+    progress = create_progress_artifact(0.0, description="train: optimizer steps done")
+
+    def on_line(line: str) -> None:
+        logger.info(line)
+        metrics = parse_metrics(line)
+        if metrics:
+            update_progress_artifact(progress, 100.0 * metrics["step"] / metrics["total"])
+
+    return run_train(cfg, run_dir, on_line)
