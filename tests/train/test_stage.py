@@ -1,0 +1,75 @@
+"""The train stage: bad inputs fail before any weight is loaded, with a message that says
+what to fix; a good run goes through the launcher to a manifest; the Prefect flow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from kohaku.errors import ConfigError, InputError
+from kohaku.stage import read_manifest
+from kohaku.train.config import TrainConfig, check_bitsandbytes
+from kohaku.train.stage import check_inputs, run_train
+from tests.train.rundir import write_training_run
+
+
+def config(model, **kw) -> TrainConfig:
+    base = {"model": {"path": str(model)}, "batch_size": 2, "max_steps": 2, "layout": "epsilon",
+            "optim": {"kind": "adamw", "warmup_steps": 0}, "log_every": 1}  # fmt: skip
+    return TrainConfig.model_validate({**base, **kw})
+
+
+def test_bad_inputs_are_refused_before_any_weight_is_loaded(tiny_sdxl_dir, tmp_path):
+    run = write_training_run(tmp_path / "run", n=4, buckets=((64, 64),))
+    with pytest.raises(InputError, match="does not exist"):
+        check_inputs(config(tmp_path / "nope"), run)
+    sd15 = tmp_path / "sd15"
+    shutil.copytree(tiny_sdxl_dir, sd15)
+    unet = json.loads((sd15 / "unet" / "config.json").read_text())
+    unet["addition_embed_type"] = None
+    (sd15 / "unet" / "config.json").write_text(json.dumps(unet))
+    with pytest.raises(InputError, match="not SDXL"):
+        check_inputs(config(sd15), run)
+    preset = tmp_path / "bad.toml"
+    preset.write_text('[unet]\ntarget_module = ["SelfAttentionBlock"]\n'
+                      '[text]\ntarget_module = ["CLIPAttention"]\n')  # fmt: skip
+    with pytest.raises(ConfigError, match="SelfAttentionBlock"):
+        check_inputs(config(tiny_sdxl_dir, adapter={"preset": str(preset)}), run)
+    with pytest.raises(ConfigError, match="unknown LoKr preset"):
+        check_inputs(config(tiny_sdxl_dir, adapter={"preset": "nope"}), run)
+    with pytest.raises(ConfigError, match="train:"):  # 4 images, global batch 8
+        check_inputs(config(tiny_sdxl_dir, batch_size=4, dist={"nproc_per_node": 2}), run)
+    with pytest.raises(InputError, match="build the images first"):
+        check_inputs(config(tiny_sdxl_dir), tmp_path / "empty")
+
+
+def test_config_checks(tiny_sdxl_dir):
+    with pytest.raises(ValueError, match="global_batch 100"):
+        config(tiny_sdxl_dir, global_batch=100, grad_accum=4)
+    assert config(tiny_sdxl_dir, global_batch=16, grad_accum=4, dist={"nproc_per_node": 2})
+    with pytest.raises(ValueError, match="node_rank"):
+        config(tiny_sdxl_dir, dist={"node_rank": 1})
+    for bad in ("0.36.0", "0.39.1", "0.41.0"):
+        with pytest.raises(ValueError, match="broken 8-bit optimizer"):
+            check_bitsandbytes(bad)
+    check_bitsandbytes("0.41.1")
+    check_bitsandbytes("0.35.4")
+
+
+def test_run_train_launches_the_trainer_and_writes_the_manifest(tiny_sdxl_dir, tmp_path):
+    run = write_training_run(tmp_path / "run", n=4, buckets=((64, 64),))
+    lines = []
+    manifest = run_train(config(tiny_sdxl_dir), run, lines.append, env={"OMP_NUM_THREADS": "1"})
+    assert manifest.counts["steps"] == 2 and manifest.counts["final_loss"] > 0
+    assert read_manifest(run / "train") == manifest
+    assert (run / "train" / manifest.outputs["lokr"]).is_file()
+    assert any(line.startswith("kohaku-train ") for line in lines)
+
+
+def test_trainer_failure_surfaces_its_error(tiny_sdxl_dir, tmp_path):
+    run = write_training_run(tmp_path / "run", n=4, buckets=((64, 64),))
+    (run / "download" / "images" / "101.png").write_bytes(b"not a png")
+    with pytest.raises(RuntimeError, match="the trainer failed"):
+        run_train(config(tiny_sdxl_dir), run, lambda _: None, env={"OMP_NUM_THREADS": "1"})
