@@ -57,6 +57,17 @@ class LossConfig(_Frozen):
     noise_offset: float = Field(0.0, ge=0, description="offset noise strength (0.0357 in epsilon)")
 
 
+class ExportConfig(_Frozen):
+    """Merged models written after training (the LoKr file is always written)."""
+
+    formats: list[Literal["diffusers", "single_file"]] = Field(
+        [], description="merged base + LoKr as a diffusers folder and/or a single file"
+    )
+    storage: Literal["fp32", "fp16", "bf16", "fp8"] = Field(
+        "fp16", description="weight storage of the merged model (fp8 = e4m3fn, half of fp16)"
+    )
+
+
 class DistConfig(_Frozen):
     """How many processes train: torchrun's nodes and processes per node."""
 
@@ -87,6 +98,7 @@ class TrainConfig(_Frozen):
     batch_size: int = Field(4, ge=1, description="images per micro-batch per rank")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     dist: DistConfig = Field(DistConfig(), description="processes and machines")
+    export: ExportConfig = Field(ExportConfig(), description="merged models after training")
     global_batch: int | None = Field(
         None, description="expected batch_size * grad_accum * world_size; checked if given"
     )

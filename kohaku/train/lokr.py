@@ -48,6 +48,7 @@ class Adapters:
 
     networks: dict[str, torch.nn.Module]
     unet_table: dict[str, str]  # diffusers -> SGM UNet module names, with underscores
+    preset: LokrPreset
 
     def parameters(self, component: str) -> list[torch.nn.Parameter]:
         net = self.networks.get(component)
@@ -100,7 +101,8 @@ def attach(preset: LokrPreset, models: dict[str, torch.nn.Module], seed: int) ->
         networks[component] = net
     unet = models["unet"]
     layout = UnetLayout.from_config(dict(unet.config))
-    return Adapters(networks, underscore_table([n for n, _ in unet.named_modules()], layout))
+    table = underscore_table([n for n, _ in unet.named_modules()], layout)
+    return Adapters(networks, table, preset)
 
 
 def _unused_layers(component: str, model: torch.nn.Module) -> list[str]:
@@ -158,7 +160,9 @@ def save(adapters: Adapters, path: Path, dtype: torch.dtype = torch.float16,
     tensors = {k: v.detach().to("cpu", dtype).contiguous()
                for k, v in state_dict(adapters).items()}  # fmt: skip
     meta = {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(
-        {"algo": "lokr", "full_matrix": True}), **(extra or {})}  # fmt: skip
+        {"algo": "lokr", "full_matrix": adapters.preset.full_matrix}),
+        "kohaku_preset": adapters.preset.model_dump_json(),
+        "kohaku_components": json.dumps(list(adapters.networks)), **(extra or {})}  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -182,6 +186,20 @@ def load_into(adapters: Adapters, path: Path) -> None:
 
 
 def merge(adapters: Adapters) -> None:
-    """Fold the LoKr into the base weights (the models then run without it)."""
+    """Fold the LoKr into the base weights and unhook it: the models then run alone."""
     for net in adapters.networks.values():
         net.merge_to(1.0)
+        net.restore()
+
+
+def read_recipe(path: Path) -> tuple[LokrPreset, list[str]]:
+    """The preset and adapted components a kohaku LoKr file was trained with."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "kohaku_preset" not in meta:
+        raise ConfigError(f"{path} was not written by kohaku (no kohaku_preset metadata)")
+    return LokrPreset.model_validate_json(meta["kohaku_preset"]), json.loads(
+        meta["kohaku_components"]
+    )

@@ -85,17 +85,32 @@ def run_train(cfg: TrainConfig, run_dir: Path, on_line: Callable[[str], None] = 
     if done.returncode != 0:
         raise RuntimeError(f"the trainer failed (exit {done.returncode}):\n"
                            + "\n".join(done.tail[-20:]))  # fmt: skip
-    return _write_manifest(cfg, run_dir, done.last_metrics or {}, time.perf_counter() - start)
+    merged = export(cfg, run_dir)
+    return _write_manifest(cfg, run_dir, done.last_metrics or {}, merged,
+                           time.perf_counter() - start)  # fmt: skip
 
 
-def _write_manifest(cfg: TrainConfig, run_dir: Path, metrics: dict, seconds: float) -> Manifest:
+def export(cfg: TrainConfig, run_dir: Path) -> dict[str, str]:
+    """The merged models the config asks for: `train/merged/` and `train/merged.safetensors`."""
+    from kohaku.train.export import export_merged
+
+    source = check_model_path(cfg.model.path, cfg.model.allow_pickle, cfg.model.config_dir)
+    names = {"diffusers": "merged", "single_file": "merged.safetensors"}
+    for kind in cfg.export.formats:
+        export_merged(source, run_dir / STAGE / "lokr.safetensors", run_dir / STAGE / names[kind],
+                      kind, cfg.export.storage)  # fmt: skip
+    return {f"merged_{kind}": names[kind] for kind in cfg.export.formats}
+
+
+def _write_manifest(cfg: TrainConfig, run_dir: Path, metrics: dict, merged: dict[str, str],
+                    seconds: float) -> Manifest:  # fmt: skip
     result = json.loads((run_dir / STAGE / "result.json").read_text())
     buckets = read_stage(run_dir / "buckets")
     manifest = Manifest(
         stage=STAGE, stage_version=TRAIN_VERSION, config_hash=config_hash(cfg),
         inputs={"buckets": {"config_hash": buckets.config_hash, "created_at": buckets.created_at},
                 "model": str(cfg.model.path)},
-        outputs={"lokr": result["lokr"], "metrics": "metrics.jsonl"},
+        outputs={"lokr": result["lokr"], "metrics": "metrics.jsonl", **merged},
         counts={"steps": result["step"], "final_loss": metrics.get("loss"),
                 "images_per_s": metrics.get("images_per_s")},
         timings={"total": round(seconds, 3)},

@@ -7,10 +7,13 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from kohaku.errors import ConfigError, InputError
 from kohaku.stage import read_manifest
 from kohaku.train.config import TrainConfig, check_bitsandbytes
+from kohaku.train.export import merged_parts
+from kohaku.train.model import check_model_path, load_sdxl
 from kohaku.train.stage import check_inputs, run_train
 from tests.train.rundir import write_training_run
 
@@ -59,13 +62,38 @@ def test_config_checks(tiny_sdxl_dir):
 
 
 def test_run_train_launches_the_trainer_and_writes_the_manifest(tiny_sdxl_dir, tmp_path):
+    """Also exports the merged model as a single file and a diffusers folder (fp16); the
+    single file reloads to the same UNet output as the in-memory merge."""
     run = write_training_run(tmp_path / "run", n=4, buckets=((64, 64),))
     lines = []
-    manifest = run_train(config(tiny_sdxl_dir), run, lines.append, env={"OMP_NUM_THREADS": "1"})
+    cfg = config(tiny_sdxl_dir, optim={"kind": "adamw", "warmup_steps": 0, "lr_unet": 1e-2},
+                 export={"formats": ["single_file", "diffusers"], "storage": "fp16"})  # fmt: skip
+    manifest = run_train(cfg, run, lines.append, env={"OMP_NUM_THREADS": "1"})
     assert manifest.counts["steps"] == 2 and manifest.counts["final_loss"] > 0
     assert read_manifest(run / "train") == manifest
-    assert (run / "train" / manifest.outputs["lokr"]).is_file()
     assert any(line.startswith("kohaku-train ") for line in lines)
+    lokr_file = run / "train" / manifest.outputs["lokr"]
+    merged = merged_parts(check_model_path(tiny_sdxl_dir), lokr_file).unet
+    base = load_sdxl(check_model_path(tiny_sdxl_dir)).unet
+    single = run / "train" / manifest.outputs["merged_single_file"]
+    reloaded = load_sdxl(check_model_path(single, config_dir=tiny_sdxl_dir)).unet
+    folder = load_sdxl(check_model_path(run / "train" / manifest.outputs["merged_diffusers"])).unet
+    outs = [unet_output(m) for m in (merged, reloaded, folder, base)]
+    torch.testing.assert_close(outs[1], outs[0], atol=2e-3, rtol=1e-2)
+    torch.testing.assert_close(outs[2], outs[0], atol=2e-3, rtol=1e-2)
+    assert (outs[3] - outs[0]).abs().max() > 1e-3  # the LoKr changed the model
+
+
+def unet_output(unet) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    cfg = unet.config
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    hidden = torch.randn(1, 77, cfg.cross_attention_dim, generator=g)
+    pooled_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    cond = {"text_embeds": torch.randn(1, pooled_dim, generator=g),
+            "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}  # fmt: skip
+    with torch.no_grad():
+        return unet(x, torch.tensor([500]), hidden, added_cond_kwargs=cond).sample
 
 
 def test_trainer_failure_surfaces_its_error(tiny_sdxl_dir, tmp_path):
