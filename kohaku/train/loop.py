@@ -126,6 +126,7 @@ class Trainer:
         self.scheduler = build_schedule(cfg, self.optimizer, self.total)
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.precision == "fp16")
         self.stop_requested = False
+        self.writer = None  # TensorBoard, opened on the first metric line (rank 0)
 
     def _model(self):
         cfg = self.cfg.model
@@ -258,9 +259,23 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
+        self._tensorboard(line)
         print(f"kohaku-train {json.dumps(line)}", flush=True)
 
+    def _tensorboard(self, line: dict) -> None:
+        """The same figures as TensorBoard event files in `<run>/train/tensorboard/`."""
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        for key in ("loss", "lr_unet", "lr_text", "images_per_s"):
+            if line[key] is not None:
+                self.writer.add_scalar(f"train/{key}", line[key], line["step"])
+        self.writer.flush()
+
     def _finish(self, step: int) -> dict:
+        if self.writer is not None:
+            self.writer.close()
         if self.d.rank == 0:
             lokr.save(self.adapters, self.out / "lokr.safetensors", torch.float16)
             result = {"status": "done", "step": step, "lokr": "lokr.safetensors"}

@@ -62,6 +62,10 @@ def test_loss_goes_down_on_a_tiny_overfit_set(tiny_sdxl_dir, tmp_path):
     lines = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == list(range(1, 31))
     assert (run / "train" / "lokr.safetensors").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "train" / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 31))
 
 
 def test_lokr_saves_reloads_and_merges_to_the_same_outputs(tiny_sdxl_dir, tmp_path):
