@@ -106,18 +106,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     root = args.dir.resolve()
     config_path = prepare_demo(root, posts=args.posts)
-    env = {**os.environ, **demo_prefect_env(root)}
+    env = {**os.environ, **demo_prefect_env(root), "OMP_NUM_THREADS": "1"}
     with ImageServer(root / "metadata" / "danbooru.db") as server:
         print(f"demo image server on http://127.0.0.1:{server.port}")
-        url = ["--set", f"{DEMO_URL_KEY}={server.url_template}"]
-        for flow, extra in (("build_dataset", []), ("images", url)):
-            cmd = [sys.executable, "-m", f"flows.{flow}", "--config", str(config_path), *extra]
-            print(f"running: {' '.join(cmd)}")
-            code = subprocess.call(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
-            if code != 0:
-                raise SystemExit(code)
+        cmd = [sys.executable, "-m", "flows.pipeline", "--config", str(config_path),
+               "--set", f"{DEMO_URL_KEY}={server.url_template}"]  # fmt: skip
+        print(f"running: {' '.join(cmd)}")
+        code = subprocess.call(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
+        if code != 0:
+            raise SystemExit(code)
     _show_captions(root / "run" / "tag" / "captions.parquet")
     print(f"images and bucket manifest: {root / 'run' / 'buckets' / 'manifest.parquet'}")
+    print(f"trained LoKr: {root / 'run' / 'train' / 'lokr.safetensors'}")
 
 
 def _show_captions(path: Path, n: int = 3) -> None:

@@ -22,6 +22,9 @@ from kohaku.tagging.config import TagConfig
 from kohaku.train.config import TrainConfig
 
 PRESETS = ("delta", "epsilon", "gamma")
+# paths that a config file may give relative to itself
+PATH_FIELDS = ("run_dir", "sample.source", "download.source_path", "train.model.path",
+               "train.model.config_dir", "train.model.restore_embeddings_from")  # fmt: skip
 
 
 class Resources(BaseModel):
@@ -136,8 +139,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     base = path.resolve().parent
-    for section, key in (("sample", "source"), (None, "run_dir")):
-        table = data.get(section, {}) if section else data
+    for dotted in PATH_FIELDS:
+        *sections, key = dotted.split(".")
+        table = data
+        for section in sections:
+            table = table.get(section) if isinstance(table, dict) else None
         if isinstance(table, dict) and isinstance(table.get(key), str):
             p = Path(table[key]).expanduser()
             table[key] = str(p if p.is_absolute() else base / p)

@@ -1,7 +1,8 @@
 """The bundled demo: a small synthetic danbooru2023 database and a run config for it.
 
 Writes `<dir>/metadata/danbooru.db` (once; md5s stamped from the demo pictures that
-`kohaku.demo_images.ImageServer` serves) and `<dir>/demo.toml`. The image server's URL is
+`kohaku.demo_images.ImageServer` serves), `<dir>/model/` (a tiny SDXL built in code,
+once) and `<dir>/demo.toml`. The image server's URL is
 only known once it runs, so it is passed as an override (`DEMO_URL_KEY`).
 """
 
@@ -51,6 +52,29 @@ area = 16384
 min_side = 64
 max_side = 256
 step = 32
+
+# LoKr training of the demo's tiny SDXL (random weights, built in code into model/),
+# the recipe's optimizer and objective at toy scale
+[train]
+batch_size = 4
+max_steps = 40
+checkpoint_every = 20
+log_every = 5
+
+[train.model]
+path = "model"
+
+[train.optim]
+kind = "lion8bit"
+lr_unet = 1e-4
+lr_text = 2e-5
+warmup_steps = 5
+
+[train.loss]
+noise_offset = 0.0357
+
+[train.captions]
+tag_dropout = 0.15
 """
 
 
@@ -64,6 +88,11 @@ def prepare_demo(root: Path, posts: int = 3000, seed: int = 0) -> Path:
         generate_danbooru_db(partial, posts, seed=seed)
         stamp_md5s(partial)
         partial.replace(db)
+    model = root / "model"
+    if not (model / "model_index.json").is_file():
+        from kohaku.train.tiny import write_tiny_sdxl
+
+        write_tiny_sdxl(model, seed=seed)
     max_id = round(posts * 1.1)
     config = root / "demo.toml"
     config.write_text(DEMO_TOML.format(split=max_id // 2, first=posts // 4))

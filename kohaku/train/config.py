@@ -106,6 +106,10 @@ class TrainConfig(_Frozen):
     epochs: int = Field(1, ge=1, description="passes over the data when max_steps is empty")
     precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="mixed precision")
     gradient_checkpointing: bool = Field(False, description="trade compute for memory")
+    latent_cache: Path | None = Field(
+        None, description="folder of the VAE latent cache (fp16 posteriors by post id, reused "
+        "across runs with the same VAE and images); empty = encode every step",
+    )  # fmt: skip
     checkpoint_every: int = Field(500, ge=1, description="optimizer steps between checkpoints")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the last ones)")
     log_every: int = Field(10, ge=1, description="optimizer steps between metric lines")

@@ -25,6 +25,7 @@ from kohaku.train import checkpoint as ckpt
 from kohaku.train import lokr, objective
 from kohaku.train.config import TrainConfig, check_bitsandbytes
 from kohaku.train.data import BucketBatches, DataPosition, load_batch, load_items
+from kohaku.train.latents import LatentCache, cache_latents, latents_from_cache, vae_key
 from kohaku.train.model import check_model_path, load_sdxl, restore_embeddings
 
 STOPPED = 75  # exit code after a SIGTERM: checkpoint written, run again to resume
@@ -58,9 +59,9 @@ def init_dist() -> Dist:
 class Denoiser(torch.nn.Module):
     """Everything one step runs, as one module (so DDP sees the LoKr parameters)."""
 
-    def __init__(self, parts, adapters: lokr.Adapters, cfg: TrainConfig):
+    def __init__(self, parts, adapters: lokr.Adapters, cfg: TrainConfig, cache=None):
         super().__init__()
-        self.parts, self.cfg = parts, cfg
+        self.parts, self.cfg, self.cache = parts, cfg, cache
         self.unet, self.vae = parts.unet, parts.vae
         self.text_encoder, self.text_encoder_2 = parts.text_encoder, parts.text_encoder_2
         self.networks = torch.nn.ModuleDict(adapters.networks)
@@ -72,12 +73,20 @@ class Denoiser(torch.nn.Module):
         shape = (self.unet.config.in_channels, pixels.shape[2] // scale, pixels.shape[3] // scale)
         draws = objective.draw(gens, shape, self.cfg.loss,
                                self.parts.noise_scheduler.config.num_train_timesteps)  # fmt: skip
-        latents = objective.to_latents(self.vae, pixels, draws.latent_eps.to(device))
+        latents = self._latents(batch, pixels, draws.latent_eps.to(device))
         ids = objective.time_ids(batch.original_size, batch.crop_top_left, batch.target_size)
         text_grad = self.cfg.adapter.train_text_encoders
         with nullcontext() if text_grad else torch.no_grad():
             cond = objective.encode_prompts(self.parts, batch.captions, ids.to(device))
         return objective.sample_losses(self.parts, latents, cond, draws, self.cfg.loss)
+
+    def _latents(self, batch, pixels: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """VAE posterior samples, from the cache when there is one."""
+        if self.cache is None:
+            return objective.to_latents(self.vae, pixels, eps)
+        post = self.cache.get(batch.ids)
+        return latents_from_cache(post.mean.to(eps), post.std.to(eps), eps,
+                                  self.vae.config.scaling_factor)  # fmt: skip
 
 
 def build_optimizer(cfg: TrainConfig, adapters: lokr.Adapters) -> torch.optim.Optimizer:
@@ -120,7 +129,8 @@ class Trainer:
                                 cfg.layout or "epsilon")  # fmt: skip
         self.batches = BucketBatches(self.items, cfg.batch_size, d.world, d.rank, cfg.seed)
         self.parts, self.adapters = self._model()
-        self.model = self._wrap(Denoiser(self.parts, self.adapters, cfg))
+        self.cache = self._latent_cache()
+        self.model = self._wrap(Denoiser(self.parts, self.adapters, cfg, self.cache))
         self.optimizer = build_optimizer(cfg, self.adapters)
         self.total = cfg.max_steps or cfg.epochs * self.batches.batches_per_epoch // cfg.grad_accum
         self.scheduler = build_schedule(cfg, self.optimizer, self.total)
@@ -148,6 +158,16 @@ class Trainer:
         if self.cfg.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
         return parts, adapters
+
+    def _latent_cache(self) -> LatentCache | None:
+        """Rank 0 encodes what the cache lacks; then every rank reads it."""
+        if self.cfg.latent_cache is None:
+            return None
+        vae = self.parts.vae
+        if self.d.rank == 0:
+            cache_latents(self.items, self.run_dir, vae, Path(self.cfg.latent_cache))
+        self.d.barrier()
+        return LatentCache(Path(self.cfg.latent_cache) / vae_key(vae)[:16])
 
     def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         if self.d.world == 1:

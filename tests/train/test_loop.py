@@ -166,3 +166,25 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tiny_sdxl
     assert diffs.max() < 2e-4 and diffs.mean() < 1e-6, (diffs.max(), diffs.mean())
     moved = torch.cat([a[k].flatten() for k in a if k.endswith("lokr_w1")])
     assert moved.abs().mean() > 1e-4  # the LoKr did train (w1 starts at zero)
+
+
+def test_training_from_the_latent_cache(tiny_sdxl_dir, tmp_path):
+    """The VAE runs once per image into the cache; training then reads posteriors from it,
+    and a second run with the same VAE and images encodes nothing."""
+    run = write_training_run(tmp_path / "run", n=4, buckets=((64, 64),))
+    cache = tmp_path / "cache"
+    cfg = config(tiny_sdxl_dir, max_steps=2, latent_cache=str(cache))
+    first = Trainer(cfg, run, Dist(0, 1, torch.device("cpu")))
+    assert first.train() == {"status": "done", "step": 2}
+    shards = sorted(cache.rglob("shard-*.safetensors"))
+    assert shards and len(first.cache) == 4
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    again = write_training_run(tmp_path / "again", n=4, buckets=((64, 64),))
+    for pid in range(100, 104):  # the same pictures: copy them with their times
+        src, dst = run / f"download/images/{pid}.png", again / f"download/images/{pid}.png"
+        dst.write_bytes(src.read_bytes())
+        os.utime(dst, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns))
+    second = Trainer(cfg, again, Dist(0, 1, torch.device("cpu")))
+    assert [p.stat().st_mtime_ns for p in sorted(cache.rglob("shard-*.safetensors"))] == stamps
+    plain = Trainer(config(tiny_sdxl_dir, max_steps=2), again, Dist(0, 1, torch.device("cpu")))
+    assert fixed_loss(second) == pytest.approx(fixed_loss(plain), rel=1e-2)  # fp16 posteriors

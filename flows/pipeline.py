@@ -1,0 +1,39 @@
+"""Flow `pipeline`: the whole run as one flow of subflows: build-dataset (sample, tag),
+images (download, buckets) and, when the config has a [train] section, train.
+Each subflow keeps its own caching and resume, so a rerun redoes only what failed.
+Run it: `python -m flows.pipeline --config run.toml`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prefect import flow
+
+from flows.build_dataset import build_dataset
+from flows.images import images_flow
+from flows.train import train
+from kohaku.config import RunConfig, load_config
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(config: RunConfig, shard_size: int = 2000) -> dict:
+    """Metadata to captions to images to a trained LoKr; returns each part's summary."""
+    out = {"dataset": build_dataset(config), "images": images_flow(config)(config, shard_size)}
+    if config.train is not None:
+        out["train"] = train(config)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--shard-size", type=int, default=2000)
+    args = parser.parse_args(argv)
+    print(pipeline(load_config(args.config, args.preset, args.overrides), args.shard_size))
+
+
+if __name__ == "__main__":
+    main()
