@@ -1,5 +1,5 @@
 """Flow `pipeline`: the whole run as one flow of subflows: build-dataset (sample, tag),
-images (download, buckets) and, when the config has a [train] section, train.
+images (download, buckets) and, when the config has those sections, train and evaluate.
 Each subflow keeps its own caching and resume, so a rerun redoes only what failed.
 Run it: `python -m flows.pipeline --config run.toml`."""
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import flow
 
 from flows.build_dataset import build_dataset
+from flows.evaluate import evaluate
 from flows.images import images_flow
 from flows.train import train
 from kohaku.config import RunConfig, load_config
@@ -22,6 +23,8 @@ def pipeline(config: RunConfig, shard_size: int = 2000) -> dict:
     out = {"dataset": build_dataset(config), "images": images_flow(config)(config, shard_size)}
     if config.train is not None:
         out["train"] = train(config)
+    if config.evaluate is not None:
+        out["evaluate"] = evaluate(config)
     return out
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kohaku.download import DownloadConfig
 from kohaku.errors import ConfigError
+from kohaku.evaluate.config import EvaluateConfig
 from kohaku.sample.config import SampleConfig
 from kohaku.tagging.config import TagConfig
 from kohaku.train.config import TrainConfig
@@ -24,7 +25,10 @@ from kohaku.train.config import TrainConfig
 PRESETS = ("delta", "epsilon", "gamma")
 # paths that a config file may give relative to itself
 PATH_FIELDS = ("run_dir", "sample.source", "download.source_path", "train.model.path",
-               "train.model.config_dir", "train.model.restore_embeddings_from")  # fmt: skip
+               "train.model.config_dir", "train.model.restore_embeddings_from",
+               "train.latent_cache", "evaluate.clip_model", "evaluate.ccip_model",
+               "evaluate.inception", "evaluate.base_model.path",
+               "evaluate.base_model.config_dir")  # fmt: skip
 
 
 class Resources(BaseModel):
@@ -72,6 +76,9 @@ class RunConfig(BaseModel):
     resources: Resources = Field(Resources(), description="threads and memory of the stages")
     runner: RunnerConfig = Field(RunnerConfig(), description="where parallel tasks run")
     train: TrainConfig | None = Field(None, description="LoKr training; empty = no training")
+    evaluate: EvaluateConfig | None = Field(
+        None, description="sample grids and scores of the trained checkpoints; empty = none"
+    )
 
 
 def preset_dict(name: str) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def check_preset(preset: LokrPreset, models: dict[str, torch.nn.Module]) -> None
 
 
 def attach(preset: LokrPreset, models: dict[str, torch.nn.Module], seed: int) -> Adapters:
-    """Wrap each model's target modules with LoKr (w2 random, w1 zero: the model's output
+    """Wrap each model's target modules with LoKr (w1 random, w2 zero: the model's output
     is unchanged until trained); the base weights are frozen."""
     from lycoris import LycorisNetwork, create_lycoris
 

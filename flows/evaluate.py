@@ -1,0 +1,51 @@
+"""Flow `evaluate`: fixed-seed sample grids and scores of a run's checkpoints, shown in
+the UI (a grid per checkpoint, the side-by-side comparison, score tables and trends).
+Run it: `python -m flows.evaluate --config run.toml` after `train`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from kohaku.config import RunConfig, load_config
+from kohaku.errors import ConfigError
+from kohaku.evaluate.report import build_report
+from tasks.evaluate import evaluate_task
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(config: RunConfig) -> dict:
+    """Sample and score the run's checkpoints; returns the stage counts."""
+    if config.evaluate is None:
+        raise ConfigError("the config has no [evaluate] section")
+    run_dir, cfg = config.run_dir.resolve(), config.evaluate
+    if cfg.layout is None:  # the captions were laid out by the tag stage
+        cfg = cfg.model_copy(update={"layout": config.tag.layout})
+    manifest = evaluate_task(cfg, run_dir)
+    report = build_report(run_dir)
+    for label, markdown in report.grids.items():
+        create_markdown_artifact(markdown, key=f"evaluate-grid-{label}".replace("_", "-"),
+                                 description=f"evaluate: samples of {label}")  # fmt: skip
+    create_markdown_artifact(report.comparison, key="evaluate-comparison",
+                             description="evaluate: checkpoints side by side")  # fmt: skip
+    create_table_artifact(report.scores, key="evaluate-scores", description="evaluate: scores")
+    create_table_artifact(report.trend, key="evaluate-trend", description="evaluate: trend")
+    create_markdown_artifact(report.trend_chart, key="evaluate-trend-chart",
+                             description="evaluate: scores across checkpoints")  # fmt: skip
+    return manifest.counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    print(evaluate(load_config(args.config, args.preset, args.overrides)))
+
+
+if __name__ == "__main__":
+    main()

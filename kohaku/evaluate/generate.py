@@ -1,0 +1,275 @@
+"""Sampling for evaluation: the base SDXL as a diffusers pipeline, with a LoKr checkpoint of
+the run hooked in at a weight or merged into the weights, and fixed seeds.
+
+Reads the base model (`kohaku.train.model`), `<run>/train/checkpoints/step-NNNNNN/
+adapter.safetensors` (LoKr tensors under training names, `<component>.<lycoris key>`),
+`<run>/train/lokr.safetensors` (kohya names, its preset in the metadata),
+`<run>/train/result.json` and `<run>/train/config.json`. Writes nothing: pictures come back
+as PIL images.
+
+Seeds: each picture's initial latents are drawn on the CPU from its own seed and handed to
+the pipeline, so a picture depends on its prompt and seed only: not on the batch it is in,
+the device or the checkpoint (every checkpoint starts from the same noise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from kohaku.errors import InputError
+from kohaku.evaluate.config import EvaluateConfig
+from kohaku.train import lokr
+from kohaku.train.checkpoint import META
+from kohaku.train.config import TrainConfig
+from kohaku.train.model import MODELS, ModelSource, SDXLParts, load_sdxl
+
+log = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What is sampled: the base alone (`path` None) or a LoKr file of the run."""
+
+    label: str  # base, step-NNNNNN, final
+    step: int | None  # optimizer steps (base: 0; final: from result.json, if there)
+    path: Path | None
+    names: Literal["training", "kohya"] | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One picture: a prompt and a seed."""
+
+    prompt_id: str
+    prompt: str
+    seed: int
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(
+    run_dir: Path, which: str | list[int], include_base: bool = False
+) -> list[Checkpoint]:
+    """The checkpoints `which` names (final, all, or steps), base first, then by step."""
+    train = Path(run_dir) / "train"
+    steps = complete_steps(train / "checkpoints")
+    final = _final(train)
+    if which == "final":
+        if final is None:
+            raise InputError(f"{train / 'lokr.safetensors'} does not exist: train first, or "
+                             "choose evaluate.checkpoints = 'all' or a list of steps")  # fmt: skip
+        chosen = [final]
+    elif which == "all":
+        chosen = [_step(train, s) for s in steps if final is None or s != final.step]
+        chosen += [final] if final else []
+    else:
+        absent = sorted(set(which) - set(steps))
+        if absent:
+            raise InputError(f"no complete checkpoint for steps {absent} in "
+                             f"{train / 'checkpoints'}; there are {steps}")  # fmt: skip
+        chosen = [_step(train, s) for s in sorted(which)]
+    base = [Checkpoint("base", 0, None)] if include_base else []
+    if not base and not chosen:
+        raise InputError("nothing to evaluate: no checkpoint chosen and include_base is off")
+    return base + chosen
+
+
+def complete_steps(root: Path) -> list[int]:
+    """Steps of the checkpoints whose sidecar exists (the others do not count)."""
+    dirs = [p for p in Path(root).glob("step-*") if (p / META).is_file()]
+    return sorted(int(p.name.split("-")[1]) for p in dirs if p.name.split("-")[1].isdigit())
+
+
+def _step(train: Path, step: int) -> Checkpoint:
+    path = train / "checkpoints" / f"step-{step:06d}" / "adapter.safetensors"
+    return Checkpoint(f"step-{step:06d}", step, path, "training")
+
+
+def _final(train: Path) -> Checkpoint | None:
+    path = train / "lokr.safetensors"
+    if not path.is_file():
+        return None
+    result = train / "result.json"
+    step = json.loads(result.read_text()).get("step") if result.is_file() else None
+    return Checkpoint("final", step, path, "kohya")
+
+
+def read_train_config(run_dir: Path) -> TrainConfig | None:
+    path = Path(run_dir) / "train" / "config.json"
+    return TrainConfig.model_validate_json(path.read_text()) if path.is_file() else None
+
+
+def recipe(run_dir: Path, checkpoints: Sequence[Checkpoint]) -> tuple[lokr.LokrPreset, list[str]]:
+    """The LoKr preset and adapted components of the run: from the final file's metadata,
+    else from the train config and the first checkpoint's tensor names."""
+    files = [c for c in checkpoints if c.path is not None]
+    final = [c for c in files if c.names == "kohya"]
+    if final:
+        return lokr.read_recipe(final[0].path)  # type: ignore[arg-type]
+    train = read_train_config(run_dir)
+    if train is None:
+        raise InputError(f"{Path(run_dir) / 'train' / 'config.json'} does not exist: the "
+                         "checkpoints' LoKr preset is unknown")  # fmt: skip
+    with safe_open(str(files[0].path), "pt") as f:
+        keys = list(f.keys())
+    components = [c for c in COMPONENTS if any(k.startswith(c + ".") for k in keys)]
+    return lokr.load_preset(train.adapter.preset), components
+
+
+def load_weights(adapters: lokr.Adapters, checkpoint: Checkpoint) -> None:
+    """Put a checkpoint's LoKr tensors into attached adapters of the same preset."""
+    assert checkpoint.path is not None
+    if checkpoint.names == "kohya":
+        lokr.load_into(adapters, checkpoint.path)
+        return
+    state = load_file(str(checkpoint.path))
+    for component, net in adapters.networks.items():
+        own = {k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == component}
+        missing = sorted(set(net.state_dict()) - set(own))
+        if missing:
+            raise InputError(f"{checkpoint.path} lacks {len(missing)} {component} LoKr tensors, "
+                             f"e.g. {missing[:3]}")  # fmt: skip
+        net.load_state_dict(own)
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def resolve_device(cfg: EvaluateConfig) -> torch.device:
+    return torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resolve_dtype(cfg: EvaluateConfig, device: torch.device) -> torch.dtype:
+    if cfg.precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return DTYPES[cfg.precision]
+
+
+def build_pipeline(parts: SDXLParts) -> StableDiffusionXLPipeline:
+    """The SDXL pipeline from loaded parts, with Euler (SDXL 1.0's inference default) made
+    from the training schedule's config."""
+    pipe = StableDiffusionXLPipeline(
+        vae=parts.vae, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
+        tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2, unet=parts.unet,
+        scheduler=EulerDiscreteScheduler.from_config(parts.noise_scheduler.config),
+        add_watermarker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class Sampler:
+    """The base model with the run's LoKr: `use(checkpoint)` then `sample(jobs)`.
+
+    hook: the base is loaded once in the sampling dtype; the LoKr modules are attached
+    once and get each checkpoint's tensors and the multiplier `lokr_weight` (base: the
+    pictures are made before anything is attached). merge: per checkpoint the base is
+    loaded in float32, the LoKr folded in at `lokr_weight`, then cast."""
+
+    def __init__(self, source: ModelSource, cfg: EvaluateConfig, run_dir: Path,
+                 checkpoints: Sequence[Checkpoint]):  # fmt: skip
+        self.source, self.cfg, self.run_dir = source, cfg, Path(run_dir)
+        self.device = resolve_device(cfg)
+        self.dtype = resolve_dtype(cfg, self.device)
+        self.recipe = (recipe(run_dir, checkpoints)
+                       if any(c.path for c in checkpoints) else None)  # fmt: skip
+        self.parts: SDXLParts | None = None
+        self.adapters: lokr.Adapters | None = None
+        self.pipe: StableDiffusionXLPipeline | None = None
+
+    def use(self, checkpoint: Checkpoint) -> None:
+        if self.cfg.apply == "merge":
+            self.parts = self.pipe = None  # free the previous copy first
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.parts = self._load(torch.float32 if checkpoint.path else self.dtype)
+            if checkpoint.path is not None:
+                self._merge(checkpoint)
+                _to(self.parts, self.device, self.dtype)
+        else:
+            if self.parts is None:
+                self.parts = self._load(self.dtype)
+            if checkpoint.path is not None:
+                self._hook(checkpoint)
+            elif self.adapters is not None:  # the base after a checkpoint: LoKr off
+                for net in self.adapters.networks.values():
+                    net.set_multiplier(0.0)
+        self.pipe = build_pipeline(self.parts)
+
+    def _load(self, dtype: torch.dtype) -> SDXLParts:
+        parts = load_sdxl(self.source, dtype)
+        for name in MODELS:
+            getattr(parts, name).to(self.device)
+        return parts
+
+    def _attach(self) -> lokr.Adapters:
+        assert self.parts is not None and self.recipe is not None
+        preset, components = self.recipe
+        models = {c: getattr(self.parts, c) for c in components}
+        return lokr.attach(preset, models, seed=0)
+
+    def _hook(self, checkpoint: Checkpoint) -> None:
+        if self.adapters is None:
+            self.adapters = self._attach()
+            for net in self.adapters.networks.values():
+                net.to(self.device, self.dtype)
+        load_weights(self.adapters, checkpoint)
+        for net in self.adapters.networks.values():
+            net.set_multiplier(self.cfg.lokr_weight)
+
+    def _merge(self, checkpoint: Checkpoint) -> None:
+        adapters = self._attach()
+        load_weights(adapters, checkpoint)
+        for net in adapters.networks.values():
+            net.to(self.device)
+            net.merge_to(self.cfg.lokr_weight)
+            net.restore()
+
+    @torch.no_grad()
+    def sample(self, jobs: Sequence[Job]) -> Iterator[Image.Image]:
+        """The pictures of `jobs`, in order, `batch_size` at a time."""
+        assert self.pipe is not None, "call use(checkpoint) first"
+        cfg, size = self.cfg, (self.cfg.height, self.cfg.width)
+        negative = cfg.negative_prompt or None  # None: SDXL's zeroed negative conditioning
+        for start in range(0, len(jobs), cfg.batch_size):
+            batch = jobs[start : start + cfg.batch_size]
+            latents = torch.stack([initial_latents(j.seed, self.latent_shape(size))
+                                   for j in batch])  # fmt: skip
+            out = self.pipe(
+                prompt=[j.prompt for j in batch],
+                negative_prompt=None if negative is None else [negative] * len(batch),
+                latents=latents.to(self.device, self.dtype),
+                generator=[torch.Generator().manual_seed(j.seed) for j in batch],
+                num_inference_steps=cfg.steps, guidance_scale=cfg.cfg_scale,
+                width=cfg.width, height=cfg.height, output_type="pil",
+            )  # fmt: skip
+            yield from out.images
+
+    def latent_shape(self, size: tuple[int, int]) -> tuple[int, int, int]:
+        assert self.parts is not None
+        scale = 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
+        return (self.parts.unet.config.in_channels, size[0] // scale, size[1] // scale)
+
+
+def initial_latents(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard normal latents of one picture, from its seed alone (CPU, float32)."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _to(parts: SDXLParts, device: torch.device, dtype: torch.dtype) -> None:
+    for name in MODELS:
+        getattr(parts, name).to(device, dtype)

@@ -1,0 +1,276 @@
+"""What the evaluation shows a person: picture grids, the score table and the trend of each
+score across checkpoints (a line chart drawn with Pillow), and markdown that embeds a PNG
+as a data URI (the Prefect UI renders base64 pictures inside markdown artifacts).
+
+The drawing functions are pure: they take pictures and `Summary` objects and return PNG
+bytes, markdown and table rows (lists of dicts, what `create_table_artifact` takes); the
+same inputs give the same bytes. `build_report` reads the evaluate stage's files
+(`<run>/evaluate/scores.json`, `grid.png` of each checkpoint, `comparison.png`,
+`trend.png`) and writes nothing. No torch: a flow renders its artifacts without it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from kohaku.errors import InputError
+from kohaku.evaluate.scores import Summary
+
+STAGE = "evaluate"
+METRICS = ("clip_score", "ccip_difference", "ccip_match", "fid", "kid")
+LOWER_IS_BETTER = {"ccip_difference", "fid", "kid"}
+LABEL_W, HEADER_H, PAD, LINE_H = 120, 30, 4, 13
+PANEL = (300, 170)
+LINE = (70, 110, 180)
+
+
+@cache
+def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=11)  # FreeType: unlike the bitmap font, real spaces
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)  # Pillow writes no timestamp: same bytes
+    return buf.getvalue()
+
+
+def thumbnail(img: Image.Image, cell: int) -> Image.Image:
+    """`img` with its longer side scaled to `cell` pixels."""
+    scale = cell / max(img.size)
+    size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+    return img.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """Greedy word wrap to `width` pixels of the default font (long words cut)."""
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if _font().getlength(trial) <= width or not line:
+            line = trial
+        else:
+            lines.append(line)
+            line = word
+    lines.append(line)
+    return [_cut(x, width) for x in lines if x]
+
+
+def _chunks(text: str, width: int) -> list[str]:
+    """`text` cut into pieces of at most `width` pixels (column headers)."""
+    out = []
+    while text:
+        piece = _cut(text, width) or text[0]
+        out.append(piece)
+        text = text[len(piece) :]
+    return out
+
+
+def _cut(text: str, width: int) -> str:
+    while text and _font().getlength(text) > width:
+        text = text[:-1]
+    return text
+
+
+def grid_png(
+    rows: Sequence[Sequence[Image.Image | None]],
+    columns: Sequence[str],
+    row_labels: Sequence[str],
+    cell: int = 160,
+) -> bytes:
+    """A table of pictures: a header with `columns`, each row led by its wrapped label;
+    every picture is fitted into a `cell` x `cell` square (None: left blank)."""
+    width = LABEL_W + len(columns) * (cell + PAD) + PAD
+    height = HEADER_H + len(rows) * (cell + PAD) + PAD
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    for c, name in enumerate(columns):
+        x = LABEL_W + c * (cell + PAD) + PAD
+        for i, line in enumerate(_chunks(name, cell)[:2]):
+            draw.text((x + cell // 2, 2 + LINE_H * i), line, "black", _font(), anchor="ma")
+    for r, (label, pictures) in enumerate(zip(row_labels, rows, strict=True)):
+        y = HEADER_H + r * (cell + PAD) + PAD
+        for i, line in enumerate(wrap(label, LABEL_W - 2 * PAD)[: cell // LINE_H]):
+            draw.text((PAD, y + LINE_H * i), line, "black", _font())
+        for c, picture in enumerate(pictures):
+            if picture is None:
+                continue
+            thumb = thumbnail(picture, cell)
+            x = LABEL_W + c * (cell + PAD) + PAD
+            img.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
+    return png_bytes(img)
+
+
+def image_markdown(png: bytes, alt: str) -> str:
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return f"![{alt}]({uri})"
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
+
+
+def scores_table(summaries: Sequence[Summary]) -> list[dict]:
+    """One row per checkpoint: its step, each metric's value (None when skipped) and the
+    skipped metrics with their reasons."""
+    rows = []
+    for s in summaries:
+        row: dict = {"checkpoint": s.label, "step": s.step}
+        for name in METRICS:
+            m = s.metric(name)
+            row[name] = m.value if m is not None and m.status == "ok" else None
+        row["skipped"] = "; ".join(f"{m.name}: {m.reason}" for m in s.metrics
+                                   if m.status == "skipped")  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def trend_table(summaries: Sequence[Summary]) -> list[dict]:
+    """One row per metric scored on any checkpoint: its value on each checkpoint (in step
+    order) and the change from the first to the last scored one."""
+    ordered = sorted(summaries, key=_order)
+    rows = []
+    for name in METRICS:
+        values = {s.label: _value(s, name) for s in ordered}
+        scored = [v for v in values.values() if v is not None]
+        if not scored:
+            continue
+        change = scored[-1] - scored[0] if len(scored) > 1 else None
+        better = "lower" if name in LOWER_IS_BETTER else "higher"
+        rows.append({"metric": name, "better": better, **values, "change": change})
+    return rows
+
+
+def _value(s: Summary, name: str) -> float | None:
+    m = s.metric(name)
+    return m.value if m is not None and m.status == "ok" else None
+
+
+def _order(s: Summary) -> tuple[float, int, str]:
+    """Base first, checkpoints by step (a final after the checkpoint of its step), a final
+    without a known step last."""
+    return (math.inf if s.step is None else s.step, s.label == "final", s.label)
+
+
+def ordered(summaries: Sequence[Summary]) -> list[Summary]:
+    return sorted(summaries, key=_order)
+
+
+def trend_png(summaries: Sequence[Summary]) -> bytes:
+    """One small line chart per scored metric (value against checkpoint), side by side,
+    two per row."""
+    ordered = sorted(summaries, key=_order)
+    names = [n for n in METRICS if any(_value(s, n) is not None for s in ordered)]
+    cols = max(1, min(2, len(names)))
+    nrows = max(1, math.ceil(len(names) / cols))
+    img = Image.new("RGB", (PANEL[0] * cols, PANEL[1] * nrows), "white")
+    if not names:
+        ImageDraw.Draw(img).text((8, 8), "no score to plot", "black", _font())
+    for i, name in enumerate(names):
+        _panel(img, (i % cols) * PANEL[0], (i // cols) * PANEL[1], name, ordered)
+    return png_bytes(img)
+
+
+def _panel(img: Image.Image, x0: int, y0: int, name: str, ordered: Sequence[Summary]) -> None:
+    draw = ImageDraw.Draw(img)
+    better = "lower" if name in LOWER_IS_BETTER else "higher"
+    draw.text((x0 + 8, y0 + 4), f"{name} ({better} is better)", "black", _font())
+    left, top, right, bottom = x0 + 48, y0 + 22, x0 + PANEL[0] - 12, y0 + PANEL[1] - 30
+    draw.line([(left, top), (left, bottom), (right, bottom)], "black")
+    points = [(i, _value(s, name)) for i, s in enumerate(ordered)]
+    values = [v for _, v in points if v is not None]
+    lo, hi = min(values), max(values)
+    span = hi - lo or abs(hi) or 1.0
+    slot = (right - left) / max(1, len(ordered))
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        return left + slot * (i + 0.5), bottom - 6 - (v - lo) / span * (bottom - top - 12)
+
+    draw.text((left - 4, top), _fmt(hi), "black", _font(), anchor="ra")
+    draw.text((left - 4, bottom - 6), _fmt(lo), "black", _font(), anchor="rs")
+    drawn = [xy(i, v) for i, v in points if v is not None]
+    if len(drawn) > 1:
+        draw.line(drawn, LINE, width=2)
+    for px, py in drawn:
+        draw.ellipse([(px - 3, py - 3), (px + 3, py + 3)], fill=LINE)
+    for i, s in enumerate(ordered):
+        x = left + slot * (i + 0.5)
+        label = str(s.step) if s.label.startswith("step-") else s.label
+        draw.text((x, bottom + 4), _cut(label, int(slot)), "black", _font(), anchor="ma")
+
+
+def table_markdown(rows: Sequence[dict]) -> str:
+    """A markdown table of dict rows (the union of their keys, in first-seen order)."""
+    if not rows:
+        return ""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[_cell(row.get(k)) for k in keys] for row in rows]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return _fmt(value)
+    return "-" if value is None else str(value).replace("|", "\\|")
+
+
+def grid_markdown(png: bytes, summary: Summary) -> str:
+    """A checkpoint's sample grid and its scores, for a markdown artifact."""
+    return "\n".join([f"### {summary.label}", "", image_markdown(png, f"{summary.label} samples"),
+                      "", table_markdown(scores_table([summary])), ""])  # fmt: skip
+
+
+def trend_markdown(png: bytes, summaries: Sequence[Summary]) -> str:
+    """The trend chart and table across a run's checkpoints, for a markdown artifact."""
+    return "\n".join(["### scores across checkpoints", "", image_markdown(png, "score trend"),
+                      "", table_markdown(trend_table(summaries)), ""])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a flow shows: markdown with the pictures (grid per checkpoint, comparison,
+    trend) and the tables (`create_table_artifact` rows)."""
+
+    grids: dict[str, str]  # label -> markdown with the sample grid and its scores
+    comparison: str
+    scores: list[dict]
+    trend: list[dict]
+    trend_chart: str  # markdown: the line chart and the trend table
+
+
+def read_summaries(run_dir: Path) -> list[Summary]:
+    """The comparable checkpoints' scores of the last stage run, in step order."""
+    path = Path(run_dir) / STAGE / "scores.json"
+    if not path.is_file():
+        raise InputError(f"{path} does not exist: run the evaluate stage first")
+    return [Summary.from_dict(d) for d in json.loads(path.read_text())]
+
+
+def build_report(run_dir: Path) -> Report:
+    """The UI's view of a finished evaluate stage."""
+    out = Path(run_dir) / STAGE
+    summaries = read_summaries(run_dir)
+    grids = {s.label: grid_markdown((out / s.label / "grid.png").read_bytes(), s)
+             for s in summaries}  # fmt: skip
+    comparison = "\n".join(
+        [
+            "### checkpoints side by side (first seed)",
+            "",
+            image_markdown((out / "comparison.png").read_bytes(), "checkpoints"),
+        ]
+    )
+    trend_md = trend_markdown((out / "trend.png").read_bytes(), summaries)
+    return Report(grids, comparison, scores_table(summaries),
+                  trend_table(summaries), trend_md)  # fmt: skip
