@@ -75,6 +75,18 @@ noise_offset = 0.0357
 
 [train.captions]
 tag_dropout = 0.15
+
+# sample grids of the base, each checkpoint and the final LoKr (no score models are
+# bundled, so CLIP / CCIP / FID show as skipped)
+[evaluate]
+characters = 4
+styles = 2
+seeds = [0, 1]
+steps = 8
+width = 128
+height = 128
+checkpoints = "all"
+include_base = true
 """
 
 
