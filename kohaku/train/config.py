@@ -11,11 +11,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kohaku.train.data import CaptionConfig
-
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CaptionConfig(_Frozen):
+    """Per-step caption augmentation (recipes: delta drops 10 % of general tags, epsilon 15 %)."""
+
+    shuffle: bool = Field(True, description="shuffle the body (general) tags every step")
+    tag_dropout: float = Field(
+        0.1, ge=0, lt=1, description="chance that each body tag is left out of a step's caption"
+    )
+    caption_dropout: float = Field(
+        0.0, ge=0, lt=1, description="chance that a step's whole caption is empty"
+    )
+    separator: str = Field(", ", description="text between tags")
 
 
 class ModelConfig(_Frozen):

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
 from kohaku.errors import ConfigError, InputError
 from kohaku.tagging.captions import LAYOUTS, lay_out
+from kohaku.train.config import CaptionConfig
 
 if TYPE_CHECKING:
     import torch
@@ -316,21 +316,6 @@ def caption_rng(seed: int, epoch: int, post_id: int) -> np.random.Generator:
 
 
 # ---------------------------------------------------------------- captions
-
-
-class CaptionConfig(BaseModel):
-    """Per-step caption augmentation (recipes: delta drops 10 % of general tags, epsilon 15 %)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    shuffle: bool = Field(True, description="shuffle the body (general) tags every step")
-    tag_dropout: float = Field(
-        0.1, ge=0, lt=1, description="chance that each body tag is left out of a step's caption"
-    )
-    caption_dropout: float = Field(
-        0.0, ge=0, lt=1, description="chance that a step's whole caption is empty"
-    )
-    separator: str = Field(", ", description="text between tags")
 
 
 def make_caption(

@@ -1,0 +1,25 @@
+"""Model merging: weighted sums and differences of SDXL checkpoints, per tensor, streamed.
+
+Reads a merge recipe (TOML, `recipe`), the models it names (SGM single-file `.safetensors`
+or diffusers folders, `sources`) and optionally a kohaku LoKr (`lokr`). Writes one SGM
+single-file `.safetensors` in fp32, fp16, bf16 or fp8 (e4m3fn), tensor by tensor
+(`tensors`), so memory holds a few tensors at a time, never a whole model (`run`).
+
+    from kohaku.merge import load_recipe, merge
+    merge(load_recipe("gamma-rev1.toml"))
+
+or `python -m kohaku.merge gamma-rev1.toml`.
+"""
+
+from kohaku.merge.recipe import LokrMerge, MbwWeights, MergeRecipe, load_recipe, parse_expression
+from kohaku.merge.run import MergeResult, merge
+
+__all__ = [
+    "LokrMerge",
+    "MbwWeights",
+    "MergeRecipe",
+    "MergeResult",
+    "load_recipe",
+    "merge",
+    "parse_expression",
+]

@@ -1,0 +1,129 @@
+"""Merge inputs in one key space: the SGM single-file names (`model.diffusion_model.*`, ...).
+
+Reads an SGM single-file `.safetensors` checkpoint (its own key space, as it is) or a
+diffusers SDXL folder (the four models' configs and safetensors headers; their names are
+mapped to SGM names by `kohaku.train.model.sgm_state`, run on lazy tensors so that no
+weight is read). Writes nothing. Every tensor is read only when asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+from kohaku.errors import InputError
+from kohaku.merge.tensors import Lazy, TensorFile
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".bin", ".pth"}
+COMPONENTS = {  # diffusers folder -> the weights file its loader looks for first
+    "unet": "diffusion_pytorch_model.safetensors",
+    "vae": "diffusion_pytorch_model.safetensors",
+    "text_encoder": "model.safetensors",
+    "text_encoder_2": "model.safetensors",
+}
+
+
+@dataclass
+class ModelTensors:
+    """One input model: SGM name -> lazy tensor, and the files to close when done."""
+
+    name: str
+    path: Path
+    tensors: dict[str, Lazy]
+    metadata: dict[str, str] = field(default_factory=dict)
+    files: list[TensorFile] = field(default_factory=list)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+
+def open_model(name: str, path: Path) -> ModelTensors:
+    """A single-file checkpoint or a diffusers folder, by what `path` is."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"model {name}: {path} does not exist")
+    if path.is_dir():
+        return open_diffusers(name, path)
+    return open_single_file(name, path)
+
+
+def open_single_file(name: str, path: Path) -> ModelTensors:
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise InputError(
+            f"model {name}: {path} is a pickle checkpoint ({suffix}); loading it "
+            "can run code: convert it to .safetensors first"
+        )
+    if suffix != ".safetensors":
+        raise InputError(f"model {name}: {path} is neither a .safetensors file nor a folder")
+    file = TensorFile(path)
+    tensors = {k: Lazy.of(file, k) for k in file.header.specs}
+    return ModelTensors(name, path, tensors, file.header.metadata, [file])
+
+
+# ---------------------------------------------------------------------------- diffusers
+
+
+class _Component:
+    """What `sgm_state` asks of a model: `state_dict()` and `config`."""
+
+    def __init__(self, state: dict[str, Lazy], config: SimpleNamespace):
+        self._state, self.config = state, config
+
+    def state_dict(self) -> dict[str, Lazy]:
+        return dict(self._state)
+
+
+def open_diffusers(name: str, path: Path) -> ModelTensors:
+    """The UNet, VAE and both text encoders of a diffusers folder under their SGM names."""
+    from kohaku.train.model import sgm_state  # diffusers and transformers: only when needed
+
+    files: list[TensorFile] = []
+    try:
+        components = {c: _open_component(name, path / c, files) for c in COMPONENTS}
+        tensors = sgm_state(components)  # type: ignore[arg-type]  (duck-typed modules)
+    except Exception as e:
+        for f in files:
+            f.close()
+        if isinstance(e, InputError) or not isinstance(e, ValueError | KeyError | AttributeError):
+            raise
+        raise InputError(
+            f"model {name}: {path} is not a diffusers SDXL folder whose names "
+            f"map to the SGM layout: {e}"
+        ) from e
+    return ModelTensors(name, path, tensors, {}, files)
+
+
+def _open_component(name: str, folder: Path, files: list[TensorFile]) -> _Component:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"model {name}: {config_path} is missing")
+    config = SimpleNamespace(**json.loads(config_path.read_text()))
+    state: dict[str, Lazy] = {}
+    for weights in _weight_files(name, folder):
+        file = TensorFile(weights)
+        files.append(file)
+        state |= {k: Lazy.of(file, k) for k in file.header.specs}
+    return _Component(state, config)
+
+
+def _weight_files(name: str, folder: Path) -> list[Path]:
+    """The plain weights file, else the shards of a `*.safetensors.index.json`, else the
+    only `*.safetensors` there (a variant such as `*.fp16.safetensors`)."""
+    plain = folder / COMPONENTS[folder.name]
+    if plain.is_file():
+        return [plain]
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if indexes:
+        shards = json.loads(indexes[0].read_text())["weight_map"].values()
+        return [folder / s for s in sorted(set(shards))]
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) != 1:
+        raise InputError(
+            f"model {name}: {folder} has {len(found)} safetensors files "
+            f"({[p.name for p in found]}); expected {plain.name}"
+        )
+    return found
