@@ -3,12 +3,10 @@ failed or changed. Run it: `python -m flows.build_dataset --config run.toml`."""
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 
-from kohaku.config import RunConfig, load_config
+from flows.cli import config_from, config_parser
+from kohaku.config import RunConfig
 from kohaku.sample.run import sample_inputs
 from tasks.dataset import sample_task, tag_task
 from tasks.policy import for_run
@@ -31,13 +29,7 @@ def build_dataset(config: RunConfig) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("--preset")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args(argv)
-    states = build_dataset(load_config(args.config, args.preset, args.overrides))
-    print(states)
+    print(build_dataset(config_from(config_parser(__doc__).parse_args(argv))))
 
 
 if __name__ == "__main__":

@@ -4,13 +4,11 @@ Run it: `python -m flows.evaluate --config run.toml` after `train`."""
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from kohaku.config import RunConfig, load_config
+from flows.cli import config_from, config_parser
+from kohaku.config import RunConfig
 from kohaku.errors import ConfigError
 from kohaku.evaluate.report import build_report
 from tasks.evaluate import evaluate_task
@@ -39,12 +37,7 @@ def evaluate(config: RunConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("--preset")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args(argv)
-    print(evaluate(load_config(args.config, args.preset, args.overrides)))
+    print(evaluate(config_from(config_parser(__doc__).parse_args(argv))))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ Run it: `python -m flows.images --config run.toml` after `build-dataset`."""
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -20,8 +19,9 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from tqdm import tqdm
 
+from flows.cli import config_from, config_parser
 from kohaku.buckets_stage import OUTPUTS, histogram_markdown
-from kohaku.config import RunConfig, load_config
+from kohaku.config import RunConfig
 from kohaku.download_stage import post_count, shard_count
 from tasks.images import (
     buckets_task,
@@ -76,13 +76,8 @@ def images_flow(config: RunConfig) -> Flow:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("--preset")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--shard-size", type=int, default=2000)
-    args = parser.parse_args(argv)
-    config = load_config(args.config, args.preset, args.overrides)
+    args = config_parser(__doc__, shards=True).parse_args(argv)
+    config = config_from(args)
     print(images_flow(config)(config, args.shard_size))
 
 

@@ -5,16 +5,14 @@ Run it: `python -m flows.pipeline --config run.toml`."""
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from prefect import flow
 
 from flows.build_dataset import build_dataset
+from flows.cli import config_from, config_parser
 from flows.evaluate import evaluate
 from flows.images import images_flow
 from flows.train import train
-from kohaku.config import RunConfig, load_config
+from kohaku.config import RunConfig
 
 
 @flow(name="pipeline", log_prints=True)
@@ -29,13 +27,8 @@ def pipeline(config: RunConfig, shard_size: int = 2000) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("--preset")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--shard-size", type=int, default=2000)
-    args = parser.parse_args(argv)
-    print(pipeline(load_config(args.config, args.preset, args.overrides), args.shard_size))
+    args = config_parser(__doc__, shards=True).parse_args(argv)
+    print(pipeline(config_from(args), args.shard_size))
 
 
 if __name__ == "__main__":

@@ -4,14 +4,13 @@ Run it: `python -m flows.train --config run.toml` after `images`."""
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from kohaku.config import RunConfig, load_config
+from flows.cli import config_from, config_parser
+from kohaku.config import RunConfig
 from kohaku.errors import ConfigError
 from tasks.train import train_task
 
@@ -32,12 +31,7 @@ def train(config: RunConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("--preset")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args(argv)
-    print(train(load_config(args.config, args.preset, args.overrides)))
+    print(train(config_from(config_parser(__doc__).parse_args(argv))))
 
 
 if __name__ == "__main__":

@@ -161,11 +161,12 @@ def _remove_stale_partials(run_dir: Path, stage: str) -> None:
     """Partial dirs left by killed processes (their pid is gone) are removed."""
     for path in run_dir.glob(f".{stage}.partial-*"):
         pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a writer's temp files are then not stale)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

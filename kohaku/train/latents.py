@@ -42,6 +42,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from kohaku.errors import ConfigError, InputError
+from kohaku.stage import pid_alive
 from kohaku.train.data import Batch, BucketItems, CaptionConfig, load_batch
 
 log = logging.getLogger(__name__)
@@ -251,17 +252,9 @@ def _remove_stale_temps(folder: Path) -> None:
     """Temp files of processes that are gone (killed mid-write)."""
     for path in folder.glob(".*.tmp-*"):
         pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             path.unlink(missing_ok=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
