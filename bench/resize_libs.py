@@ -229,6 +229,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=100, help="JPEGs to use")
     ap.add_argument("--repeat", type=int, default=2, help="timing passes")
     ap.add_argument("--methods", default="", help="comma-separated substrings to keep")
+    ap.add_argument("--skip-quality", action="store_true", help="timings only (no reference)")
     args = ap.parse_args()
     cv2.setNumThreads(1)
     methods = METHODS
@@ -243,7 +244,7 @@ def main() -> None:
     print(f"{len(inputs)} JPEGs, {big} with the shortest side >= {2 * SIDE}", file=sys.stderr)
 
     quality: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
-    for n, (data, size) in enumerate(inputs):
+    for n, (data, size) in enumerate([] if args.skip_quality else inputs):
         ref = reference(data, size)
         for name, fn in methods.items():
             out = fn(data, size)
@@ -270,7 +271,7 @@ def main() -> None:
     truncated = truncated_verdicts(methods, *inputs[0])
     rows = []
     for name in methods:
-        ps, ss = zip(*quality[name], strict=True)
+        ps, ss = zip(*quality[name], strict=True) if quality[name] else ([float("nan")], [0.0])
         rows.append({
             "method": name, "ms": round(min(passes[name]), 1),
             "ms_passes": [round(x, 1) for x in passes[name]],
@@ -301,9 +302,12 @@ def print_table(rows: list[dict], truncated: dict[str, str]) -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         every = ", ".join(f"{x:.1f}" for x in r["ms_passes"])
+        measured = r["psnr_mean"] == r["psnr_mean"]  # NaN with --skip-quality
+        psnr_txt = f"{r['psnr_mean']:.2f} ({r['psnr_min']:.2f})" if measured else "-"
+        ssim_txt = f"{r['ssim_mean']:.4f}" if measured else "-"
         print(f"| {r['method']} | {r['ms']:.1f} ({every}) | {1000 / r['ms']:.1f} | "
-              f"{min(r['wall_ms_passes']):.1f} | {r['psnr_mean']:.2f} ({r['psnr_min']:.2f}) | "
-              f"{r['ssim_mean']:.4f} | {r['truncated_jpeg']} |")  # fmt: skip
+              f"{min(r['wall_ms_passes']):.1f} | {psnr_txt} | {ssim_txt} | "
+              f"{r['truncated_jpeg']} |")  # fmt: skip
     for name, verdict in truncated.items():
         if name not in {r["method"] for r in rows}:
             print(f"truncated JPEG, {name}: {verdict}")

@@ -11,6 +11,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="$here/.venv-img2dataset"
 py="${PYTHON:-python3}"
+export NO_ALBUMENTATIONS_UPDATE=1  # albumentations checks PyPI for a newer version on import
 
 if [[ ! -x "$venv/bin/python" ]]; then
     "$py" -m venv "$venv"
