@@ -12,13 +12,13 @@ import logging
 import sqlite3
 from pathlib import Path
 
+from kohaku.stage import atomic_path
 from kohaku.synth import (
     API_KEYS,
     BOOL_COLUMNS,
     CATEGORY_NAMES,
     POST_COLUMNS,
     RATING_LETTERS,
-    _atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _api_post(row: dict, cats: dict[str, list[str]]) -> dict:
 
 def _write_json(path: Path, obj: object) -> Path:
     """Write JSON atomically (temporary file in the same folder, then rename)."""
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
     return path
 

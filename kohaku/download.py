@@ -40,6 +40,7 @@ from kohaku.resize import (
     oriented_size,
     stored_size,
 )
+from kohaku.stage import atomic_write_bytes
 
 LEDGER_SCHEMA = {
     "id": pl.Int64, "status": pl.String, "error": pl.String, "bytes": pl.Int64,
@@ -257,9 +258,9 @@ def _store(got: Acquired, post: dict, cfg: DownloadConfig, buckets: list[Bucket]
     encoded = encode(fit(rgb, p), cfg.image_format, cfg.quality)
     rel = image_path(post["id"], cfg)
     if cfg.sidecars:
-        _write_atomic(out_dir / caption_path(post["id"], cfg),
+        atomic_write_bytes(out_dir / caption_path(post["id"], cfg),
                       (post.get("caption") or "").encode("utf-8"))  # fmt: skip
-    _write_atomic(out_dir / rel, encoded)
+    atomic_write_bytes(out_dir / rel, encoded)
     return {
         "path": str(rel), "md5_checked": checked, "orig_w": p.original[0],
         "orig_h": p.original[1], "bucket_w": p.bucket.width, "bucket_h": p.bucket.height,
@@ -276,10 +277,3 @@ def _check_md5(got: Acquired, post: dict, cfg: DownloadConfig) -> bool:
     if actual != expected:
         raise ImageRejected(f"md5 {actual} differs from metadata {expected}")
     return True
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

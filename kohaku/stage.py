@@ -110,10 +110,35 @@ def reusable(stage_dir: Path, config_hash: str, inputs: dict, version: str) -> M
     return None
 
 
+def temp_name(path: Path) -> Path:
+    """A hidden sibling of `path` that no other writer uses: `.<name>.<random>.tmp-<pid>`
+    (the trailing pid lets a later run find the leftovers of a killed one)."""
+    return path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write a file or a folder at; when the block
+    succeeds it takes `path`'s place (a folder replaces a folder), else it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        if tmp.is_dir():
+            replace_dir(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -152,7 +177,7 @@ def build_stage(run_dir: Path, stage: str) -> Iterator[StageBuild]:
         yield build
         if not (partial / MANIFEST).is_file():
             raise RuntimeError(f"stage {stage!r} finished without writing its manifest")
-        _swap_into_place(partial, final)
+        replace_dir(partial, final)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 
@@ -176,7 +201,8 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _swap_into_place(partial: Path, final: Path) -> None:
+def replace_dir(partial: Path, final: Path) -> None:
+    """Put the folder `partial` in place of the folder `final` (moved aside, then removed)."""
     if final.exists() and not final.is_dir():
         raise FileExistsError(f"{final} exists and is not a directory; move it away")
     old = final.with_name(f".{final.name}.old-{os.getpid()}")

@@ -15,17 +15,16 @@ import csv
 import functools
 import gzip
 import logging
-import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+
+from kohaku.stage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -339,18 +338,6 @@ def _tag_pairs(rng: np.random.Generator, tags: _Tags, cols: dict) -> tuple:
     return post[order], tag[order]
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield ``<path>.tmp-<pid>``; rename it onto ``path`` if the block succeeds, else delete it."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _insert(con: sqlite3.Connection, table: str, columns: list, chunk: int) -> None:
     """executemany over zipped ``.tolist()`` column chunks."""
     sql = f"INSERT INTO {table} VALUES ({', '.join('?' * len(columns))})"
@@ -410,7 +397,7 @@ def generate_danbooru_db(
     cols = _posts(rng, ids, max_id)
     post, tag = _tag_pairs(rng, tags, cols)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         _write_db(tmp, cols, tags, post, tag)
     log.info("wrote %s: %d posts, %d tags, %d relations in %.1f s",
              path, n_posts, len(tags.names), len(post), time.perf_counter() - start)  # fmt: skip

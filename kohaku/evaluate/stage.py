@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +46,7 @@ from kohaku.evaluate.scoring import Scorers, bucket_images, score_pictures
 from kohaku.stage import (
     MANIFEST,
     Manifest,
+    atomic_path,
     atomic_write_bytes,
     atomic_write_text,
     config_hash,
@@ -196,10 +195,8 @@ def generate(p: Plan, checkpoint: Checkpoint, sampler: Sampler, key: str,
              progress: Progress | None) -> None:  # fmt: skip
     """Sample the checkpoint's pictures into a partial folder, then swap it into place."""
     t0, folder = time.perf_counter(), p.out / checkpoint.label
-    tmp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    try:
+    with atomic_path(folder) as tmp:
+        (tmp / "images").mkdir(parents=True)
         sampler.use(checkpoint)
         for i, (job, picture) in enumerate(zip(p.jobs, sampler.sample(p.jobs), strict=True)):
             picture.save(tmp / image_name(job))
@@ -210,9 +207,6 @@ def generate(p: Plan, checkpoint: Checkpoint, sampler: Sampler, key: str,
                 "checkpoint": str(checkpoint.path) if checkpoint.path else None,
                 "pictures": len(p.jobs), "seconds": seconds}  # fmt: skip
         atomic_write_text(tmp / "generation.json", json.dumps(meta, indent=1))
-        _replace_dir(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("evaluate %s: %d pictures in %.1f s", checkpoint.label, len(p.jobs), seconds)
 
 
@@ -323,11 +317,3 @@ def _open(path: Path) -> Image.Image | None:
         return None
     with Image.open(path) as im:
         return im.convert("RGB")
-
-
-def _replace_dir(tmp: Path, folder: Path) -> None:
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)

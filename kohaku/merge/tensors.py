@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 import torch
 
 from kohaku.errors import InputError
+from kohaku.stage import atomic_path
 
 DTYPES = {
     "F64": torch.float64,
@@ -224,21 +225,14 @@ def write_safetensors(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write `tensors` (in the order of `specs`, each checked against its spec) one by one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header_bytes(specs, metadata or {}))
-            for spec, tensor in zip(specs, tensors, strict=True):
-                _check_out(spec, tensor)
-                f.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename makes it the output
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
+        f.write(header_bytes(specs, metadata or {}))
+        for spec, tensor in zip(specs, tensors, strict=True):
+            _check_out(spec, tensor)
+            f.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename makes it the output
+    return Path(path)
 
 
 def _check_out(spec: OutSpec, tensor: torch.Tensor) -> None:

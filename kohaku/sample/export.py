@@ -13,15 +13,13 @@ sample run pays minutes for that. Exported once, the same metadata reads in seco
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 from kohaku.errors import ConfigError
 from kohaku.sample.config import SampleConfig
 from kohaku.sample.source import connect, detect_format, open_source
-from kohaku.stage import fingerprint, library_versions
+from kohaku.stage import atomic_path, fingerprint, library_versions
 
 TABLES = {
     "post": "SELECT * FROM post() ORDER BY id",
@@ -40,17 +38,12 @@ def export_parquet(
     src = detect_format(SampleConfig(source=source))
     con = connect(threads=threads, memory_limit=memory_limit)
     open_source(con, src)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
         summary = _write_tables(con, tmp)
         summary["source"] = fingerprint(src.path).model_dump()
         summary["versions"] = library_versions("duckdb")
         (tmp / "export.json").write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from kohaku.errors import ConfigError, InputError
-from kohaku.stage import pid_alive
+from kohaku.stage import atomic_path, pid_alive
 from kohaku.train.data import Batch, BucketItems, CaptionConfig, load_batch
 
 log = logging.getLogger(__name__)
@@ -243,9 +242,8 @@ def _check_key(folder: Path, key: str) -> None:
 
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def _remove_stale_temps(folder: Path) -> None:

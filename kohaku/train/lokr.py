@@ -11,7 +11,6 @@ ComfyUI and A1111 load (`lora_unet_<SGM module path>`, `lora_te1_text_model_...`
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from kohaku.errors import ConfigError
+from kohaku.stage import atomic_path
 from kohaku.train.names import UnetLayout, underscore_table
 
 PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
@@ -170,9 +170,8 @@ def save(adapters: Adapters, path: Path, dtype: torch.dtype = torch.float16,
         "kohaku_components": json.dumps(list(adapters.networks)), **(extra or {})}  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +35,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from kohaku.errors import InputError
+from kohaku.stage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -307,13 +306,8 @@ def save_tensors(
     """One safetensors file, written under a temporary name and renamed into place."""
     if dtype not in SAVE_DTYPES:
         raise ValueError(f"cannot save in {dtype}; choose one of {SAVE_DTYPES}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: cast(v, dtype) for k, v in tensors.items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def with_text_model(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -325,9 +319,7 @@ def with_text_model(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_diffusers(parts: SDXLParts, out_dir: Path, dtype: torch.dtype) -> Path:
     """Write a diffusers SDXL folder (safetensors in `dtype`); replaces `out_dir` atomically."""
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_path(out_dir) as tmp:
         for name in MODELS:
             save_model(getattr(parts, name), tmp / name, dtype)
         for name in ("tokenizer", "tokenizer_2"):
@@ -336,9 +328,6 @@ def save_diffusers(parts: SDXLParts, out_dir: Path, dtype: torch.dtype) -> Path:
         scheduler = EulerDiscreteScheduler.from_config(parts.noise_scheduler.config)
         scheduler.save_config(tmp / "scheduler")
         (tmp / "model_index.json").write_text(json.dumps(model_index(parts), indent=2))
-        replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -381,14 +370,6 @@ def model_index(parts: SDXLParts) -> dict[str, Any]:
     for name in (*MODELS, "tokenizer", "tokenizer_2"):
         index[name] = entry(getattr(parts, name))
     return index
-
-
-def replace_dir(tmp: Path, out_dir: Path) -> None:
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_single_file(parts: SDXLParts, path: Path, dtype: torch.dtype) -> Path:
