@@ -5,7 +5,6 @@ step checkpoints under training names, the final LoKr under kohya names)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,7 @@ import torch
 from PIL import Image
 
 from kohaku.stage import build_stage, write_manifest
-
-# Nothing may come from a model hub; the loaders also get local_files_only=True.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from tests.torch_fixtures import one_torch_thread, tiny_sdxl_dir  # noqa: F401
 
 STRINGS = pl.List(pl.String)
 # (id, count, character, copyright, artist, general, quality, rating)
@@ -62,25 +59,6 @@ class TinyExtractor(torch.nn.Module):
     def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
         h = torch.relu(self.conv(x / 127.5 - 1)).mean(dim=(2, 3))
         return h if return_features else self.fc(h)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
-    """Tiny models: one thread is much faster than two on a busy 2-core machine (thread
-    hand-offs dominate). Session-wide, so that the session fixtures that sample and score
-    (they run before any function-scoped fixture) get it too."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A float32 diffusers SDXL folder with seed-0 weights; read-only for tests."""
-    from kohaku.train.tiny import write_tiny_sdxl
-
-    return write_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl") / "seed0", seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -176,7 +154,7 @@ def write_train(run: Path, model: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def eval_run(tmp_path_factory: pytest.TempPathFactory, tiny_sdxl_dir: Path) -> Path:
+def eval_run(tmp_path_factory: pytest.TempPathFactory, tiny_sdxl_dir: Path) -> Path:  # noqa: F811
     """The run dir before evaluation; read-only for tests (copy it to change it)."""
     return write_eval_run(tmp_path_factory.mktemp("eval-run") / "run", tiny_sdxl_dir)
 

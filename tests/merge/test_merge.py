@@ -87,17 +87,17 @@ def test_half_outputs_are_the_float32_result_cast(
     assert_close(got, {k: (0.5 * a[k] + 0.5 * b[k]).to(torch_dtype) for k in a}, atol=0)
 
 
-def test_diffusers_folder_reads_as_its_single_file(tmp_path: Path, tiny_files, tiny_folder: Path):
+def test_diffusers_folder_reads_as_its_single_file(tmp_path: Path, tiny_files, tiny_sdxl_dir: Path):
     """The folder (seed 0) maps onto the SGM names of m0 (seed 0): same tensors, exactly."""
-    got = run(tmp_path, {"folder": tiny_folder, "m1": tiny_files["m1"]}, "2 * folder - m1")
+    got = run(tmp_path, {"folder": tiny_sdxl_dir, "m1": tiny_files["m1"]}, "2 * folder - m1")
     a, b = load(tiny_files["m0"]), load(tiny_files["m1"])
     assert_close(got, {k: 2 * a[k] - b[k] for k in a})
 
 
-def test_diffusers_weight_variants_are_found(tmp_path: Path, tiny_files, tiny_folder):
+def test_diffusers_weight_variants_are_found(tmp_path: Path, tiny_files, tiny_sdxl_dir):
     """A lone `*.fp16.safetensors` is read; two candidates and no plain file are an error."""
     folder = tmp_path / "variant"
-    shutil.copytree(tiny_folder, folder)
+    shutil.copytree(tiny_sdxl_dir, folder)
     unet = folder / "unet"
     (unet / "diffusion_pytorch_model.safetensors").rename(unet / "x.fp16.safetensors")
     got = run(tmp_path, {"v": folder}, "v")
@@ -108,10 +108,10 @@ def test_diffusers_weight_variants_are_found(tmp_path: Path, tiny_files, tiny_fo
 
 
 def test_sharded_diffusers_weights_are_read_through_their_index(
-    tmp_path: Path, tiny_files, tiny_folder: Path
+    tmp_path: Path, tiny_files, tiny_sdxl_dir: Path
 ):
     folder = tmp_path / "sharded"
-    shutil.copytree(tiny_folder, folder)
+    shutil.copytree(tiny_sdxl_dir, folder)
     unet = folder / "unet"
     state = load_file(str(unet / "diffusion_pytorch_model.safetensors"))
     (unet / "diffusion_pytorch_model.safetensors").unlink()
@@ -216,12 +216,12 @@ def lokr_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("weight", [1.0, 0.5])
 def test_lokr_merges_as_lycoris_merges_it(
-    tmp_path: Path, tiny_files, tiny_folder: Path, lokr_file: Path, weight: float
+    tmp_path: Path, tiny_files, tiny_sdxl_dir: Path, lokr_file: Path, weight: float
 ):
     from kohaku.train.export import merged_parts
     from kohaku.train.model import MODELS, ModelSource, sgm_state
 
-    parts = merged_parts(ModelSource(tiny_folder, "diffusers"), lokr_file)
+    parts = merged_parts(ModelSource(tiny_sdxl_dir, "diffusers"), lokr_file)
     with torch.no_grad():
         lycoris_merged = sgm_state({name: getattr(parts, name) for name in MODELS})
     base = load(tiny_files["m0"])
