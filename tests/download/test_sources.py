@@ -197,7 +197,8 @@ def test_jpeg_draft_keeps_geometry_of_a_rotated_photo(tmp_path):
     """A big JPEG stored sideways (EXIF orientation 6) decodes in draft mode at a reduced
     scale, yet lands in the same portrait bucket, with the same original size recorded,
     and nearly the same pixels as a full decode."""
-    big = Image.linear_gradient("L").resize((3200, 1600)).convert("RGB")
+    # 6400 px: twice the 2x draft request, so a real 1/2 DCT draft happens
+    big = Image.linear_gradient("L").resize((6400, 3200)).convert("RGB")
     exif = Image.Exif()
     exif[0x0112] = 6
     buf = io.BytesIO()
@@ -212,7 +213,7 @@ def test_jpeg_draft_keeps_geometry_of_a_rotated_photo(tmp_path):
         run_download(config("folder", src, jpeg_draft=draft, image_format="png"), run,
                      show_progress=False)  # fmt: skip
         row = pl.read_parquet(ledger_path(run, 0)).filter(id=1).row(0, named=True)
-        assert (row["orig_w"], row["orig_h"]) == (1600, 3200)
+        assert (row["orig_w"], row["orig_h"]) == (3200, 6400)
         img = Image.open(run / "download" / row["path"])
         assert img.size == (row["bucket_w"], row["bucket_h"]) and img.height > img.width
         outputs.append(img.convert("L"))
