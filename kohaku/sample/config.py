@@ -80,10 +80,16 @@ class SampleConfig(_Model):
 
     source: Path = Field(
         description="danbooru2023 SQLite file, a folder of parquet exports "
-        "(post, tag, posttagrelation), or a folder of /posts.json pages"
+        "(post, tag, posttagrelation), a folder of /posts.json pages, or a metadata store "
+        "(`kohaku metadata import`)"
     )
-    source_format: Literal["auto", "sqlite", "parquet", "api_json"] = Field(
+    source_format: Literal["auto", "sqlite", "parquet", "api_json", "store"] = Field(
         "auto", description="format of `source`; auto looks at the path"
+    )
+    snapshot: str = Field(
+        "latest",
+        description="metadata store only: the snapshot to read, `latest` or an id such as "
+        "20261203-0123456789ab (the sample manifest records the id it read)",
     )
     seed: int = Field(0, ge=0, lt=2**63, description="seed of the random selection")
     ranges: list[IdRange] = Field(

@@ -48,6 +48,8 @@ POST_OUTPUT_COLUMNS = """id, range_idx, TRY_CAST(created_at AS TIMESTAMPTZ) AS c
 def sample_inputs(cfg: SampleConfig, src: Source | None = None) -> dict:
     """What the stage's output depends on besides its config."""
     src = src or detect_format(cfg)
+    if src.format == "store":  # a snapshot id names its content (immutable partition files)
+        return {"source": str(src.path), "source_format": "store", "snapshot": src.snapshot}
     return {"source": fingerprint(src.path).model_dump(), "source_format": src.format}
 
 
@@ -106,7 +108,7 @@ def write_post_tags(con: duckdb.DuckDBPyConnection, path: Path, source_format: s
     already in (post_id, ord) order, such as a `kohaku export-parquet` folder, needs no
     sort. The order is checked; otherwise the rows are sorted."""
     lo, hi = con.execute("SELECT min(id), max(id) FROM chosen").fetchone()
-    if source_format == "parquet" and lo is not None and hi - lo < MAX_BITMAP_SPAN:
+    if source_format in ("parquet", "store") and lo is not None and hi - lo < MAX_BITMAP_SPAN:
         con.execute(f"""CREATE OR REPLACE TEMP TABLE chosen_bits AS
             SELECT bitstring_agg(id, {lo}, {hi}) AS bits FROM chosen""")
         con.execute(f"""COPY (SELECT {POST_TAG_COLUMNS} FROM rel() r

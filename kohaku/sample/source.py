@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 
 from kohaku.errors import InputError
+from kohaku.metadata import snapshot as store_snapshot
 from kohaku.sample.config import SampleConfig
 
 POST_COLUMNS = (
@@ -37,6 +38,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 class Source:
     path: Path
     format: str
+    snapshot: str | None = None  # the resolved snapshot id of a metadata store
 
 
 def connect(
@@ -62,6 +64,8 @@ def detect_format(cfg: SampleConfig) -> Source:
     fmt = cfg.source_format
     if fmt == "auto":
         fmt = _guess_format(path)
+    if fmt == "store":
+        return Source(path, fmt, store_snapshot.resolve_id(path, cfg.snapshot))
     return Source(path=path, format=fmt)
 
 
@@ -71,6 +75,8 @@ def _guess_format(path: Path) -> str:
             if f.read(16) == SQLITE_MAGIC:
                 return "sqlite"
         raise InputError(f"sample.source {path} is a file but not a SQLite database")
+    if store_snapshot.is_store(path):
+        return "store"
     if any(path.glob("*.parquet")) or any(path.glob("*/*.parquet")):
         return "parquet"
     if any(path.glob("*.json")):
@@ -88,6 +94,8 @@ def open_source(con: duckdb.DuckDBPyConnection, src: Source) -> None:
         _open_sqlite(con, src.path)
     elif src.format == "parquet":
         _open_parquet(con, src.path)
+    elif src.format == "store":
+        _open_store(con, src)
     else:
         _open_api_json(con, src.path)
 
@@ -132,6 +140,14 @@ def _open_parquet(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
     sources = {t: locate(t) for t in TABLE_COLUMNS}
     _check_columns(con, path, sources.__getitem__)
+    _define_macros(con, sources.__getitem__)
+
+
+def _open_store(con: duckdb.DuckDBPyConnection, src: Source) -> None:
+    """A metadata store snapshot: its partition files, in id order, per table."""
+    snap = store_snapshot.read_snapshot(src.path, src.snapshot or "latest")
+    sources = {t: f"read_parquet({[str(p) for p in snap.files(src.path, t)]!r})"
+               for t in TABLE_COLUMNS}  # fmt: skip
     _define_macros(con, sources.__getitem__)
 
 
