@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.cli import config_from, config_parser
+from flows.cli import config_from, config_parser, documented, resolve
+from flows.report import report_stage
 from kohaku.config import RunConfig
 from kohaku.sample.run import sample_inputs
 from tasks.dataset import sample_task, tag_task
@@ -13,9 +14,16 @@ from tasks.policy import for_run
 
 
 @flow(name="build-dataset", log_prints=True)
-def build_dataset(config: RunConfig) -> dict[str, str]:
+@documented
+def build_dataset(
+    config: RunConfig | None = None,
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, str]:
     """Build the caption table of a run; returns each stage's final state name
     (Completed when it ran, Cached when it was reused)."""
+    config = resolve(config, preset, config_file, overrides)
     run_dir = config.run_dir.resolve()
     sample = for_run(sample_task, run_dir, "sample")(
         config.sample, run_dir, sample_inputs(config.sample), config.resources, return_state=True
@@ -23,7 +31,8 @@ def build_dataset(config: RunConfig) -> dict[str, str]:
     tag = for_run(tag_task, run_dir, "tag")(
         config.tag, run_dir, sample.result(), config.resources, return_state=True
     )
-    tag.result()  # raises if the stage failed
+    report_stage("sample", sample, sample.result())
+    report_stage("tag", tag, tag.result())  # raises if the stage failed
     get_run_logger().info("dataset ready: %s", run_dir / "tag" / "captions.parquet")
     return {"sample": sample.name, "tag": tag.name}
 

@@ -7,22 +7,33 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.cli import config_from, config_parser
+from flows.cli import config_from, config_parser, documented, resolve
+from flows.report import report_stage
 from kohaku.config import RunConfig
 from kohaku.errors import ConfigError
 from kohaku.evaluate.report import build_report
 from tasks.evaluate import evaluate_task
+from tasks.policy import for_run, inputs_of
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate(config: RunConfig) -> dict:
+@documented
+def evaluate(
+    config: RunConfig | None = None,
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict:
     """Sample and score the run's checkpoints; returns the stage counts."""
+    config = resolve(config, preset, config_file, overrides)
     if config.evaluate is None:
         raise ConfigError("the config has no [evaluate] section")
     run_dir, cfg = config.run_dir.resolve(), config.evaluate
     if cfg.layout is None:  # the captions were laid out by the tag stage
         cfg = cfg.model_copy(update={"layout": config.tag.layout})
-    manifest = evaluate_task(cfg, run_dir)
+    upstream = inputs_of(run_dir, "train", "buckets", "tag", then="evaluate")
+    state = for_run(evaluate_task, run_dir, "evaluate")(cfg, run_dir, upstream, return_state=True)
+    report_stage("evaluate", state, state.result())
     report = build_report(run_dir)
     for label, markdown in report.grids.items():
         create_markdown_artifact(markdown, key=f"evaluate-grid-{label}".replace("_", "-"),
@@ -33,7 +44,7 @@ def evaluate(config: RunConfig) -> dict:
     create_table_artifact(report.trend, key="evaluate-trend", description="evaluate: trend")
     create_markdown_artifact(report.trend_chart, key="evaluate-trend-chart",
                              description="evaluate: scores across checkpoints")  # fmt: skip
-    return manifest.counts
+    return state.result().counts
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """Flow `images`: the sampled posts' images, one download task per shard run in parallel
 (threads, or an existing Dask cluster from `[runner]`), then the bucket manifest; with a
-progress bar in the terminal, a progress artifact, a summary table and the bucket
-histogram (a picture) in the UI.
+progress bar in the terminal, a progress artifact, summary and failure tables and the
+bucket histogram (a picture) in the UI.
 Run it: `python -m flows.images --config run.toml` after `build-dataset`."""
 
 from __future__ import annotations
@@ -19,52 +19,70 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from tqdm import tqdm
 
-from flows.cli import config_from, config_parser
+from flows.cli import config_from, config_parser, documented, resolve
+from flows.report import report_stage
 from kohaku.buckets_stage import OUTPUTS, histogram_markdown
 from kohaku.config import RunConfig
 from kohaku.download_stage import post_count, shard_count
-from tasks.images import (
-    buckets_task,
-    download_manifest_task,
-    download_shard_task,
-    prepare_source_task,
-)
+from tasks.images import buckets_task, download_manifest_task, prepare_source_task, shard_task
+from tasks.policy import for_run, inputs_of
 from tasks.runners import task_runner
 
 
 @flow(name="images", log_prints=True)
-def images(config: RunConfig, shard_size: int = 2000) -> dict:
+@documented
+def images(
+    config: RunConfig | None = None,
+    shard_size: int = 2000,
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict:
     """Download, verify and resize every sampled post, then bucket them; returns the
-    download counts and the bucket counts."""
+    download counts and the bucket counts.
+
+    Args:
+        shard_size: posts per download task (a shard's ledger is its resume point)
+    """
+    config = resolve(config, preset, config_file, overrides)
     run_dir, start = config.run_dir.resolve(), time.perf_counter()
     prepare_source_task(config.download, run_dir)
-    download = _download_shards(config, run_dir, shard_size)
-    manifest = download_manifest_task(
-        config.download, run_dir, shard_size, time.perf_counter() - start
+    shards = _download_shards(config, run_dir, shard_size)
+    manifest = for_run(download_manifest_task, run_dir, "download")(
+        config.download, run_dir, shard_size, time.perf_counter() - start, shards,
+        return_state=True,
+    )  # fmt: skip
+    report_stage("download", manifest, manifest.result())
+    _report_failures(manifest.result().counts)
+    buckets = for_run(buckets_task, run_dir, "buckets")(
+        run_dir, inputs_of(run_dir, "download", then="buckets"), return_state=True
     )
-    _report_download(manifest.counts)
-    buckets = buckets_task(run_dir)
+    report_stage("buckets", buckets, buckets.result())
     png = (run_dir / "buckets" / OUTPUTS["histogram"]).read_bytes()
-    create_markdown_artifact(histogram_markdown(png, buckets.counts["histogram"]),
+    create_markdown_artifact(histogram_markdown(png, buckets.result().counts["histogram"]),
                              key="bucket-histogram", description="images per bucket")  # fmt: skip
-    return {"download": download | manifest.counts, "buckets": buckets.counts}
+    counts = manifest.result().counts
+    return {"download": {"shards": len(shards)} | counts, "buckets": buckets.result().counts}
 
 
-def _download_shards(config: RunConfig, run_dir: Path, shard_size: int) -> dict:
+def _download_shards(config: RunConfig, run_dir: Path, shard_size: int) -> list[dict]:
     n = shard_count(run_dir, shard_size)
+    upstream = inputs_of(run_dir, "sample", *(["tag"] if config.download.sidecars else []),
+                         then="download")  # fmt: skip
     progress = create_progress_artifact(0.0, description=f"download: shards done of {n}")
-    futures = [download_shard_task.submit(config.download, run_dir, i, shard_size)
+    futures = [shard_task(run_dir, i).submit(config.download, run_dir, i, shard_size, upstream)
                for i in range(n)]  # fmt: skip
     with tqdm(total=post_count(run_dir), unit="img", desc="download", disable=None) as bar:
         for done, future in enumerate(as_completed(futures), start=1):
             bar.update(future.result()["posts"])
             update_progress_artifact(progress, 100.0 * done / n)
-    return {"shards": n}
+    return [f.result() for f in futures]
 
 
-def _report_download(counts: dict) -> None:
+def _report_failures(counts: dict) -> None:
+    """The failed posts' errors, most common first (every post's row is in the ledgers)."""
     summary = {k: v for k, v in counts.items() if k != "top_errors"}
-    create_table_artifact([summary], key="download-summary", description="download: posts")
+    create_table_artifact([summary], key="download-posts", description="download: posts")
     errors = [{"error": e, "posts": n} for e, n in counts["top_errors"].items()]
     if errors:
         create_table_artifact(errors, key="download-errors", description="download: failures")

@@ -1,29 +1,65 @@
-"""Flow `pipeline`: the whole run as one flow of subflows: build-dataset (sample, tag),
-images (download, buckets) and, when the config has those sections, train and evaluate.
-Each subflow keeps its own caching and resume, so a rerun redoes only what failed.
+"""Flow `pipeline`: the whole run as one flow of stage subflows: build-dataset (sample,
+tag), images (download, buckets) and, when the config has those sections, train and
+evaluate. Every stage task is cached on its inputs, so a retried or repeated run
+executes only the stages that failed or whose inputs changed; the ledger artifact says
+which stage ran, which was reused, and which failed and why.
 Run it: `python -m flows.pipeline --config run.toml`."""
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow
 
 from flows.build_dataset import build_dataset
-from flows.cli import config_from, config_parser
+from flows.cli import config_from, config_parser, documented, resolve
 from flows.evaluate import evaluate
 from flows.images import images_flow
+from flows.report import failed_row, report_ledger, stage_row
 from flows.train import train
 from kohaku.config import RunConfig
+from kohaku.stage import read_manifest
+
+STAGES = {"build-dataset": ("sample", "tag"), "images": ("download", "buckets"),
+          "train": ("train",), "evaluate": ("evaluate",)}  # fmt: skip
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(config: RunConfig, shard_size: int = 2000) -> dict:
-    """Metadata to captions to images to a trained LoKr; returns each part's summary."""
-    out = {"dataset": build_dataset(config), "images": images_flow(config)(config, shard_size)}
-    if config.train is not None:
-        out["train"] = train(config)
-    if config.evaluate is not None:
-        out["evaluate"] = evaluate(config)
+@documented
+def pipeline(
+    config: RunConfig | None = None,
+    shard_size: int = 2000,
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict:
+    """Metadata to captions to images to a trained LoKr and its sample grids; returns each
+    part's summary.
+
+    Args:
+        shard_size: posts per download task (a shard's ledger is its resume point)
+    """
+    config = resolve(config, preset, config_file, overrides)
+    parts = {"build-dataset": build_dataset, "images": images_flow(config)}
+    parts |= {"train": train} if config.train is not None else {}
+    parts |= {"evaluate": evaluate} if config.evaluate is not None else {}
+    started, rows, out = time.time(), [], {}
+    for name, subflow in parts.items():
+        extra = {"shard_size": shard_size} if name == "images" else {}
+        state = subflow(config, **extra, return_state=True)
+        if not state.is_completed():
+            report_ledger([*rows, failed_row(name, state)])
+            state.result()  # the stage's own error fails the pipeline
+        out[name] = state.result()
+        rows += [_row(config, stage, started) for stage in STAGES[name]]
+    report_ledger(rows)
     return out
+
+
+def _row(config: RunConfig, stage: str, started: float) -> dict:
+    manifest = read_manifest(config.run_dir.resolve() / stage)
+    ran = manifest is not None and manifest.created_at >= started
+    return stage_row(stage, "ran" if ran else "reused", manifest)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,5 @@
 """Flow `train`: LoKr fine-tuning of SDXL on a run's bucket manifest and captions, with
-the loss curve and the summary in the UI.
+the loss curve, the metrics and the summary in the UI.
 Run it: `python -m flows.train --config run.toml` after `images`."""
 
 from __future__ import annotations
@@ -7,26 +7,44 @@ from __future__ import annotations
 import json
 
 from prefect import flow
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.cli import config_from, config_parser
+from flows.cli import config_from, config_parser, documented, resolve
+from flows.report import report_stage
+from kohaku.charts import loss_chart_markdown
 from kohaku.config import RunConfig
 from kohaku.errors import ConfigError
+from kohaku.stage import fingerprint
+from tasks.policy import for_run, inputs_of
 from tasks.train import train_task
 
 
 @flow(name="train", log_prints=True)
-def train(config: RunConfig) -> dict:
+@documented
+def train(
+    config: RunConfig | None = None,
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict:
     """Train (or resume) the run's LoKr; returns the stage counts."""
+    config = resolve(config, preset, config_file, overrides)
     if config.train is None:
         raise ConfigError("the config has no [train] section")
     run_dir = config.run_dir.resolve()
     cfg = config.train
     if cfg.layout is None:  # the captions were laid out by the tag stage
         cfg = cfg.model_copy(update={"layout": config.tag.layout})
-    manifest = train_task(cfg, run_dir)
+    upstream = inputs_of(run_dir, "buckets", "tag", then="train")
+    state = for_run(train_task, run_dir, "train")(
+        cfg, run_dir, upstream, fingerprint(cfg.model.path), return_state=True
+    )
+    manifest = state.result()
+    report_stage("train", state, manifest)
     metrics = [json.loads(line) for line in (run_dir / "train" / "metrics.jsonl").open()]
     create_table_artifact(metrics[-50:], key="train-metrics", description="train: last steps")
+    create_markdown_artifact(loss_chart_markdown(metrics), key="train-loss",
+                             description="train: loss curve")  # fmt: skip
     return manifest.counts
 
 

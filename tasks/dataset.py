@@ -1,4 +1,5 @@
-"""Tasks of the data front: sample (DuckDB) and tag (Polars)."""
+"""Tasks of the data front: sample (DuckDB) and tag (Polars). `resources` (threads,
+memory) never changes a stage's output, so it is left out of the cache key."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from kohaku.tagging import TAG_VERSION, TagConfig, run_tag
 from tasks.policy import stage_policy
 
 
-@task(name="sample", cache_policy=stage_policy("sample", SAMPLE_VERSION), persist_result=True,
-      retries=1, retry_delay_seconds=5, tags=["cpu", "data"])  # fmt: skip
+@task(name="sample", cache_policy=stage_policy("sample", SAMPLE_VERSION, ignore=("resources",)),
+      persist_result=True, retries=1, retry_delay_seconds=5, tags=["cpu", "data"])  # fmt: skip
 def sample_task(
     cfg: SampleConfig, run_dir: Path, source_inputs: dict, resources: Resources
 ) -> Manifest:
@@ -22,8 +23,8 @@ def sample_task(
     return run_sample(cfg, run_dir, threads=resources.threads, memory_limit=resources.memory_limit)
 
 
-@task(name="tag", cache_policy=stage_policy("tag", TAG_VERSION), persist_result=True,
-      retries=1, retry_delay_seconds=5, tags=["cpu", "data"])  # fmt: skip
+@task(name="tag", cache_policy=stage_policy("tag", TAG_VERSION, ignore=("resources",)),
+      persist_result=True, retries=1, retry_delay_seconds=5, tags=["cpu", "data"])  # fmt: skip
 def tag_task(cfg: TagConfig, run_dir: Path, sample: Manifest, resources: Resources) -> Manifest:
     """The upstream sample manifest is part of the cache key."""
     return run_tag(cfg, run_dir, batch_posts=resources.tag_batch_posts)

@@ -1,6 +1,7 @@
 """The evaluate task: sample every chosen checkpoint with fixed prompts and seeds, score
-them, with a progress artifact. Not cached by Prefect: the stage reuses its pictures and
-scores in place when their settings match."""
+them, with a progress artifact. Cached on the evaluate config and the train, bucket and
+caption manifests; when it runs, the stage still reuses pictures and scores whose
+settings match."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.cache_policies import NO_CACHE
 
 from kohaku.evaluate.config import EvaluateConfig
-from kohaku.evaluate.stage import run_evaluate
+from kohaku.evaluate.stage import EVALUATE_VERSION, run_evaluate
 from kohaku.stage import Manifest
+from tasks.policy import stage_policy
 
 
-@task(name="evaluate", cache_policy=NO_CACHE, retries=1, tags=["gpu"])
-def evaluate_task(cfg: EvaluateConfig, run_dir: Path) -> Manifest:
+@task(name="evaluate", cache_policy=stage_policy("evaluate", EVALUATE_VERSION),
+      persist_result=True, retries=1, tags=["gpu"])  # fmt: skip
+def evaluate_task(cfg: EvaluateConfig, run_dir: Path, upstream: list[dict]) -> Manifest:
     progress = create_progress_artifact(0.0, description="evaluate: pictures of this checkpoint")
 
     def on_progress(label: str, done: int, total: int) -> None:

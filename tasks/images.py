@@ -1,39 +1,64 @@
-"""Tasks of the image stages: the source check and index, one task per download shard
-(its ledger and journal are the resume point, so shards are not cached: a rerun skips the
-posts done and retries the failed), the download manifest, and the buckets stage."""
+"""Tasks of the image stages: the source check and index, one task per download shard,
+the download manifest, and the buckets stage.
+
+A shard is cached on the download config, its place (index, size) and the upstream
+manifests; a shard whose ledger is missing or holds failed posts is executed again, and
+its ledger and journal then resume it (the done posts are kept, the failed retried).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from kohaku.buckets_stage import run_buckets
+from kohaku.buckets_stage import BUCKETS_VERSION, run_buckets
 from kohaku.download import DownloadConfig
-from kohaku.download_stage import prepare_source, run_download_shard, write_download_manifest
+from kohaku.download_stage import (
+    DOWNLOAD_VERSION,
+    ledger_path,
+    prepare_source,
+    run_download_shard,
+    write_download_manifest,
+)
 from kohaku.stage import Manifest
+from tasks.policy import for_run, stage_policy
 
 
 @task(name="prepare-source", cache_policy=NO_CACHE)
 def prepare_source_task(cfg: DownloadConfig, run_dir: Path) -> int:
+    """Not cached: a check of the inputs, and a local folder is walked again."""
     return prepare_source(cfg, run_dir)
 
 
-@task(name="download-shard", task_run_name="download-shard-{shard}", cache_policy=NO_CACHE,
+@task(name="download-shard", task_run_name="download-shard-{shard}",
+      cache_policy=stage_policy("download", DOWNLOAD_VERSION), persist_result=True,
       retries=2, retry_delay_seconds=10, tags=["cpu", "network"])  # fmt: skip
-def download_shard_task(cfg: DownloadConfig, run_dir: Path, shard: int, shard_size: int) -> dict:
+def download_shard_task(cfg: DownloadConfig, run_dir: Path, shard: int, shard_size: int,
+                        upstream: list[dict]) -> dict:  # fmt: skip
     return run_download_shard(cfg, run_dir, shard, shard_size)
 
 
-@task(name="download-manifest", cache_policy=NO_CACHE)
-def download_manifest_task(
-    cfg: DownloadConfig, run_dir: Path, shard_size: int, seconds: float
-) -> Manifest:
+def shard_task(run_dir: Path, shard: int):
+    """The shard task, cached only while its ledger exists and holds no failed post."""
+    path = ledger_path(run_dir, shard)
+    clean = (
+        path.is_file()
+        and not pl.read_parquet(path, columns=["status"])["status"].eq("failed").any()
+    )
+    return for_run(download_shard_task, run_dir, "download", done=clean)
+
+
+@task(name="download-manifest", cache_policy=stage_policy("download", DOWNLOAD_VERSION,
+      ignore=("seconds",)), persist_result=True)  # fmt: skip
+def download_manifest_task(cfg: DownloadConfig, run_dir: Path, shard_size: int, seconds: float,
+                           shards: list[dict]) -> Manifest:  # fmt: skip
+    """Cached on the shards' counts: unchanged shards give the same manifest."""
     return write_download_manifest(cfg, run_dir, shard_size, seconds)
 
 
-@task(name="buckets", cache_policy=NO_CACHE)
-def buckets_task(run_dir: Path) -> Manifest:
-    """Not cached by Prefect: the stage itself is skipped when its manifest is current."""
+@task(name="buckets", cache_policy=stage_policy("buckets", BUCKETS_VERSION), persist_result=True)
+def buckets_task(run_dir: Path, upstream: list[dict]) -> Manifest:
     return run_buckets(run_dir)

@@ -1,8 +1,12 @@
 """Cache policy shared by the stage tasks.
 
-A stage is cached on its inputs (the typed config, the fingerprints of its input files or
-the upstream manifest), the task's source, and the stage's version: Prefect's
-TASK_SOURCE only sees the task body, not the library it calls (prefect-notes.md).
+A stage is cached on its inputs: the config sections it reads (each task takes only
+those), the upstream manifests it builds on or the fingerprints of its input files, the
+task's source, and the stage's version (Prefect's TASK_SOURCE only sees the task body,
+not the library it calls: prefect-notes.md). A changed config field therefore
+re-executes the stages that read it and, through their new manifests, the stages after
+them; nothing else. Results persist under `<run_dir>/.prefect/results`, so a new run, a
+retried flow run or the UI's Retry button find them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.tasks import Task
 
 import kohaku
-from kohaku.stage import MANIFEST
+from kohaku.errors import InputError
+from kohaku.stage import MANIFEST, fingerprint, read_manifest
 
 
 @dataclass
@@ -29,15 +34,37 @@ class StageVersion(CachePolicy):
         return f"{self.stage}-v{self.version}-kohaku{kohaku.__version__}"
 
 
-def stage_policy(stage: str, version: str) -> CachePolicy:
-    return INPUTS + TASK_SOURCE + StageVersion(stage=stage, version=version)
+def stage_policy(stage: str, version: str, ignore: tuple[str, ...] = ()) -> CachePolicy:
+    """INPUTS (minus arguments that never change the output) + TASK_SOURCE + version."""
+    inputs = INPUTS
+    for name in ignore:
+        inputs = inputs - name
+    return inputs + TASK_SOURCE + StageVersion(stage=stage, version=version)
 
 
-def for_run(task: Task, run_dir: Path, stage: str) -> Task:
+def for_run(task: Task, run_dir: Path, stage: str, done: bool | None = None) -> Task:
     """The task with results persisted under the run dir; a stage whose output folder
     was removed since it was cached is re-executed instead of returning a stale result."""
-    done = (Path(run_dir) / stage / MANIFEST).is_file()
+    if done is None:
+        done = (Path(run_dir) / stage / MANIFEST).is_file()
     return task.with_options(
         result_storage=Path(run_dir).resolve() / ".prefect" / "results",
         refresh_cache=not done,
     )
+
+
+def inputs_of(run_dir: Path, *stages: str, then: str) -> list[dict]:
+    """The identity of the upstream stages a stage reads, for its cache key: each finished
+    stage's manifest (config hash, version, time), or, for a folder made without one, the
+    fingerprint of its files. A missing upstream stage is one clear error."""
+    out = []
+    for stage in stages:
+        folder = Path(run_dir) / stage
+        if (m := read_manifest(folder)) is not None:
+            out.append({"stage": stage, "config_hash": m.config_hash,
+                        "version": m.stage_version, "created_at": m.created_at})  # fmt: skip
+        elif folder.is_dir():
+            out.append({"stage": stage, "files": fingerprint(folder).sha256})
+        else:
+            raise InputError(f"{folder} has no finished {stage} stage; run it before {then}")
+    return out

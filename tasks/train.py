@@ -1,6 +1,7 @@
 """The train task: checks the inputs, runs the trainer in child processes (torchrun for
 several), streams its log, shows progress in the UI, and fails with the trainer's error.
-A run stopped by SIGTERM raises `TrainingStopped`; the retry resumes from the checkpoint."""
+A run stopped by SIGTERM raises `TrainingStopped`; the retry resumes from the checkpoint.
+Cached on the train config, the bucket and caption manifests and the model's fingerprint."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.cache_policies import NO_CACHE
 
-from kohaku.stage import Manifest
+from kohaku.stage import FileFingerprint, Manifest
 from kohaku.train.config import TrainConfig
 from kohaku.train.launch import parse_metrics
-from kohaku.train.stage import run_train
+from kohaku.train.stage import TRAIN_VERSION, run_train
+from tasks.policy import stage_policy
 
 
-@task(name="train", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, tags=["gpu"])
-def train_task(cfg: TrainConfig, run_dir: Path) -> Manifest:
+@task(name="train", cache_policy=stage_policy("train", TRAIN_VERSION), persist_result=True,
+      retries=3, retry_delay_seconds=30, tags=["gpu"])  # fmt: skip
+def train_task(cfg: TrainConfig, run_dir: Path, upstream: list[dict],
+               model: FileFingerprint) -> Manifest:  # fmt: skip
     logger = get_run_logger()
     progress = create_progress_artifact(0.0, description="train: optimizer steps done")
 

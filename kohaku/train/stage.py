@@ -5,12 +5,15 @@ captions), the base model's configs (not its weights) and the LoKr preset; every
 runs before a tensor is allocated. Writes `<run>/train/config.json` and, through the
 trainer, `checkpoints/`, `metrics.jsonl`, `lokr.safetensors`; then, last,
 `<run>/train/manifest.json`. Like the download stage it works in place: a stopped or
-killed run resumes from its newest checkpoint when started again.
+killed run resumes from its newest checkpoint when started again; a train folder left by
+another config or other data (`resume.json` differs) is moved to `train.superseded/` and
+the run starts over, so a changed field never resumes someone else's checkpoints.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +79,7 @@ def run_train(cfg: TrainConfig, run_dir: Path, on_line: Callable[[str], None] = 
     run_dir, start = Path(run_dir).resolve(), time.perf_counter()
     check_inputs(cfg, run_dir)
     out = run_dir / STAGE
+    _start_over_if_changed(cfg, run_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", cfg.model_dump_json(indent=1))
     done = launch(command(cfg, out / "config.json", run_dir), on_line, env)
@@ -88,6 +92,20 @@ def run_train(cfg: TrainConfig, run_dir: Path, on_line: Callable[[str], None] = 
     merged = export(cfg, run_dir)
     return _write_manifest(cfg, run_dir, done.last_metrics or {}, merged,
                            time.perf_counter() - start)  # fmt: skip
+
+
+def _start_over_if_changed(cfg: TrainConfig, run_dir: Path) -> None:
+    """Resume only what this config on these buckets and captions started."""
+    out, stamp = run_dir / STAGE, run_dir / STAGE / "resume.json"
+    key = json.dumps({"config": config_hash(cfg), "inputs": {
+        name: (m.config_hash, m.created_at) if (m := read_stage(run_dir / name)) else None
+        for name in ("buckets", "tag")}})  # fmt: skip
+    if out.is_dir() and any(out.iterdir()) and (not stamp.is_file() or stamp.read_text() != key):
+        old = run_dir / f"{STAGE}.superseded"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, key)
 
 
 def export(cfg: TrainConfig, run_dir: Path) -> dict[str, str]:
