@@ -55,6 +55,7 @@ from kohaku.stage import (
     read_manifest,
     sha256_bytes,
 )
+from kohaku.tagging.captions import as_strings
 from kohaku.train.model import ModelSource, check_model_path
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def plan(cfg: EvaluateConfig, run_dir: Path) -> Plan:
     source = check_model_path(model.path, model.allow_pickle, model.config_dir)
     checkpoints = list_checkpoints(run_dir, cfg.checkpoints, cfg.include_base)
     layout = cfg.layout or (train.layout if train is not None else None) or "epsilon"
-    frame = pl.read_parquet(captions, columns=list(CAPTION_COLUMNS))
+    frame = as_strings(pl.scan_parquet(captions).select(CAPTION_COLUMNS)).collect()
     prompts = build_prompt_set(frame, layout, cfg.characters, cfg.styles,
                                cfg.quality_probes, cfg.character_references,
                                image_ids=bucket_images(run_dir)["id"].to_list())  # fmt: skip

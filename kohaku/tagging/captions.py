@@ -81,20 +81,54 @@ def tag_dictionary(tags: pl.DataFrame, cfg: TagConfig) -> pl.DataFrame:
     )
 
 
+# tag ids above this get a hash join instead of a dense id -> dictionary-row table
+MAX_DENSE_TAG_ID = 1 << 26
+# the tag groups as stored: dictionary-encoded (each distinct tag text stored once per
+# file); `as_strings` turns them back into plain string lists
+TAG_LIST = pl.List(pl.Categorical)
+
+
 def group_tags(post_tags: pl.LazyFrame, dictionary: pl.DataFrame, order: str) -> pl.LazyFrame:
-    """Post-tag rows -> one row per post with a list column per group, in row order
-    (`post_tags` sorted by post_id, ord) or by name."""
-    vocab = dictionary.lazy().select(pl.col("tag_id").cast(pl.UInt32), "code", "text", "name")
+    """Post-tag rows -> one row per post with a list column per group (Categorical tag
+    texts), in row order (`post_tags` sorted by post_id, ord) or by name.
+
+    Each row looks its tag up in the dictionary by position (a gather through a dense
+    id -> row table) instead of a hash join, and carries the text as a Categorical: a
+    32-bit code instead of a string copy. Both keep the post order, so the group-by
+    takes its sorted fast path; about five times faster than joining strings."""
+    dictionary = dictionary.with_columns(
+        pl.col("text").cast(pl.Categorical), name_rank=pl.col("name").rank("ordinal")
+    )
     rows = post_tags.select("post_id", pl.col("tag_id").cast(pl.UInt32))
-    rows = rows.join(vocab, on="tag_id", how="inner", maintain_order="left")
+    rows = _look_up(rows, dictionary, ["code", "text", "name_rank"])
     if order == "name":
-        rows = rows.sort("post_id", "name")
-    # rows stay sorted by post_id (the sample stage writes them so), which lets the
-    # group-by take its sorted fast path
+        rows = rows.sort("post_id", "name_rank", maintain_order=True)
     rows = rows.with_columns(pl.col("post_id").set_sorted())
     aggs = [pl.col("text").filter(pl.col("code") == i).alias(g) for i, g in enumerate(GROUPS)]
     grouped = rows.group_by("post_id", maintain_order=True).agg(aggs)
     return grouped.select(pl.col("post_id").cast(pl.Int64).alias("id"), *GROUPS)
+
+
+def _look_up(rows: pl.LazyFrame, dictionary: pl.DataFrame, columns: list[str]) -> pl.LazyFrame:
+    """`rows` (with a UInt32 `tag_id`) with `columns` of their dictionary entry; rows whose
+    tag is not in the dictionary (dropped tags) are removed; row order is kept."""
+    ids = dictionary["tag_id"].cast(pl.Int64)
+    if ids.is_empty() or ids.max() >= MAX_DENSE_TAG_ID or ids.min() < 0:
+        vocab = dictionary.lazy().select(pl.col("tag_id").cast(pl.UInt32), *columns)
+        return rows.join(vocab, on="tag_id", how="inner", maintain_order="left")
+    # one null past the largest id: any larger tag id is clipped onto it (not in dictionary)
+    top = int(ids.max()) + 1
+    table = pl.Series("row", [None], dtype=pl.UInt32).extend_constant(None, top)
+    table = table.scatter(ids, pl.int_range(len(ids), dtype=pl.UInt32, eager=True))
+    row = pl.lit(table).gather(pl.col("tag_id").clip(upper_bound=top))
+    rows = rows.with_columns(row=row).filter(pl.col("row").is_not_null())
+    return rows.with_columns(pl.lit(dictionary[c]).gather(pl.col("row")) for c in columns)
+
+
+def as_strings(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """The tag-group columns of a captions frame as plain string lists."""
+    cats = [n for n, t in frame.collect_schema().items() if t == TAG_LIST]
+    return frame.with_columns(pl.col(c).cast(pl.List(pl.String)) for c in cats)
 
 
 def date_tag_expr(cfg: TagConfig) -> pl.Expr:
@@ -125,7 +159,7 @@ def _as_list(col: str) -> pl.Expr:
             pl.when(c.is_null()).then(pl.lit([], pl.List(pl.String))).otherwise(pl.concat_list(c))
         )
     name = "rating_tags" if col == "rating" else col
-    return pl.col(name).fill_null(pl.lit([], pl.List(pl.String)))
+    return pl.col(name).cast(pl.List(pl.String)).fill_null(pl.lit([], pl.List(pl.String)))
 
 
 def _concat(cols: tuple[str, ...]) -> pl.Expr:
@@ -152,7 +186,7 @@ def _part_text(col: str, sep: str) -> pl.Expr:
     """One group as text, null when it is empty."""
     if col in ("quality", "date"):
         return pl.col(col)
-    c = pl.col("rating_tags" if col == "rating" else col)
+    c = pl.col("rating_tags" if col == "rating" else col).cast(pl.List(pl.String))
     return pl.when(c.list.len() > 0).then(c.list.join(sep))
 
 

@@ -131,7 +131,7 @@ def build_captions(
         posts = posts.filter(pl.col("id").is_between(*id_range))
         post_tags = post_tags.filter(pl.col("post_id").is_between(*id_range))
     grouped = captions.group_tags(post_tags, shared.dictionary, cfg.tag_order)
-    empty = pl.lit([], pl.List(pl.String))
+    empty = pl.lit([], captions.TAG_LIST)
     df = posts.join(grouped, on="id", how="left", maintain_order="left").with_columns(
         *[pl.col(g).fill_null(empty) for g in captions.GROUPS],
         rating_tags=captions.rating_tags_expr(cfg), date=captions.date_tag_expr(cfg),
