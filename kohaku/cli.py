@@ -56,6 +56,56 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {json.dumps(summary['rows'])} to {args.out} in {summary['timings']}s")
 
 
+def cmd_metadata_import(args: argparse.Namespace) -> None:
+    from kohaku.metadata.store import import_metadata
+
+    snap = import_metadata(args.source, args.store, partition_ids=args.partition_ids,
+                           tag_partition_ids=args.tag_partition_ids, threads=args.threads,
+                           memory_limit=args.memory_limit)  # fmt: skip
+    print(f"snapshot {snap.id}: {snap.posts} posts, {len(snap.tables['post'])} post "
+          f"partitions in {args.store}")  # fmt: skip
+
+
+def cmd_metadata_sync(args: argparse.Namespace) -> None:
+    from kohaku.metadata.config import load_sync_config
+    from kohaku.metadata.sync import sync_metadata
+
+    overrides = list(args.overrides)
+    if args.store:
+        overrides.append(f"store={json.dumps(str(args.store.resolve()))}")
+    print(sync_metadata(load_sync_config(args.config, overrides)).model_dump_json(indent=2))
+
+
+def cmd_metadata_snapshots(args: argparse.Namespace) -> None:
+    from kohaku.metadata.snapshot import latest_id, list_ids
+
+    latest = latest_id(args.store)
+    for sid in list_ids(args.store):
+        print(sid + ("  (latest)" if sid == latest else ""))
+
+
+def _metadata_parser(sub) -> None:
+    meta = sub.add_parser("metadata", help="the metadata store: import, sync, snapshots")
+    msub = meta.add_subparsers(dest="metadata_command", required=True)
+    p = msub.add_parser("import", help="import SQLite / parquet / posts.json into a new store")
+    p.add_argument("--source", type=Path, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--partition-ids", type=int, default=100_000, help="post ids per partition")
+    p.add_argument("--tag-partition-ids", type=int, default=1_000_000, help="tag ids per file")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--memory-limit")
+    p.set_defaults(func=cmd_metadata_import)
+    p = msub.add_parser("sync", help="fetch new and changed posts from the danbooru API")
+    p.add_argument("--config", "-c", type=Path, help="sync TOML (store, api_url, [fetch])")
+    p.add_argument("--store", type=Path, help="the store folder (overrides the config's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. recent_window=20000")  # fmt: skip
+    p.set_defaults(func=cmd_metadata_sync)
+    p = msub.add_parser("snapshots", help="list the store's snapshots")
+    p.add_argument("--store", type=Path, required=True)
+    p.set_defaults(func=cmd_metadata_snapshots)
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from kohaku.sample import run_sample
 
@@ -178,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--memory-limit")
     p.set_defaults(func=cmd_export)
+    _metadata_parser(sub)
     p = sub.add_parser("demo", help="the bundled synthetic demo, through Prefect")
     p.add_argument("--dir", type=Path, default=Path("demo-run"))
     p.add_argument("--posts", type=int, default=3000)

@@ -1,0 +1,108 @@
+"""Sync from a fake danbooru API on 127.0.0.1: every post once, changes picked up, a polite
+client (rate, Retry-After, retries, User-Agent), only changed partitions rewritten, and the
+sample stage reading the new snapshot."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+
+from kohaku.metadata import snapshot
+from kohaku.metadata.sync import sync_metadata
+from kohaku.sample import SampleConfig, run_sample
+from tests.sync.conftest import OLD_MAX, named_tags, posts_of, sync_config
+from tests.sync.fake_danbooru import FakeDanbooru
+
+
+def test_every_new_post_arrives_once_and_matches_a_fresh_import(
+    store: Path, corpus: list[dict], truth: Path
+) -> None:
+    base = snapshot.read_snapshot(store)
+    with FakeDanbooru(corpus) as api:
+        result = sync_metadata(sync_config(store, api.url))
+    served = Counter(api.served_ids())
+    assert max(served.values()) == 1  # no post fetched twice
+    assert set(served) == {p["id"] for p in corpus if p["id"] > base.max_post_id - 300}
+    assert posts_of(store).equals(posts_of(truth))
+    assert named_tags(store).equals(named_tags(truth))
+    snap = snapshot.read_snapshot(store)
+    assert snapshot.latest_id(store) == result.snapshot == snap.id and snap.parent == base.id
+    assert result.counts["new_posts"] == sum(p["id"] > OLD_MAX for p in corpus)
+    # nothing changed below OLD_MAX: every old partition (the re-fetched one too) is shared
+    old = {p.file for p in base.tables["post"]}
+    assert old <= {p.file for p in snap.tables["post"]}
+    assert result.counts["rewritten"]["post"] == len(snap.tables["post"]) - len(old)
+
+
+def test_changes_between_syncs_are_picked_up(store: Path, corpus: list[dict], tmp_path: Path):
+    older = [p for p in corpus if p["id"] <= 2600]
+    with FakeDanbooru(older) as api:
+        first = sync_metadata(sync_config(store, api.url))
+        top = [p["id"] for p in older if not p["is_deleted"]][-50:]  # inside the next window
+        deleted, expunged, faved, retagged = top[0], top[1], top[2], top[3]
+        api.delete(deleted)
+        api.expunge(expunged)
+        api.set_fav_count(faved, 4321)
+        post = api.posts[retagged]
+        api.posts[retagged] = {
+            **post,
+            "tag_string_general": "brand_new_tag " + post["tag_string_general"],
+        }
+        api.add([p for p in corpus if p["id"] > 2600])
+        second = sync_metadata(sync_config(store, api.url))
+    assert second.parent == first.snapshot != second.snapshot
+    posts = posts_of(store)
+    row = {r["id"]: r for r in posts.filter(pl.col("id").is_in(top[:4])).to_dicts()}
+    assert row[deleted]["is_deleted"] == 1 and row[expunged]["is_deleted"] == 1
+    assert row[faved]["fav_count"] == 4321
+    assert second.counts["marked_deleted"] == 1 and second.counts["retagged_posts"] == 1
+    assert second.counts["new_tags"] >= 1  # brand_new_tag and the new posts' tags
+    tags = named_tags(store).filter(pl.col("post_id") == retagged)
+    assert tags.filter(pl.col("name") == "brand_new_tag")["type"].to_list() == [0]
+    assert posts["id"].max() == corpus[-1]["id"] and posts.height == len(corpus)
+    # the old snapshot is still there, unchanged
+    assert posts_of(store, first.snapshot)["id"].max() <= 2600
+
+    # the sample stage sees the new posts in the latest snapshot, and records which it read
+    cfg = SampleConfig(source=store, seed=1, ranges=[{"start": 0, "count": "all"}])
+    manifest = run_sample(cfg, tmp_path / "new")
+    chosen = pl.read_parquet(tmp_path / "new" / "sample" / "posts.parquet")["id"]
+    assert manifest.inputs["snapshot"] == second.snapshot and chosen.max() > 2600
+    assert deleted not in chosen and expunged not in chosen
+    run_sample(cfg.model_copy(update={"snapshot": first.snapshot}), tmp_path / "old")
+    assert pl.read_parquet(tmp_path / "old" / "sample" / "posts.parquet")["id"].max() <= 2600
+
+
+def test_polite_client_keeps_the_rate_and_retries_server_errors(
+    store: Path, corpus: list[dict], truth: Path
+) -> None:
+    rate = 10.0
+    with FakeDanbooru(corpus, rate=12.0, fail_every=4) as api:
+        cfg = sync_config(store, api.url, per_host_rate=rate)
+        sync_metadata(cfg.model_copy(update={"page_limit": 200}))
+    # k requests after any request never arrive sooner than k / rate, give or take 30 ms
+    # of scheduling and connection jitter (the client spaces its request starts by 1 / rate;
+    # the server's own limit, 12/s, answered no 429)
+    at = [r.at for r in api.requests]
+    worst = min(
+        at[j] - at[i] - (j - i) / rate for i in range(len(at)) for j in range(i + 1, len(at))
+    )
+    assert worst >= -0.03
+    statuses = Counter(r.status for r in api.requests)
+    assert statuses[500] >= 2 and statuses[429] == 0
+    assert posts_of(store).equals(posts_of(truth))
+    agents = {r.user_agent for r in api.requests}
+    assert len(agents) == 1 and "kohaku" in agents.pop()
+
+
+def test_429_waits_for_retry_after(store: Path, corpus: list[dict]) -> None:
+    few = [p for p in corpus if p["id"] <= OLD_MAX + 250]
+    with FakeDanbooru(few, rate=10.0, retry_after=1) as api:
+        cfg = sync_config(store, api.url, per_host_rate=100.0)
+        sync_metadata(cfg.model_copy(update={"recent_window": 0, "page_limit": 200}))
+    reqs = api.requests
+    limited = [i for i, r in enumerate(reqs) if r.status == 429]
+    assert limited and all(reqs[i + 1].at - reqs[i].at >= 0.95 for i in limited)
+    assert posts_of(store)["id"].max() == few[-1]["id"]
