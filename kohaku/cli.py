@@ -2,8 +2,8 @@
 
 Library commands (`synth`, `sample`, `tag`, `build-dataset`, `config`) run without
 Prefect. `demo` builds the bundled synthetic demo and runs the Prefect flow
-(`python -m flows.build_dataset`) in a child process, so this package itself never
-imports Prefect.
+(`python -m flows.pipeline`) in a child process, and `serve` starts a Prefect server and
+the deployments as child processes, so this package itself never imports Prefect.
 """
 
 from __future__ import annotations
@@ -170,6 +170,23 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"trained LoKr: {root / 'run' / 'train' / 'lokr.safetensors'}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from kohaku.serve import run_until_stopped, serve_deployments, start_server
+
+    if args.config:  # one clear error before anything starts
+        load_config(args.config, None, args.overrides)
+    home = Path(os.environ.get("PREFECT_HOME") or args.home).resolve()
+    served = start_server(home, args.port, args.host)
+    flags = [f"--set={item}" for item in args.overrides] + [f"--rebuild-cron={args.rebuild_cron}"]
+    if args.config:
+        flags += ["--config", str(args.config.resolve())]
+    serve_deployments(served, flags)
+    print(f"Prefect UI: {served.url}", flush=True)
+    print(f"API: {served.url}/api (PREFECT_API_URL for flows and workers); "
+          f"Prefect home {home}; Ctrl-C stops", flush=True)  # fmt: skip
+    raise SystemExit(run_until_stopped(served))
+
+
 def _show_captions(path: Path, n: int = 3) -> None:
     import polars as pl
 
@@ -233,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, default=Path("demo-run"))
     p.add_argument("--posts", type=int, default=3000)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("serve", help="a local Prefect server (SQLite) with every deployment "
+                       "served; prints the UI URL")  # fmt: skip
+    p.add_argument("--config", "-c", type=Path, help="the run config deployments default to")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a default override of every deployment")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=4200, help="0 = a free port")
+    p.add_argument("--home", type=Path, default=Path(".kohaku/prefect"),
+                   help="Prefect home (database, settings) unless PREFECT_HOME is set")  # fmt: skip
+    p.add_argument("--rebuild-cron", default="0 3 * * 1",
+                   help="cron of the scheduled dataset rebuild ('' for none)")  # fmt: skip
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

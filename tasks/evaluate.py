@@ -11,14 +11,17 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from kohaku.evaluate.config import EvaluateConfig
-from kohaku.evaluate.stage import EVALUATE_VERSION, run_evaluate
 from kohaku.stage import Manifest
 from tasks.policy import stage_policy
 
+VERSION = "kohaku.evaluate.stage:EVALUATE_VERSION"  # imported when a key is computed
 
-@task(name="evaluate", cache_policy=stage_policy("evaluate", EVALUATE_VERSION),
-      persist_result=True, retries=1, tags=["gpu"])  # fmt: skip
+
+@task(name="evaluate", cache_policy=stage_policy("evaluate", VERSION), persist_result=True,
+      retries=1, tags=["gpu"])  # fmt: skip
 def evaluate_task(cfg: EvaluateConfig, run_dir: Path, upstream: list[dict]) -> Manifest:
+    from kohaku.evaluate.stage import run_evaluate  # torch: only when the stage runs
+
     progress = create_progress_artifact(0.0, description="evaluate: pictures of this checkpoint")
 
     def on_progress(label: str, done: int, total: int) -> None:

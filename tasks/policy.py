@@ -11,6 +11,7 @@ retried flow run or the UI's Retry button find them.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,19 @@ from kohaku.stage import MANIFEST, fingerprint, read_manifest
 
 @dataclass
 class StageVersion(CachePolicy):
-    """Adds the stage version and the kohaku version to the cache key."""
+    """Adds the stage version and the kohaku version to the cache key. `version` may be
+    `"module:NAME"`, imported when a key is computed, so that a flow whose train stage is
+    cached never imports torch."""
 
     stage: str = ""
     version: str = ""
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs: Any) -> str:
-        return f"{self.stage}-v{self.version}-kohaku{kohaku.__version__}"
+        version = self.version
+        if ":" in version:
+            module, name = version.split(":")
+            version = getattr(importlib.import_module(module), name)
+        return f"{self.stage}-v{version}-kohaku{kohaku.__version__}"
 
 
 def stage_policy(stage: str, version: str, ignore: tuple[str, ...] = ()) -> CachePolicy:

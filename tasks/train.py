@@ -1,7 +1,8 @@
 """The train task: checks the inputs, runs the trainer in child processes (torchrun for
 several), streams its log, shows progress in the UI, and fails with the trainer's error.
 A run stopped by SIGTERM raises `TrainingStopped`; the retry resumes from the checkpoint.
-Cached on the train config, the bucket and caption manifests and the model's fingerprint."""
+Cached on the train config, the bucket and caption manifests and the model's fingerprint;
+torch is imported only when the stage runs."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from kohaku.stage import FileFingerprint, Manifest
 from kohaku.train.config import TrainConfig
 from kohaku.train.launch import parse_metrics
-from kohaku.train.stage import TRAIN_VERSION, run_train
 from tasks.policy import stage_policy
 
+VERSION = "kohaku.train.stage:TRAIN_VERSION"  # imported when a key is computed
 
-@task(name="train", cache_policy=stage_policy("train", TRAIN_VERSION), persist_result=True,
+
+@task(name="train", cache_policy=stage_policy("train", VERSION), persist_result=True,
       retries=3, retry_delay_seconds=30, tags=["gpu"])  # fmt: skip
 def train_task(cfg: TrainConfig, run_dir: Path, upstream: list[dict],
                model: FileFingerprint) -> Manifest:  # fmt: skip
+    from kohaku.train.stage import run_train  # torch: only when the stage runs
+
     logger = get_run_logger()
     progress = create_progress_artifact(0.0, description="train: optimizer steps done")
 
