@@ -147,11 +147,12 @@ def _check_page(posts: object, cursor: int, url: str) -> None:
 
 def _failure(res: FetchResult, cfg: SyncConfig) -> str:
     url = res.url.split("?")[0]
-    if res.http_status in (401, 403):
+    # the fetcher reports permanent HTTP failures as "HTTP <code>" with no status
+    if res.http_status in (401, 403) or (res.error or "").startswith(("HTTP 401", "HTTP 403")):
         names = f"${cfg.fetch.login_env} / ${cfg.fetch.api_key_env}"
         hint = f"check the login and API key in {names}" if cfg.fetch.api_key_env else \
             "this API needs a login: set sync.fetch.login_env and api_key_env"  # fmt: skip
-        return f"{url}: the API refused the request (HTTP {res.http_status}); {hint}"
+        return f"{url}: the API refused the request ({res.error}); {hint}"
     return (f"cannot fetch {url}: {res.error}; check sync.api_url and the network (the "
             "previous snapshot stays the latest; a rerun resumes from the journal)")  # fmt: skip
 
