@@ -40,7 +40,7 @@ OUTPUTS = {
     "fav_hist": "fav_hist.parquet",
 }
 # a malformed created_at gives no date (and no date tag) instead of failing the stage
-POST_OUTPUT_COLUMNS = """id, range_idx, TRY_CAST(created_at AS TIMESTAMPTZ) AS created_at,
+POST_OUTPUT_COLUMNS = """p.id, c.range_idx, TRY_CAST(created_at AS TIMESTAMPTZ) AS created_at,
     TRY_CAST(substr(created_at, 1, 4) AS INT) AS year, rating, fav_count, score, md5,
     file_ext, file_url, file_size, image_width, image_height"""
 
@@ -98,6 +98,11 @@ def _select(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, build: StageBuild
 
 POST_TAG_COLUMNS = "r.post_id::UINTEGER AS post_id, r.tag_id::UINTEGER AS tag_id, r.ord"
 MAX_BITMAP_SPAN = 1 << 27  # ids spanned by the chosen posts; 16 MiB of bits
+# Parquet settings measured on the 200k-post benchmark: the tag rows in format v2 (delta
+# encoded ids: 2.4x smaller, written ~10 % faster, read faster); the posts without
+# dictionaries (md5 and file_url are unique: trying a dictionary cost 40 % of the write)
+TAG_ROWS_PARQUET = "FORMAT parquet, PARQUET_VERSION v2"
+POSTS_PARQUET = "FORMAT parquet, DICTIONARY_SIZE_LIMIT 1"
 
 
 def write_post_tags(con: duckdb.DuckDBPyConnection, path: Path, source_format: str) -> None:
@@ -114,12 +119,12 @@ def write_post_tags(con: duckdb.DuckDBPyConnection, path: Path, source_format: s
         con.execute(f"""COPY (SELECT {POST_TAG_COLUMNS} FROM rel() r
             WHERE r.post_id BETWEEN {lo} AND {hi}
             AND get_bit((SELECT bits FROM chosen_bits), (r.post_id - {lo})::INTEGER) = 1)
-            TO '{path}' (FORMAT parquet)""")
+            TO '{path}' ({TAG_ROWS_PARQUET})""")
         if _sorted_by_post_and_ord(path):
             return
         log.info("sample: the source's tag rows are not in post order; sorting them")
     con.execute(f"""COPY (SELECT {POST_TAG_COLUMNS} FROM rel() r SEMI JOIN chosen c
-        ON r.post_id = c.id ORDER BY r.post_id, r.ord) TO '{path}' (FORMAT parquet)""")
+        ON r.post_id = c.id ORDER BY r.post_id, r.ord) TO '{path}' ({TAG_ROWS_PARQUET})""")
 
 
 def _sorted_by_post_and_ord(path: Path) -> bool:
@@ -131,8 +136,8 @@ def _sorted_by_post_and_ord(path: Path) -> bool:
 def _write_outputs(con: duckdb.DuckDBPyConnection, build: StageBuild, source_format: str) -> None:
     out = build.dir
     with build.timed("write_posts"):
-        con.execute(f"""COPY (SELECT {POST_OUTPUT_COLUMNS} FROM cand SEMI JOIN chosen USING (id)
-            ORDER BY id) TO '{out / OUTPUTS["posts"]}' (FORMAT parquet)""")
+        con.execute(f"""COPY (SELECT {POST_OUTPUT_COLUMNS} FROM post() p JOIN chosen c USING (id)
+            ORDER BY id) TO '{out / OUTPUTS["posts"]}' ({POSTS_PARQUET})""")
     with build.timed("write_post_tags"):
         write_post_tags(con, out / OUTPUTS["post_tags"], source_format)
     with build.timed("write_tags"):

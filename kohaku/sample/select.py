@@ -1,7 +1,8 @@
 """Seeded selection SQL: candidates per id range, filter flags, ranks by sample key.
 
 Reads the views defined by `kohaku.sample.source`; writes temp tables `ranges`,
-`cand` (every post of every range with one boolean per filter) and `chosen`.
+`cand` (id, range, sample key and one boolean per filter of every post of every range)
+and `chosen`.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ def build_candidates(con: duckdb.DuckDBPyConnection, cfg: SampleConfig) -> list[
                      for i, r in enumerate(cfg.ranges))  # fmt: skip
     in_ranges = f"SELECT * FROM (SELECT *, CASE {which} END AS range_idx FROM post()) " \
                 "WHERE range_idx IS NOT NULL"  # fmt: skip
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE cand AS
-        SELECT *{flag_cols} FROM ({keyed_sql(f"({in_ranges})", "id", cfg.seed)})""")
+    # only keys and flags: the chosen posts' columns are read from post() when written
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE cand AS SELECT id, range_idx, sample_key
+        {flag_cols} FROM ({keyed_sql(f"({in_ranges})", "id", cfg.seed)})""")
     max_id = con.execute("SELECT max(id) FROM post()").fetchone()[0]
     if max_id is not None and max_id > 2**32 - 1:
         raise InputError(f"post ids up to {max_id} exceed 2**32-1; the sampler keys 32-bit ids")
@@ -119,19 +121,24 @@ def range_counts(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, flags: list[
     """Per range: posts in range, rejections per filter (among the posts the filters
     were applied to), posts passing all filters, posts chosen."""
     rejected = " OR ".join(f"f_{n}" for n in flags) or "false"
-    scope = "true" if cfg.filter_timing == "before_sampling" else "c.id IN (SELECT id FROM sampled)"
     # rejections are counted among the posts the filters were applied to (after_sampling:
     # the drawn ones), like `filtered_pool` and `eligible`
-    per_flag = "".join(f", count(*) FILTER (WHERE {scope} AND f_{n}) AS {n}" for n in flags)
-    rows = con.execute(f"""SELECT r.idx, r.n, count(c.id) AS in_range,
-            count(c.id) FILTER (WHERE {scope}) AS filtered_pool
-            {per_flag}, count(c.id) FILTER (WHERE {scope} AND NOT ({rejected})) AS eligible,
-            (SELECT count(*) FROM chosen h WHERE h.range_idx = r.idx) AS chosen
-        FROM ranges r LEFT JOIN cand c ON c.range_idx = r.idx GROUP BY r.idx, r.n ORDER BY r.idx""")
+    drawn = "true" if cfg.filter_timing == "before_sampling" else "s.id IS NOT NULL"
+    joined = "cand c" if cfg.filter_timing == "before_sampling" else \
+        "cand c LEFT JOIN sampled s USING (id)"  # fmt: skip
+    per_flag = "".join(f", count(*) FILTER (WHERE {drawn} AND f_{n}) AS {n}" for n in flags)
+    rows = con.execute(f"""WITH per_range AS (SELECT c.range_idx, count(*) AS in_range,
+            count(*) FILTER (WHERE {drawn}) AS filtered_pool {per_flag},
+            count(*) FILTER (WHERE {drawn} AND NOT ({rejected})) AS eligible
+            FROM {joined} GROUP BY c.range_idx),
+        per_chosen AS (SELECT range_idx, count(*) AS chosen FROM chosen GROUP BY range_idx)
+        SELECT r.idx, r.n, p.* EXCLUDE (range_idx), coalesce(h.chosen, 0) AS chosen
+        FROM ranges r LEFT JOIN per_range p ON p.range_idx = r.idx
+        LEFT JOIN per_chosen h ON h.range_idx = r.idx ORDER BY r.idx""")
     names = [d[0] for d in rows.description]
     out = []
     for row in rows.fetchall():
-        rec = dict(zip(names, row, strict=True))
+        rec = {k: (v if v is not None else 0) for k, v in zip(names, row, strict=True)}
         rec["range"] = cfg.ranges[rec.pop("idx")].label()
         rec["requested"] = rec.pop("n") or "all"
         rec["rejected_by"] = {n: rec.pop(n) for n in flags}
