@@ -40,7 +40,12 @@ DONE, PLAN = "done", "plan.json"
 
 class SyncError(ConfigError):
     """The API could not be read (unreachable, refused, malformed); the previous snapshot
-    stays the latest and a rerun resumes from the journal."""
+    stays the latest and a rerun resumes from the journal. `retryable`: a later try may
+    succeed (network, server errors), unlike a refused login or a malformed page."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class SyncPlan(BaseModel):
@@ -124,7 +129,8 @@ def fetch_page(fetcher: Fetcher, cfg: SyncConfig, cursor: int) -> tuple[bytes, l
     url = page_url(cfg, cursor)
     res = fetcher.fetch(url)
     if not res.ok:
-        raise SyncError(_failure(res, cfg))
+        refused = (res.error or "").startswith(("HTTP 401", "HTTP 403"))
+        raise SyncError(_failure(res, cfg), retryable=not refused)
     try:
         posts = json.loads(res.data)
     except ValueError as exc:
