@@ -30,16 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from kohaku.buckets import Bucket, BucketConfig, bucket_set, place
 from kohaku.fetch import FetchConfig, Fetcher
 from kohaku.local_source import LocalReader
-from kohaku.resize import (
-    Format,
-    ImageRejected,
-    encode,
-    fit,
-    load_rgb,
-    open_checked,
-    oriented_size,
-    stored_size,
-)
+from kohaku.resize import Format, ImageRejected, Library, Options, fit_encoded
 from kohaku.stage import atomic_write_bytes
 
 LEDGER_SCHEMA = {
@@ -74,6 +65,11 @@ class DownloadConfig(BaseModel):
     jpeg_draft: bool = Field(True, description="decode big JPEGs at a reduced DCT scale that "
                              "still covers twice the target size (faster; Lanczos then keeps "
                              "the detail a draft at the target size loses)")  # fmt: skip
+    resize_library: Library = Field(
+        "pyvips", description="decode + resize with pyvips (libvips: 2.5x less CPU than "
+        "Pillow at the same quality; JPEG, PNG, WebP and GIF, other formats go through "
+        "Pillow) or pillow (everything through Pillow); both Lanczos-3, same geometry",
+    )  # fmt: skip
     image_format: Format = Field("webp", description="output format: webp, jpeg or png")
     quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
     background: tuple[int, int, int] = Field((255, 255, 255), description="alpha flattened onto")
@@ -252,13 +248,8 @@ def _store(got: Acquired, post: dict, cfg: DownloadConfig, buckets: list[Bucket]
            out_dir: Path) -> dict:  # fmt: skip
     """Verify, resize, encode and write one image; returns its ledger fields."""
     checked = _check_md5(got, post, cfg)
-    img = open_checked(got.data, cfg.max_pixels)
-    p = place(*oriented_size(img), cfg.buckets, buckets)
-    # at least 2x the target: a DCT draft at the target size itself blurs line art
-    # (about 30 dB PSNR against 56, bench/README.md "resize_libs.py")
-    draft = stored_size(img, (2 * p.resized[0], 2 * p.resized[1])) if cfg.jpeg_draft else None
-    rgb = load_rgb(img, cfg.background, draft)
-    encoded = encode(fit(rgb, p), cfg.image_format, cfg.quality)
+    fitted = fit_encoded(got.data, lambda w, h: place(w, h, cfg.buckets, buckets), _options(cfg))
+    p, encoded = fitted.placement, fitted.data
     rel = image_path(post["id"], cfg)
     if cfg.sidecars:
         atomic_write_bytes(out_dir / caption_path(post["id"], cfg),
@@ -270,6 +261,12 @@ def _store(got: Acquired, post: dict, cfg: DownloadConfig, buckets: list[Bucket]
         "resized_w": p.resized[0], "resized_h": p.resized[1], "crop_left": p.crop_left,
         "crop_top": p.crop_top,
     }  # fmt: skip
+
+
+def _options(cfg: DownloadConfig) -> Options:
+    return Options(library=cfg.resize_library, max_pixels=cfg.max_pixels,
+                   background=cfg.background, jpeg_draft=cfg.jpeg_draft,
+                   image_format=cfg.image_format, quality=cfg.quality)  # fmt: skip
 
 
 def _check_md5(got: Acquired, post: dict, cfg: DownloadConfig) -> bool:

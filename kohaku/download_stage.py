@@ -190,7 +190,8 @@ def write_download_manifest(
             "source": {"kind": cfg.source, "path": str(cfg.source_path or "")},
         },
         outputs={"ledgers": "ledgers/", "images": "images/"}, counts=counts,
-        timings={"total": round(seconds, 3)}, versions=library_versions("pillow", "httpx"),
+        timings={"total": round(seconds, 3)},
+        versions=library_versions("pillow", "pyvips", "pyvips-binary", "httpx"),
         created_at=time.time(),
     )  # fmt: skip
     atomic_write_text(run_dir / STAGE / MANIFEST, manifest.model_dump_json(indent=2))

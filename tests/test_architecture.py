@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA_MODULES = [
     "kohaku.cli", "kohaku.config", "kohaku.demo", "kohaku.stage", "kohaku.synth", "kohaku.buckets",
-    "kohaku.resize", "kohaku.fetch", "kohaku.download",
+    "kohaku.resize", "kohaku.resize_vips", "kohaku.fetch", "kohaku.download",
     "kohaku.download_stage", "kohaku.local_source", "kohaku.buckets_stage",
     "kohaku.evaluate.config", "kohaku.evaluate.prompts", "kohaku.evaluate.report",
     "kohaku.sample", "kohaku.sample.run", "kohaku.tagging", "kohaku.tagging.run",

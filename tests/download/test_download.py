@@ -66,8 +66,10 @@ CFG = DownloadConfig(
 )  # fmt: skip
 
 
-def test_every_post_ends_in_one_state(server, tmp_path):
-    ledger = download_shard(shard(server), CFG, tmp_path)
+@pytest.mark.parametrize("library", ["pyvips", "pillow"])
+def test_every_post_ends_in_one_state(server, tmp_path, library):
+    cfg = CFG.model_copy(update={"resize_library": library})
+    ledger = download_shard(shard(server), cfg, tmp_path)
     status = dict(zip(ledger["id"], ledger["status"], strict=True))
     assert status == {1: "ok", 2: "ok", 3: "failed", 4: "failed", 5: "failed", 6: "failed",
                       7: "failed", 8: "failed"}  # fmt: skip
