@@ -67,6 +67,7 @@ class SyncResult(BaseModel):
     pages: int
     counts: dict
     seconds: float
+    timings: dict = {}
 
 
 def sync_metadata(cfg: SyncConfig) -> SyncResult:
@@ -80,14 +81,17 @@ def sync_metadata(cfg: SyncConfig) -> SyncResult:
         plan = SyncPlan.model_validate_json((journal / PLAN).read_text())
         with _fetcher(cfg) as fetcher:
             pages = fetch_pages(fetcher, cfg, journal, plan)
+        t1 = time.perf_counter()
         snap = merge_pages(store, parent, sorted((journal / "pages").glob("page-*.json")),
                            plan.after, plan.max_known, cfg)  # fmt: skip
         publish(store, snap)
         shutil.rmtree(journal, ignore_errors=True)
-    counts, seconds = snap.origin["sync"], round(time.perf_counter() - t0, 2)
+    t2 = time.perf_counter()
+    counts, seconds = snap.origin["sync"], round(t2 - t0, 2)
     log.info("sync: snapshot %s (parent %s): %s", snap.id, parent.id, counts)
+    timings = {"fetch": round(t1 - t0, 3), "merge_publish": round(t2 - t1, 3)}
     return SyncResult(snapshot=snap.id, parent=parent.id, pages=pages, counts=counts,
-                      seconds=seconds)  # fmt: skip
+                      seconds=seconds, timings=timings)  # fmt: skip
 
 
 def plan_for(parent, cfg: SyncConfig) -> SyncPlan:
