@@ -10,16 +10,18 @@ shortest side >= 1024, mostly JPEG, some PNG) into bench/out/dl-images/ and serv
 from bench/image_server.py (a ThreadingHTTPServer on 127.0.0.1, in its own process).
 kohaku: `kohaku.download.download_shard` on a DataFrame (id, md5, file_ext, file_url)
 with one 1024x1024 bucket (shortest side to 1024, centre crop), md5 verification and
-full decode on, JPEG draft as download.py's default (`--jpeg-draft`). img2dataset:
+full decode on, JPEG draft and resize library (`--resize-library`: pyvips or pillow) as
+download.py's defaults unless given. img2dataset:
 bench/img2dataset_side.py in bench/.venv-img2dataset with the same URLs and md5s,
 `resize_mode="center_crop"`, `image_size=1024`, the same output format and quality,
 `processes_count=2`. Each side runs `--repeat` times, alternating. Per run: images/s
 (images written per wall second of the call; kohaku's process start and imports
 excluded, img2dataset's worker start included) and CPU ms per image (user + sys of every
 thread and process of that side, not the image server's), which a shared machine
-disturbs much less than wall time. Then kohaku's cost per image in one thread on the
-first `--split-images` images: fetch, md5, decode (full and JPEG draft), place + fit
-(Lanczos), encode, as thread CPU time and wall time.
+disturbs much less than wall time, and the 1-minute load average before and after. Then
+kohaku's cost per image, one image at a time, on the first `--split-images` images:
+fetch, md5, decode and place + fit (Lanczos) through Pillow and through libvips, encode,
+as process CPU time (libvips works in its own threads) and wall time.
 Writes bench/out/dl-compare/ (outputs, url list, summary.json); prints tables and JSON.
 """
 
@@ -40,10 +42,11 @@ from pathlib import Path
 import polars as pl
 from dl_images import CACHE, ensure_images
 
+from kohaku import resize_vips
 from kohaku.buckets import BucketConfig, bucket_set, place
 from kohaku.download import DownloadConfig, download_shard
 from kohaku.fetch import FetchConfig, Fetcher
-from kohaku.resize import decode, encode, fit
+from kohaku.resize import decode, encode, fit, to_pil
 
 BENCH = Path(__file__).resolve().parent
 WORK = BENCH / "out" / "dl-compare"
@@ -68,19 +71,23 @@ class ImageServer:
         self.proc.wait(10)
 
 
-def kohaku_config(fmt: str, threads: int, draft: bool | None = None) -> DownloadConfig:
-    """draft None: download.py's default (older versions have no jpeg_draft field)."""
+def kohaku_config(fmt: str, threads: int, draft: bool | None = None,
+                  library: str | None = None) -> DownloadConfig:  # fmt: skip
+    """draft, library None: download.py's defaults."""
     fetch = FetchConfig(allowed_hosts=["127.0.0.1"], per_host_concurrency=threads,
                         per_host_rate=1000)  # fmt: skip
     extra = {} if draft is None else {"jpeg_draft": draft}
+    extra |= {} if library is None else {"resize_library": library}
     return DownloadConfig(fetch=fetch, threads=threads, image_format=fmt,
                           quality=QUALITY[fmt], buckets=BUCKETS, **extra)  # fmt: skip
 
 
-def run_kohaku(posts: pl.DataFrame, fmt: str, threads: int, draft: bool | None) -> dict:
+def run_kohaku(posts: pl.DataFrame, fmt: str, threads: int, draft: bool | None,
+               library: str | None) -> dict:  # fmt: skip
     out = WORK / f"kohaku-{fmt}"
     shutil.rmtree(out, ignore_errors=True)
-    cfg = kohaku_config(fmt, threads, draft)
+    cfg = kohaku_config(fmt, threads, draft, library)
+    load0 = os.getloadavg()[0]
     cpu0, t0 = cpu_s(resource.RUSAGE_SELF), time.perf_counter()
     ledger = download_shard(posts, cfg, out)
     wall, cpu = time.perf_counter() - t0, cpu_s(resource.RUSAGE_SELF) - cpu0
@@ -91,6 +98,7 @@ def run_kohaku(posts: pl.DataFrame, fmt: str, threads: int, draft: bool | None) 
         "errors": {r["error"]: r["count"] for r in errors.iter_rows(named=True)},
         "md5_checked": ok["md5_checked"].sum() if "md5_checked" in ok.columns else None,
         "out_bytes": sum((out / p).stat().st_size for p in ok["path"]),
+        "library": cfg.resize_library, "load_before": load0, "load_after": os.getloadavg()[0],
     }  # fmt: skip
 
 
@@ -99,13 +107,14 @@ def run_img2dataset(urls: Path, fmt: str, threads: int) -> dict:
     cmd = [str(I2D_PYTHON), str(BENCH / "img2dataset_side.py"), "--urls", str(urls),
            "--out", str(out), "--format", "jpg" if fmt == "jpeg" else fmt,
            "--quality", str(QUALITY[fmt]), "--threads", str(threads)]  # fmt: skip
-    cpu0 = cpu_s(resource.RUSAGE_CHILDREN)
+    cpu0, load0 = cpu_s(resource.RUSAGE_CHILDREN), os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"img2dataset failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     # the side process and its (joined) workers, imports included; not the image server
     res["cpu_s"] = round(cpu_s(resource.RUSAGE_CHILDREN) - cpu0, 2)
+    res["load_before"], res["load_after"] = load0, os.getloadavg()[0]
     return res
 
 
@@ -115,33 +124,42 @@ def cpu_s(who: int) -> float:
 
 
 def cost_split(posts: pl.DataFrame, count: int) -> dict:
-    """Mean ms per image of each step in one thread, on the first `count` posts: CPU time
-    of the thread (`time.thread_time`, what a step costs whatever else runs) and wall."""
+    """Mean ms per image of each step, one image at a time, on the first `count` posts:
+    CPU time of the process (`time.process_time`: libvips computes in its own threads;
+    nothing else runs in this process meanwhile) and wall. decode_vips is the header and
+    the full decode into memory (`resize_vips.load_rgb`), resize_vips the Lanczos-3
+    resample of the crop and the copy into a Pillow image for the encoder."""
     buckets = bucket_set(BUCKETS)
-    steps = ["fetch", "md5", "decode", "decode_draft", "resize", "resize_draft",
+    steps = ["fetch", "md5", "decode", "resize", "decode_vips", "resize_vips",
              "encode_webp90", "encode_jpeg95"]  # fmt: skip
     cpu: dict[str, list[float]] = {s: [] for s in steps}
     wall: dict[str, list[float]] = {s: [] for s in steps}
 
     def timed(step: str, fn, *args, **kwargs):
-        c0, t0 = time.thread_time(), time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         value = fn(*args, **kwargs)
-        cpu[step].append(time.thread_time() - c0)
+        cpu[step].append(time.process_time() - c0)
         wall[step].append(time.perf_counter() - t0)
         return value
 
-    def place_fit(img, p_img):
-        return fit(img, place(p_img.width, p_img.height, BUCKETS, buckets))
+    def place_fit(img):
+        return fit(img, place(img.width, img.height, BUCKETS, buckets))
+
+    def vips_decode(data):
+        header = resize_vips.open_checked(data, 10**9)
+        return resize_vips.load_rgb(header, data)
+
+    def vips_fit(img):
+        return to_pil(resize_vips.fit(img, place(img.width, img.height, BUCKETS, buckets)))
 
     with Fetcher(kohaku_config("webp", 1).fetch) as fetcher:
         for post in posts.head(count).iter_rows(named=True):
             data = timed("fetch", fetcher.fetch, post["file_url"]).data
             assert timed("md5", hashlib.md5, data).hexdigest() == post["md5"]
             img = timed("decode", decode, data)
-            p = place(img.width, img.height, BUCKETS, buckets)
-            small = timed("decode_draft", decode, data, draft=p.resized)
-            out = timed("resize", place_fit, img, img)
-            timed("resize_draft", place_fit, small, img)
+            out = timed("resize", place_fit, img)
+            vimg = timed("decode_vips", vips_decode, data)
+            timed("resize_vips", vips_fit, vimg)
             timed("encode_webp90", encode, out, "webp", 90)
             timed("encode_jpeg95", encode, out, "jpeg", 95)
     mean = statistics.fmean
@@ -165,6 +183,8 @@ def main() -> None:
         default="default",
         help="kohaku's DownloadConfig.jpeg_draft (default: download.py's)",
     )
+    ap.add_argument("--resize-library", choices=["default", "pyvips", "pillow"],
+                    default="default", help="kohaku's DownloadConfig.resize_library")  # fmt: skip
     ap.add_argument("--split-images", type=int, default=100, help="0 = no cost split")
     args = ap.parse_args()
     if not args.skip_img2dataset and not I2D_PYTHON.exists():
@@ -174,11 +194,13 @@ def main() -> None:
     images = ensure_images(args.images)
     WORK.mkdir(parents=True, exist_ok=True)
     draft = {"default": None, "on": True, "off": False}[args.jpeg_draft]
-    used_draft = getattr(kohaku_config("webp", 1, draft), "jpeg_draft", False)
+    library = None if args.resize_library == "default" else args.resize_library
+    used = kohaku_config("webp", 1, draft, library)
     pixels = [i["width"] * i["height"] for i in images]
     summary: dict = {
         "images": len(images), "cpus": os.cpu_count(), "kohaku_threads": args.threads,
-        "img2dataset_threads_per_process": args.i2d_threads, "kohaku_jpeg_draft": used_draft,
+        "img2dataset_threads_per_process": args.i2d_threads, "kohaku_jpeg_draft": used.jpeg_draft,
+        "kohaku_resize_library": used.resize_library,
         "input_mb": round(sum(i["bytes"] for i in images) / 1e6, 1),
         "input_mpx_mean": round(statistics.fmean(pixels) / 1e6, 2),
         "runs": {},
@@ -194,7 +216,7 @@ def main() -> None:
         for fmt in formats:
             runs = summary["runs"][fmt] = {"kohaku": [], "img2dataset": []}
             for rep in range(args.repeat):
-                res = run_kohaku(posts, fmt, args.threads, draft)
+                res = run_kohaku(posts, fmt, args.threads, draft, library)
                 runs["kohaku"].append(res)
                 print(f"{fmt} #{rep + 1} kohaku: {res}", file=sys.stderr)
                 if not args.skip_img2dataset:
@@ -243,7 +265,7 @@ def print_tables(summary: dict) -> None:
         print("| " + " | ".join(cells) + " |")
     cost = summary.get("cost_ms")
     if cost:
-        print("\nkohaku, one thread, mean ms per image (CPU time of the thread; wall below):")
+        print("\nkohaku, one image at a time, mean ms per image (process CPU time; wall below):")
         print("| | " + " | ".join(cost["cpu"]) + " |")
         print("|---|" + "---|" * len(cost["cpu"]))
         for kind in ("cpu", "wall"):
@@ -251,10 +273,10 @@ def print_tables(summary: dict) -> None:
         c = cost["cpu"]
         base = c["fetch"] + c["md5"]
         for fmt, enc in (("webp", "encode_webp90"), ("jpeg", "encode_jpeg95")):
-            full = base + c["decode"] + c["resize"] + c[enc]
-            drafted = base + c["decode_draft"] + c["resize_draft"] + c[enc]
-            print(f"{fmt}: {full:.0f} CPU ms/image = {1000 / full:.1f} img/s per core "
-                  f"({drafted:.0f} ms = {1000 / drafted:.1f} img/s with JPEG draft)")  # fmt: skip
+            vips = base + c["decode_vips"] + c["resize_vips"] + c[enc]
+            pil = base + c["decode"] + c["resize"] + c[enc]
+            print(f"{fmt}: pyvips {vips:.0f} CPU ms/image = {1000 / vips:.1f} img/s per core; "
+                  f"Pillow {pil:.0f} ms = {1000 / pil:.1f} img/s per core")  # fmt: skip
 
 
 if __name__ == "__main__":

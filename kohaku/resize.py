@@ -102,12 +102,16 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
 
 
 def fit(img: Image.Image, placement: Placement) -> Image.Image:
-    """Resize to `placement.resized` (Lanczos) and crop to the bucket."""
-    if img.size != placement.resized:
-        img = img.resize(placement.resized, Image.Resampling.LANCZOS)
+    """Resize to `placement.resized` (Lanczos) and crop to the bucket. Only the part that
+    survives the crop is resampled (`resize(box=)`: same pixel centres and taps, 19 % less
+    CPU on the benchmark's images, bench/README.md "resize_libs.py")."""
     left, top = placement.crop_left, placement.crop_top
-    box = (left, top, left + placement.bucket.width, top + placement.bucket.height)
-    return img.crop(box)
+    width, height = placement.bucket.width, placement.bucket.height
+    if img.size == placement.resized:
+        return img.crop((left, top, left + width, top + height))
+    sx, sy = img.width / placement.resized[0], img.height / placement.resized[1]
+    box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
+    return img.resize((width, height), Image.Resampling.LANCZOS, box=box)
 
 
 def encode(img: Image.Image, fmt: Format = "webp", quality: int = 90) -> bytes:
