@@ -78,11 +78,18 @@ def start_server(home: Path, port: int = 4200, host: str = "127.0.0.1") -> Serve
     """A Prefect server on SQLite in `home` (its log in `home/server.log`); returns once
     it answers. Port 0 takes a free one."""
     home.mkdir(parents=True, exist_ok=True)
+    # Ctrl-C and SIGTERM stop us; children then start with default handlers even when we
+    # were started with SIGINT ignored (a background job of a script)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     port = port or free_port()
     url = f"http://{host}:{port}"
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+    env = prefect_env(home)
+    # the UI's browser code calls this address (else it assumes port 4200)
+    env.setdefault("PREFECT_UI_API_URL", f"{url}/api")
     with open(home / "server.log", "ab") as log:
-        server = subprocess.Popen(cmd, env=prefect_env(home), cwd=ROOT, stdout=log,
+        server = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log,
                                   stderr=subprocess.STDOUT)  # fmt: skip
     try:
         wait_healthy(url, server)
@@ -100,7 +107,6 @@ def serve_deployments(served: Served, args: list[str]) -> None:
 
 def run_until_stopped(served: Served) -> int:
     """Wait until Ctrl-C / SIGTERM or a child exits; stop both; the exit code."""
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while served.server.poll() is None and served.deployments.poll() is None:
             time.sleep(0.5)

@@ -1,0 +1,116 @@
+"""One real Prefect server for the operations tests, started the way a user starts it:
+`kohaku serve` (a `prefect server start` subprocess on a free 127.0.0.1 port with its own
+PREFECT_HOME, and every deployment served from `python -m deployments.serve`), defaulting
+to a small demo (300 posts, its image server, 4 training steps, a tiny evaluation)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kohaku.demo import DEMO_URL_KEY, prepare_demo
+from kohaku.demo_images import ImageServer
+
+SMALL = ["train.max_steps=4", "train.checkpoint_every=2", "evaluate.seeds=[0]", "evaluate.steps=2",
+         "evaluate.characters=1", "evaluate.styles=1"]  # fmt: skip
+DATA_ONLY = """# the demo's data stages only (no [train], no [evaluate])
+run_dir = "run"
+[sample]
+source = "metadata/danbooru.db"
+seed = 5
+on_short_range = "take_all"
+[[sample.ranges]]
+start = 0
+count = 120
+[download.fetch]
+allowed_hosts = ["127.0.0.1"]
+[download.buckets]
+area = 16384
+min_side = 64
+max_side = 256
+step = 32
+"""
+
+
+@dataclass
+class Served:
+    url: str  # the UI
+    api: str  # PREFECT_API_URL
+    demo: Path  # demo.toml, data.toml, metadata/, model/
+    overrides: list[str]  # the deployments' default overrides
+    log: Path  # kohaku serve's output (server and flow-run logs)
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("ops")
+    demo = root / "demo"
+    prepare_demo(demo, posts=300)
+    (demo / "data.toml").write_text(DATA_ONLY)
+    with ImageServer(demo / "metadata" / "danbooru.db") as images:
+        overrides = [f"{DEMO_URL_KEY}={images.url_template}", *SMALL]
+        log = root / "serve.log"
+        env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "OMP_NUM_THREADS": "1",
+               "PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # fmt: skip
+        env.pop("PREFECT_API_URL", None)
+        cmd = [sys.executable, "-m", "kohaku.cli", "serve", "--port", "0", "--config",
+               str(demo / "demo.toml"), *(f"--set={o}" for o in overrides)]  # fmt: skip
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            url = _wait_for(lambda: re.search(r"Prefect UI: (\S+)", log.read_text()), proc, log)[1]
+            api = f"{url}/api"
+            with _api(api):
+                _wait_for(lambda: _deployment("pipeline/kohaku"), proc, log)
+            yield Served(url, api, demo, overrides, log)
+        finally:
+            proc.send_signal(signal.SIGINT)  # kohaku serve stops its children
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait_for(probe, proc: subprocess.Popen, log: Path, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"kohaku serve exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+            )
+        if found := probe():
+            return found
+        time.sleep(0.3)
+    raise TimeoutError(f"kohaku serve not ready:\n{log.read_text()[-3000:]}")
+
+
+def _deployment(name: str):
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return None
+
+
+def _api(url: str):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings({PREFECT_API_URL: url})
+
+
+@pytest.fixture
+def ops_api(served: Served):
+    """This test's Prefect client talks to the served server."""
+    with _api(served.api):
+        yield served
