@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,10 +78,38 @@ def check_inputs(cfg: DownloadConfig, run_dir: Path) -> None:
         raise InputError("download.sidecars needs the captions: run the tag stage first")
 
 
+# the fields that change what a post's file is; the others (fetch policy, url_template,
+# threads, sidecars) change how it is fetched or what sits beside it
+OUTPUT_FIELDS = {"source", "source_path", "verify_md5", "max_pixels", "jpeg_draft",
+                 "resize_library", "image_format", "quality", "background", "buckets"}  # fmt: skip
+
+
+def reset_if_changed(cfg: DownloadConfig, run_dir: Path) -> bool:
+    """Shard ledgers written for another sample or with other output fields are not
+    resumed: they and the manifest are removed so every shard starts over (images are
+    rewritten in place). `download/resume.json` records what the ledgers were made for;
+    a folder without it is adopted as it is. Returns whether anything was reset."""
+    stage, sample = Path(run_dir) / STAGE, read_manifest(Path(run_dir) / "sample")
+    posts = [sample.config_hash, sample.inputs]  # the same config and inputs: the same posts
+    output = cfg.model_dump(mode="json", include=OUTPUT_FIELDS)
+    stamp = json.dumps({"output": output, "sample": posts}, sort_keys=True, default=str)
+    path = stage / "resume.json"
+    reset = path.is_file() and path.read_text() != stamp
+    if reset:
+        log.info("download: config or sample changed since the ledgers were written; starting over")
+        shutil.rmtree(stage / "ledgers", ignore_errors=True)
+        (stage / MANIFEST).unlink(missing_ok=True)
+    stage.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, stamp)
+    return reset
+
+
 def prepare_source(cfg: DownloadConfig, run_dir: Path) -> int:
-    """Index a local source once per stage run (tar indexes are kept while the tar files
-    are unchanged); returns the number of image files found. HTTP needs nothing."""
+    """Reset ledgers made for another config or sample; index a local source once per
+    stage run (tar indexes are kept while the tar files are unchanged); returns the number
+    of image files found. HTTP needs nothing."""
     check_inputs(cfg, run_dir)
+    reset_if_changed(cfg, run_dir)
     if cfg.source == "http":
         return 0
     out = Path(run_dir) / STAGE / INDEX
