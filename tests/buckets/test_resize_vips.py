@@ -95,11 +95,15 @@ def test_tiny_and_extreme_aspect_images(size):
 
 
 def test_truncated_jpeg_is_rejected_even_where_the_crop_does_not_reach():
-    # a tall image: the crop keeps the middle, so only a full decode sees the cut end
+    # a tall image into one square bucket: the crop keeps the middle third, so a lazy
+    # libvips pipeline never reads the cut end (it accepted these); a full decode does
+    square = BucketConfig(area=256 * 256, min_side=256, max_side=256, step=64)
+    p = place(300, 900, square, bucket_set(square))
+    assert (p.resized, p.crop_top) == ((256, 768), 256)
     data = image_bytes(detailed(300, 900), "JPEG", quality=90)
-    for cut in (len(data) // 2, int(len(data) * 0.95)):
+    for cut in (len(data) // 2, int(len(data) * 0.8), int(len(data) * 0.95)):
         with pytest.raises(ImageRejected, match="not a readable image"):
-            fit_encoded(data[:cut], locate, Options(library="pyvips"))
+            fit_encoded(data[:cut], lambda w, h: p, Options(library="pyvips"))
 
 
 def test_truncated_png_and_non_images_are_rejected():
