@@ -8,10 +8,10 @@ import: generates (or reuses) `bench/out/synth-<posts>-s0.db`, imports it into a
 wall time and peak RSS.
 sync: the fake danbooru server (`tests/sync/fake_danbooru.py`, real /posts.json format) on
 127.0.0.1 serves `--new` posts above the imported store's highest id (a synthetic DB's posts
-with shifted ids) with a rate limit of `--rate` requests/s (429 + Retry-After beyond it); the
-client is configured to the same rate. A hard-linked copy of the store is synced (window 0:
-new posts only, or `--window`). Prints wall time, the rate's floor (requests / rate) and the
-overhead beyond it, split into fetching and merging.
+with shifted ids) with a rate limit of `--rate` requests/s (a token bucket of `--burst`,
+429 + Retry-After: 1 beyond it); the client is configured to the same rate. A hard-linked
+copy of the store is synced (window 0: new posts only, or `--window`). Prints wall time, the
+rate's floor (requests / rate) and the overhead beyond it, split into fetching and merging.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def new_posts(n: int, above: int) -> list[dict]:
     return [{**p, "id": p["id"] + above} for p in posts]
 
 
-def bench_sync(posts: int, n_new: int, rate: float, window: int) -> None:
+def bench_sync(posts: int, n_new: int, rate: float, window: int, burst: float) -> None:
     source = OUT / f"store-{posts}"
     if not snapshot.is_store(source):
         source = bench_import(posts)
@@ -88,12 +88,12 @@ def bench_sync(posts: int, n_new: int, rate: float, window: int) -> None:
     shutil.copytree(source, store, copy_function=os.link)  # partition files are immutable
     top = snapshot.read_snapshot(store).max_post_id
     corpus = new_posts(n_new, top)
-    with FakeDanbooru(corpus, rate=rate) as api:
+    with FakeDanbooru(corpus, rate=rate, burst=burst) as api:
         policy = FetchConfig(allowed_hosts=["127.0.0.1"], per_host_rate=rate)
         cfg = SyncConfig(store=store, api_url=api.url, recent_window=window, fetch=policy)
         result = sync_metadata(cfg)
     statuses = Counter(r.status for r in api.requests)
-    floor = (len(api.requests) - 1) / rate
+    floor = (statuses[200] - 1) / rate  # the pages and the final empty one, 1 / rate apart
     print(f"sync {n_new:,} new posts (window {window}) into a {posts:,}-post store at "
           f"{rate}/s: {result.seconds:.2f} s, {len(api.requests)} requests {dict(statuses)}, "
           f"floor {floor:.2f} s, overhead {result.seconds - floor:.2f} s "
@@ -111,11 +111,13 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=10_000, help="new posts served to the sync")
     ap.add_argument("--rate", type=float, default=10.0, help="requests/s, server and client")
     ap.add_argument("--window", type=int, default=0, help="recent ids re-fetched")
+    ap.add_argument("--burst", type=float, default=2.0,
+                    help="the server's token bucket size (1 = strict spacing)")  # fmt: skip
     args = ap.parse_args()
     if args.what == "import":
         bench_import(args.posts)
     else:
-        bench_sync(args.posts, args.new, args.rate, args.window)
+        bench_sync(args.posts, args.new, args.rate, args.window, args.burst)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@ class _HostGate:
             start = max(now, self.next_start)
             self.next_start = start + self.spacing
         time.sleep(max(0.0, start - now))
+        with self.lock:  # woken late: the next start moves back too, so starts stay spaced
+            self.next_start = max(self.next_start, time.monotonic() + self.spacing)
 
     def __exit__(self, *exc: object) -> None:
         self.slots.release()

@@ -30,14 +30,15 @@ class Request:
 class FakeDanbooru:
     def __init__(
         self, posts: list[dict], rate: float | None = None, retry_after: int = 1,
-        fail_every: int = 0, credentials: tuple[str, str] | None = None,
+        fail_every: int = 0, credentials: tuple[str, str] | None = None, burst: float = 1.0,
     ):  # fmt: skip
         self.posts = {p["id"]: dict(p) for p in posts}
         self.rate, self.retry_after, self.fail_every = rate, retry_after, fail_every
+        self.burst, self.tokens = burst, burst  # token bucket: `rate`/s, `burst` at most
         self.credentials, self.malformed = credentials, False
         self.requests: list[Request] = []
         self.lock = threading.Lock()
-        self.last_served = 0.0
+        self.last_refill = 0.0
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -82,10 +83,9 @@ class FakeDanbooru:
             return 404, b'{"success":false,"message":"not found"}', {}
         if self.credentials and auth != _basic(*self.credentials):
             return 401, b'{"success":false,"message":"SessionLoader::AuthenticationFailure"}', {}
-        if self.rate and record.at - self.last_served < 1 / self.rate:
+        if self.rate and not self._take_token(record.at):
             return 429, b'{"success":false,"message":"rate limited"}', \
                 {"Retry-After": str(self.retry_after)}  # fmt: skip
-        self.last_served = record.at
         if self.fail_every and len(self.requests) % self.fail_every == 0:
             return 500, b"<html>internal error</html>", {}
         if self.malformed:
@@ -93,6 +93,16 @@ class FakeDanbooru:
         page = self._page(query)
         record.ids = [p["id"] for p in page]
         return 200, json.dumps(page).encode(), {"Content-Type": "application/json"}
+
+    def _take_token(self, now: float) -> bool:
+        """Token bucket: refilled at `rate`/s up to `burst`; burst 1 = requests at least
+        1 / rate apart."""
+        self.tokens = min(self.burst, self.tokens + (now - self.last_refill) * self.rate)
+        self.last_refill = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
     def _page(self, query: dict) -> list[dict]:
         limit = min(int(query.get("limit", 20)), 200)
