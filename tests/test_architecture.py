@@ -14,6 +14,7 @@ DATA_MODULES = [
     "kohaku.download_stage", "kohaku.local_source", "kohaku.buckets_stage",
     "kohaku.evaluate.config", "kohaku.evaluate.prompts", "kohaku.evaluate.report",
     "kohaku.sample", "kohaku.sample.run", "kohaku.tagging", "kohaku.tagging.run",
+    "kohaku.metadata.store", "kohaku.metadata.sync",
 ]  # fmt: skip
 
 
