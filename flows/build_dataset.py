@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.cli import config_from, config_parser, documented, resolve
-from flows.report import report_stage
+from flows.report import finished
 from kohaku.config import RunConfig
 from kohaku.sample.run import sample_inputs
 from tasks.dataset import sample_task, tag_task
@@ -29,10 +29,9 @@ def build_dataset(
         config.sample, run_dir, sample_inputs(config.sample), config.resources, return_state=True
     )
     tag = for_run(tag_task, run_dir, "tag")(
-        config.tag, run_dir, sample.result(), config.resources, return_state=True
+        config.tag, run_dir, finished("sample", sample), config.resources, return_state=True
     )
-    report_stage("sample", sample, sample.result())
-    report_stage("tag", tag, tag.result())  # raises if the stage failed
+    finished("tag", tag)
     get_run_logger().info("dataset ready: %s", run_dir / "tag" / "captions.parquet")
     return {"sample": sample.name, "tag": tag.name}
 

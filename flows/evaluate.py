@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.cli import config_from, config_parser, documented, resolve
-from flows.report import report_stage
+from flows.report import finished
 from kohaku.config import RunConfig
 from kohaku.errors import ConfigError
 from kohaku.evaluate.report import build_report
@@ -33,7 +33,7 @@ def evaluate(
         cfg = cfg.model_copy(update={"layout": config.tag.layout})
     upstream = inputs_of(run_dir, "train", "buckets", "tag", then="evaluate")
     state = for_run(evaluate_task, run_dir, "evaluate")(cfg, run_dir, upstream, return_state=True)
-    report_stage("evaluate", state, state.result())
+    manifest = finished("evaluate", state)
     report = build_report(run_dir)
     for label, markdown in report.grids.items():
         create_markdown_artifact(markdown, key=f"evaluate-grid-{label}".replace("_", "-"),
@@ -44,7 +44,7 @@ def evaluate(
     create_table_artifact(report.trend, key="evaluate-trend", description="evaluate: trend")
     create_markdown_artifact(report.trend_chart, key="evaluate-trend-chart",
                              description="evaluate: scores across checkpoints")  # fmt: skip
-    return state.result().counts
+    return manifest.counts
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ from prefect.futures import as_completed
 from tqdm import tqdm
 
 from flows.cli import config_from, config_parser, documented, resolve
-from flows.report import report_stage
+from flows.report import StageFailed, finished
 from kohaku.buckets_stage import OUTPUTS, histogram_markdown
 from kohaku.config import RunConfig
 from kohaku.download_stage import post_count, shard_count
@@ -52,17 +52,16 @@ def images(
         config.download, run_dir, shard_size, time.perf_counter() - start, shards,
         return_state=True,
     )  # fmt: skip
-    report_stage("download", manifest, manifest.result())
-    _report_failures(manifest.result().counts)
+    download = finished("download", manifest)
+    _report_failures(download.counts)
     buckets = for_run(buckets_task, run_dir, "buckets")(
         run_dir, inputs_of(run_dir, "download", then="buckets"), return_state=True
     )
-    report_stage("buckets", buckets, buckets.result())
+    counts = finished("buckets", buckets).counts
     png = (run_dir / "buckets" / OUTPUTS["histogram"]).read_bytes()
-    create_markdown_artifact(histogram_markdown(png, buckets.result().counts["histogram"]),
+    create_markdown_artifact(histogram_markdown(png, counts["histogram"]),
                              key="bucket-histogram", description="images per bucket")  # fmt: skip
-    counts = manifest.result().counts
-    return {"download": {"shards": len(shards)} | counts, "buckets": buckets.result().counts}
+    return {"download": {"shards": len(shards)} | download.counts, "buckets": counts}
 
 
 def _download_shards(config: RunConfig, run_dir: Path, shard_size: int) -> list[dict]:
@@ -74,7 +73,10 @@ def _download_shards(config: RunConfig, run_dir: Path, shard_size: int) -> list[
                for i in range(n)]  # fmt: skip
     with tqdm(total=post_count(run_dir), unit="img", desc="download", disable=None) as bar:
         for done, future in enumerate(as_completed(futures), start=1):
-            bar.update(future.result()["posts"])
+            try:
+                bar.update(future.result()["posts"])
+            except Exception as exc:  # the shard's own error, after its retries
+                raise StageFailed("download", f"{type(exc).__name__}: {exc}") from exc
             update_progress_artifact(progress, 100.0 * done / n)
     return [f.result() for f in futures]
 

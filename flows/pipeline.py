@@ -48,7 +48,7 @@ def pipeline(
         extra = {"shard_size": shard_size} if name == "images" else {}
         state = subflow(config, **extra, return_state=True)
         if not state.is_completed():
-            report_ledger([*rows, failed_row(name, state)])
+            report_ledger(rows + _failure_rows(config, list(parts), name, state, started))
             state.result()  # the stage's own error fails the pipeline
         out[name] = state.result()
         rows += [_row(config, stage, started) for stage in STAGES[name]]
@@ -60,6 +60,16 @@ def _row(config: RunConfig, stage: str, started: float) -> dict:
     manifest = read_manifest(config.run_dir.resolve() / stage)
     ran = manifest is not None and manifest.created_at >= started
     return stage_row(stage, "ran" if ran else "reused", manifest)
+
+
+def _failure_rows(config: RunConfig, parts: list[str], part: str, state, started: float) -> list:
+    """The failed part's stages up to the one that failed (with its error), then the
+    stages that did not run."""
+    failed = failed_row(part, state)
+    stages = [s for p in parts[parts.index(part) :] for s in STAGES[p]]
+    at = stages.index(failed["stage"]) if failed["stage"] in stages else 0
+    done = [_row(config, s, started) for s in stages[:at]]
+    return [*done, failed, *(stage_row(s, "not run") for s in stages[at + 1 :])]
 
 
 def main(argv: list[str] | None = None) -> None:

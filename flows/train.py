@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.cli import config_from, config_parser, documented, resolve
-from flows.report import report_stage
+from flows.report import finished
 from kohaku.charts import loss_chart_markdown
 from kohaku.config import RunConfig
 from kohaku.errors import ConfigError
@@ -39,8 +39,7 @@ def train(
     state = for_run(train_task, run_dir, "train")(
         cfg, run_dir, upstream, fingerprint(cfg.model.path), return_state=True
     )
-    manifest = state.result()
-    report_stage("train", state, manifest)
+    manifest = finished("train", state)
     metrics = [json.loads(line) for line in (run_dir / "train" / "metrics.jsonl").open()]
     create_table_artifact(metrics[-50:], key="train-metrics", description="train: last steps")
     create_markdown_artifact(loss_chart_markdown(metrics), key="train-loss",
