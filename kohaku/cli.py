@@ -84,6 +84,14 @@ def cmd_metadata_snapshots(args: argparse.Namespace) -> None:
         print(sid + ("  (latest)" if sid == latest else ""))
 
 
+def cmd_metadata_prune(args: argparse.Namespace) -> None:
+    from kohaku.metadata.prune import prune_store
+
+    res = prune_store(args.store, args.keep, tuple(args.protect))
+    print(f"removed {len(res.snapshots_removed)} snapshots, {res.files_removed} files, "
+          f"{res.bytes_freed / 2**20:.1f} MiB")  # fmt: skip
+
+
 def _metadata_parser(sub) -> None:
     meta = sub.add_parser("metadata", help="the metadata store: import, sync, snapshots")
     msub = meta.add_subparsers(dest="metadata_command", required=True)
@@ -104,6 +112,11 @@ def _metadata_parser(sub) -> None:
     p = msub.add_parser("snapshots", help="list the store's snapshots")
     p.add_argument("--store", type=Path, required=True)
     p.set_defaults(func=cmd_metadata_snapshots)
+    p = msub.add_parser("prune", help="drop old snapshots and the files only they used")
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--keep", type=int, required=True, help="newest snapshots kept")
+    p.add_argument("--protect", action="append", default=[], help="a snapshot id to keep")
+    p.set_defaults(func=cmd_metadata_prune)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

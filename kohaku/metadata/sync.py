@@ -75,7 +75,7 @@ def sync_metadata(cfg: SyncConfig) -> SyncResult:
     new snapshot and make it the latest."""
     t0, store = time.perf_counter(), Path(cfg.store)
     _check_host(cfg)
-    with _store_lock(store):
+    with store_lock(store):
         parent = read_snapshot(store)
         journal = _open_journal(store, cfg, plan_for(parent, cfg))
         plan = SyncPlan.model_validate_json((journal / PLAN).read_text())
@@ -207,7 +207,7 @@ def _open_journal(store: Path, cfg: SyncConfig, plan: SyncPlan) -> Path:
 
 
 @contextmanager
-def _store_lock(store: Path) -> Iterator[None]:
+def store_lock(store: Path) -> Iterator[None]:
     """One sync per store at a time (a lock file holding the pid; a dead holder's is taken)."""
     if latest_id(store) is None:
         read_snapshot(store)  # raises the "no snapshot yet" error

@@ -106,3 +106,23 @@ def test_429_waits_for_retry_after(store: Path, corpus: list[dict]) -> None:
     limited = [i for i, r in enumerate(reqs) if r.status == 429]
     assert limited and all(reqs[i + 1].at - reqs[i].at >= 0.95 for i in limited)
     assert posts_of(store)["id"].max() == few[-1]["id"]
+
+
+def test_prune_keeps_the_newest_snapshots_and_their_files(store: Path, corpus: list[dict]):
+    from kohaku.metadata.prune import prune_store
+
+    base = snapshot.latest_id(store)
+    with FakeDanbooru([p for p in corpus if p["id"] <= 2600]) as api:
+        first = sync_metadata(sync_config(store, api.url)).snapshot
+        api.add(corpus)
+        second = sync_metadata(sync_config(store, api.url)).snapshot
+    before = posts_of(store)
+    result = prune_store(store, keep=1, protect=(base,))
+    assert result.snapshots_removed == [first] and result.files_removed > 0
+    assert snapshot.list_ids(store) == sorted([base, second])
+    assert posts_of(store).equals(before)
+    assert posts_of(store, base).height == sum(p["id"] <= OLD_MAX for p in corpus)
+    on_disk = {str(p.relative_to(store)) for p in (store / "parts").glob("*/*.parquet")}
+    named = {p.file for s in (base, second) for t in snapshot.TABLES
+             for p in snapshot.read_snapshot(store, s).tables[t]}  # fmt: skip
+    assert on_disk == named
