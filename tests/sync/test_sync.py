@@ -126,3 +126,21 @@ def test_prune_keeps_the_newest_snapshots_and_their_files(store: Path, corpus: l
     named = {p.file for s in (base, second) for t in snapshot.TABLES
              for p in snapshot.read_snapshot(store, s).tables[t]}  # fmt: skip
     assert on_disk == named
+
+
+def test_real_danbooru_json(store: Path, corpus: list[dict]) -> None:
+    """Posts exactly as danbooru served them (tests/assets, 2020 and 2023) sync like ours."""
+    import json
+
+    assets = Path(__file__).parents[1] / "assets"
+    real = [p for f in assets.glob("*_danbooru_posts_*.json") for p in json.loads(f.read_text())]
+    with FakeDanbooru([p for p in corpus if p["id"] <= OLD_MAX] + real) as api:
+        result = sync_metadata(sync_config(store, api.url))
+    assert result.counts["new_posts"] == len(real) == 20
+    posts = posts_of(store).filter(pl.col("id") >= 4_000_000)
+    letters = {p["id"]: "gsqe".index(p["rating"]) for p in real}
+    assert dict(zip(posts["id"], posts["rating"], strict=True)) == letters
+    tags = named_tags(store).filter(pl.col("post_id") == 6148688)
+    assert tags.filter(pl.col("name") == "ekz_(robotekz)")["type"].to_list() == [1]  # artist
+    assert tags.filter(pl.col("name") == "lady_zuri")["type"].to_list() == [2]  # character
+    assert tags.height == 18  # its tag_count
