@@ -48,3 +48,20 @@ def test_sync_flow_triggers_the_rebuild(prefect_api, store: Path, corpus: list[d
     dep = deployment(store / "sync.toml")
     assert dep.name == "daily" and dep.schedules[0].schedule.cron == "0 3 * * *"
     assert dep.parameters["rebuild_deployment"] == "build-dataset/kohaku"
+
+
+def test_refused_key_fails_the_flow_without_retries(
+    prefect_api, store: Path, corpus: list[dict], monkeypatch
+) -> None:
+    from flows.sync_metadata import sync_metadata_flow
+
+    monkeypatch.setenv("KOHAKU_TEST_LOGIN", "bot")
+    monkeypatch.setenv("KOHAKU_TEST_API_KEY", "wrong")
+    base = snapshot.latest_id(store)
+    with FakeDanbooru(corpus, credentials=("bot", "right")) as api:
+        cfg = sync_config(store, api.url, login_env="KOHAKU_TEST_LOGIN",
+                          api_key_env="KOHAKU_TEST_API_KEY")  # fmt: skip
+        state = sync_metadata_flow(cfg, return_state=True)
+    assert state.is_failed() and "HTTP 401" in str(state.result(raise_on_failure=False))
+    assert len(api.requests) == 1  # a refused key is not retried (a network error would be)
+    assert snapshot.latest_id(store) == base
