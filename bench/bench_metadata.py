@@ -10,7 +10,8 @@ sync: the fake danbooru server (`tests/sync/fake_danbooru.py`, real /posts.json 
 127.0.0.1 serves `--new` posts above the imported store's highest id (a synthetic DB's posts
 with shifted ids) with a rate limit of `--rate` requests/s (a token bucket of `--burst`,
 429 + Retry-After: 1 beyond it); the client is configured to the same rate. A hard-linked
-copy of the store is synced (window 0: new posts only, or `--window`). Prints wall time, the
+copy of the store is synced (window 0: new posts only; or `--window` ids below the newest
+re-fetched too, served from the DB with 1% of fav_counts changed). Prints wall time, the
 rate's floor (requests / rate) and the overhead beyond it, split into fetching and merging.
 """
 
@@ -21,6 +22,7 @@ import json
 import os
 import resource
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -33,13 +35,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_dataset import OUT, ensure_db  # noqa: E402
 
-from kohaku.api_pages import write_api_pages  # noqa: E402
+from kohaku.api_pages import _api_post, _page_tags, write_api_pages  # noqa: E402
 from kohaku.fetch import FetchConfig  # noqa: E402
 from kohaku.metadata import snapshot  # noqa: E402
 from kohaku.metadata.config import SyncConfig  # noqa: E402
 from kohaku.metadata.store import import_metadata  # noqa: E402
 from kohaku.metadata.sync import sync_metadata  # noqa: E402
-from kohaku.synth import generate_danbooru_db  # noqa: E402
+from kohaku.synth import POST_COLUMNS, generate_danbooru_db  # noqa: E402
 from tests.sync.fake_danbooru import FakeDanbooru  # noqa: E402
 
 
@@ -79,6 +81,21 @@ def new_posts(n: int, above: int) -> list[dict]:
     return [{**p, "id": p["id"] + above} for p in posts]
 
 
+def window_posts(db: Path, above: int, changed_every: int = 100) -> list[dict]:
+    """The DB's posts with ids above `above` as API objects (what the re-fetched window
+    returns), every `changed_every`-th with a new fav_count."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute(f"SELECT {', '.join(POST_COLUMNS)} FROM post WHERE id > ? ORDER BY id",
+                           (above,)).fetchall()  # fmt: skip
+        tags = _page_tags(con, above + 1, rows[-1][0]) if rows else {}
+    finally:
+        con.close()
+    posts = [_api_post(dict(zip(POST_COLUMNS, r, strict=True)), tags.get(r[0])) for r in rows]
+    return [{**p, "fav_count": p["fav_count"] + 1} if i % changed_every == 0 else p
+            for i, p in enumerate(posts)]  # fmt: skip
+
+
 def bench_sync(posts: int, n_new: int, rate: float, window: int, burst: float) -> None:
     source = OUT / f"store-{posts}"
     if not snapshot.is_store(source):
@@ -88,6 +105,8 @@ def bench_sync(posts: int, n_new: int, rate: float, window: int, burst: float) -
     shutil.copytree(source, store, copy_function=os.link)  # partition files are immutable
     top = snapshot.read_snapshot(store).max_post_id
     corpus = new_posts(n_new, top)
+    if window:
+        corpus += window_posts(ensure_db(posts, 0), top - window)
     with FakeDanbooru(corpus, rate=rate, burst=burst) as api:
         policy = FetchConfig(allowed_hosts=["127.0.0.1"], per_host_rate=rate)
         cfg = SyncConfig(store=store, api_url=api.url, recent_window=window, fetch=policy)
