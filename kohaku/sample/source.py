@@ -66,6 +66,9 @@ def detect_format(cfg: SampleConfig) -> Source:
         fmt = _guess_format(path)
     if fmt == "store":
         return Source(path, fmt, store_snapshot.resolve_id(path, cfg.snapshot))
+    if cfg.snapshot != "latest":
+        raise InputError(f"sample.snapshot {cfg.snapshot!r} needs a metadata store as "
+                         f"sample.source, not {fmt} ({path})")  # fmt: skip
     return Source(path=path, format=fmt)
 
 

@@ -58,6 +58,11 @@ def test_named_and_unknown_snapshots(store: Path, tmp_path: Path) -> None:
         run_sample(sample_config(store, snapshot="20200101-000000000000"), tmp_path / "x")
 
 
+def test_a_snapshot_needs_a_store(synth_db: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="needs a metadata store"):
+        run_sample(sample_config(synth_db, snapshot="20200101-000000000000"), tmp_path / "x")
+
+
 def test_import_refuses_a_store_with_snapshots(store: Path, synth_db: Path) -> None:
     with pytest.raises(ConfigError, match="already has snapshots"):
         import_metadata(synth_db, store, partition_ids=500, tag_partition_ids=20_000)
