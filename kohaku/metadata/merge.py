@@ -109,7 +109,7 @@ def _merge_tags(
     con.execute("""INSERT INTO tag_delta SELECT o.id, o.name, f.type FROM old_tag o
         JOIN f_tag f USING (name) WHERE o.type IS DISTINCT FROM f.type""")
     con.execute("""CREATE TEMP TABLE f_rel AS SELECT r.post_id, t.id AS tag_id, r.ord AS id
-        FROM f_rel_named r JOIN (SELECT id, name FROM old_tag UNION ALL
+        FROM f_rel_named r JOIN (SELECT id, name FROM old_tag UNION
                                  SELECT id, name FROM tag_delta) t USING (name)""")
     los = con.execute(f"SELECT DISTINCT id // {width} * {width} FROM tag_delta").fetchall()
     parts = {p.lo: p for p in parent.tables["tag"]}

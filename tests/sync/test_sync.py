@@ -46,9 +46,11 @@ def test_changes_between_syncs_are_picked_up(store: Path, corpus: list[dict], tm
         api.expunge(expunged)
         api.set_fav_count(faved, 4321)
         post = api.posts[retagged]
+        moved = _unused_general_tag(corpus, above=2000)  # shown as meta from now on
         api.posts[retagged] = {
             **post,
             "tag_string_general": "brand_new_tag " + post["tag_string_general"],
+            "tag_string_meta": f"{post['tag_string_meta']} {moved}".strip(),
         }
         api.add([p for p in corpus if p["id"] > 2600])
         second = sync_metadata(sync_config(store, api.url))
@@ -61,6 +63,10 @@ def test_changes_between_syncs_are_picked_up(store: Path, corpus: list[dict], tm
     assert second.counts["new_tags"] >= 1  # brand_new_tag and the new posts' tags
     tags = named_tags(store).filter(pl.col("post_id") == retagged)
     assert tags.filter(pl.col("name") == "brand_new_tag")["type"].to_list() == [0]
+    assert tags.filter(pl.col("name") == moved)["type"].to_list() == [4]
+    assert not tags.is_duplicated().any()
+    # the category belongs to the tag: older posts that have it show it as meta too
+    assert set(named_tags(store).filter(pl.col("name") == moved)["type"]) == {4}
     assert posts["id"].max() == corpus[-1]["id"] and posts.height == len(corpus)
     # the old snapshot is still there, unchanged
     assert posts_of(store, first.snapshot)["id"].max() <= 2600
@@ -73,6 +79,13 @@ def test_changes_between_syncs_are_picked_up(store: Path, corpus: list[dict], tm
     assert deleted not in chosen and expunged not in chosen
     run_sample(cfg.model_copy(update={"snapshot": first.snapshot}), tmp_path / "old")
     assert pl.read_parquet(tmp_path / "old" / "sample" / "posts.parquet")["id"].max() <= 2600
+
+
+def _unused_general_tag(corpus: list[dict], above: int) -> str:
+    """A general tag of a post with id <= `above` that no later post has."""
+    later = {n for p in corpus if p["id"] > above for n in p["tag_string_general"].split()}
+    older = (n for p in corpus if p["id"] <= above for n in p["tag_string_general"].split())
+    return next(n for n in older if n not in later)
 
 
 def test_polite_client_keeps_the_rate_and_retries_server_errors(
