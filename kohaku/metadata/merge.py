@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
+from kohaku.errors import ConfigError
 from kohaku.metadata.snapshot import PartFile, Snapshot, read_info
 from kohaku.metadata.store import new_snapshot, write_part
 from kohaku.sample.source import API_CATEGORIES, connect
@@ -42,7 +43,12 @@ def merge_pages(
     """The snapshot that results from `pages` (fetched above `after`) over `parent`."""
     info = read_info(store)
     con = connect(threads=cfg.threads, memory_limit=cfg.memory_limit)
-    _load_pages(con, pages)
+    try:
+        _load_pages(con, pages)
+    except duckdb.Error as exc:  # a field of an unexpected type, say
+        where = pages[0].parent.parent if pages else store
+        raise ConfigError(f"the fetched pages cannot be read ({str(exc).splitlines()[0]}); "
+                          f"remove {where} to fetch them again") from None  # fmt: skip
     tags, new_tags = _merge_tags(con, store, parent, info.tag_partition_ids)
     _absent(con, store, parent, after, max_known, cfg.absent_as_deleted)
     posts, rels, counts = _merge_posts(con, store, parent, info.partition_ids)

@@ -76,3 +76,11 @@ def test_host_not_allowed_and_no_store(store: Path, tmp_path: Path) -> None:
         sync_metadata(SyncConfig(store=store, api_url="http://127.0.0.1:9"))
     with pytest.raises(InputError, match="not a metadata store|no snapshot yet"):
         sync_metadata(sync_config(tmp_path / "nothing", "http://127.0.0.1:9"))
+
+
+def test_a_field_of_the_wrong_type_is_named(store: Path, corpus: list[dict]) -> None:
+    base = snapshot.latest_id(store)
+    odd = [{**p, "image_width": "wide"} if p["id"] > 2000 else p for p in corpus]
+    with FakeDanbooru(odd) as api, pytest.raises(ConfigError, match="cannot be read .*remove"):
+        sync_metadata(sync_config(store, api.url))
+    assert snapshot.latest_id(store) == base
