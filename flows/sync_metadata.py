@@ -1,5 +1,7 @@
-"""Flow `sync-metadata`: bring the metadata store up to date from the danbooru API (a new
-snapshot), then start the dataset rebuild deployment when the snapshot changed.
+"""Flow `sync-metadata`: a new metadata store snapshot from the danbooru API.
+
+Brings the store up to date, then starts the dataset rebuild deployment when the snapshot
+changed.
 Run it: `python -m flows.sync_metadata --config sync.toml [--set k=v] [--rebuild NAME]`.
 `deployment()` is its daily scheduled deployment (registered by `deployments/`)."""
 
