@@ -14,18 +14,19 @@ from tests.ops.flowruns import artifacts, executions, retry, run
 
 
 def test_pipeline_fault_then_retry_runs_only_the_failed_stage_and_later(ops_api):
-    run_dir = ops_api.demo / "run"  # the deployment's defaults: the demo config's run dir
+    run_dir = ops_api.demo / "fault-run"
     run_dir.mkdir()
     (run_dir / "tag").write_text("a file where the tag stage's folder must go")  # the fault
 
-    flow_run = run("pipeline/kohaku", {})
+    overrides = [*ops_api.overrides, f"run_dir={json.dumps(str(run_dir))}"]
+    flow_run = run("pipeline/kohaku", {"overrides": overrides})
     assert flow_run.state.is_failed()
     assert executions(flow_run.id) == {"sample": 1, "tag": 1}  # tag: one run, retried once
     found = artifacts(flow_run.id)
     ledger = {row["stage"]: row for row in _rows(found["pipeline-ledger"])}
     assert {s: r["state"] for s, r in ledger.items()} == {
         "sample": "ran", "tag": "Failed", "download": "not run", "buckets": "not run"}  # fmt: skip
-    assert "FileExistsError" in ledger["tag"]["error"] and "/run/tag" in ledger["tag"]["error"]
+    assert "FileExistsError" in ledger["tag"]["error"] and "fault-run/tag" in ledger["tag"]["error"]
     assert "**tag** (Failed)" in found["pipeline-failures"].data
 
     (run_dir / "tag").unlink()  # the fault is fixed
