@@ -23,8 +23,12 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/kohaku demo
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed /usr/bin/chromium
 	$(BIN)/python -m pytest -q
+
+# the UI test's browser: Debian's Chromium (Playwright's own download fails offline)
+/usr/bin/chromium:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check kohaku flows tasks deployments tests bench
