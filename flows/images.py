@@ -24,7 +24,13 @@ from flows.report import StageFailed, finished
 from kohaku.buckets_stage import OUTPUTS, histogram_markdown
 from kohaku.config import RunConfig
 from kohaku.download_stage import post_count, shard_count
-from tasks.images import buckets_task, download_manifest_task, prepare_source_task, shard_task
+from tasks.images import (
+    buckets_task,
+    download_manifest_task,
+    output_key,
+    prepare_source_task,
+    shard_task,
+)
 from tasks.policy import for_run, inputs_of
 from tasks.runners import task_runner
 
@@ -50,7 +56,7 @@ def images(
     shards = _download_shards(config, run_dir, shard_size)
     manifest = for_run(download_manifest_task, run_dir, "download")(
         config.download, run_dir, shard_size, time.perf_counter() - start, shards,
-        return_state=True,
+        output_key(config.download), return_state=True,
     )  # fmt: skip
     download = finished("download", manifest)
     _report_failures(download.counts)
@@ -69,7 +75,8 @@ def _download_shards(config: RunConfig, run_dir: Path, shard_size: int) -> list[
     upstream = inputs_of(run_dir, "sample", *(["tag"] if config.download.sidecars else []),
                          then="download")  # fmt: skip
     progress = create_progress_artifact(0.0, description=f"download: shards done of {n}")
-    futures = [shard_task(run_dir, i).submit(config.download, run_dir, i, shard_size, upstream)
+    key = output_key(config.download)
+    futures = [shard_task(run_dir, i).submit(config.download, run_dir, i, shard_size, upstream, key)
                for i in range(n)]  # fmt: skip
     with tqdm(total=post_count(run_dir), unit="img", desc="download", disable=None) as bar:
         for done, future in enumerate(as_completed(futures), start=1):

@@ -1,9 +1,10 @@
 """Tasks of the image stages: the source check and index, one task per download shard,
 the download manifest, and the buckets stage.
 
-A shard is cached on the download config, its place (index, size) and the upstream
-manifests; a shard whose ledger is missing or holds failed posts is executed again, and
-its ledger and journal then resume it (the done posts are kept, the failed retried).
+A shard is cached on the download fields that change its files (`output_key`: not the
+fetch policy, url or threads), its place (index, size) and the upstream stages; a shard
+whose ledger is missing or holds failed posts is executed again, and its ledger and
+journal then resume it (the done posts are kept, the failed retried).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from kohaku.buckets_stage import BUCKETS_VERSION, run_buckets
 from kohaku.download import DownloadConfig
 from kohaku.download_stage import (
     DOWNLOAD_VERSION,
+    OUTPUT_FIELDS,
     ledger_path,
     prepare_source,
     run_download_shard,
@@ -33,11 +35,16 @@ def prepare_source_task(cfg: DownloadConfig, run_dir: Path) -> int:
     return prepare_source(cfg, run_dir)
 
 
+def output_key(cfg: DownloadConfig) -> dict:
+    """The download fields a shard's files depend on (its cache key instead of `cfg`)."""
+    return cfg.model_dump(mode="json", include=OUTPUT_FIELDS | {"sidecars"})
+
+
 @task(name="download-shard", task_run_name="download-shard-{shard}",
-      cache_policy=stage_policy("download", DOWNLOAD_VERSION), persist_result=True,
-      retries=2, retry_delay_seconds=10, tags=["cpu", "network"])  # fmt: skip
+      cache_policy=stage_policy("download", DOWNLOAD_VERSION, ignore=("cfg",)),
+      persist_result=True, retries=2, retry_delay_seconds=10, tags=["cpu", "network"])  # fmt: skip
 def download_shard_task(cfg: DownloadConfig, run_dir: Path, shard: int, shard_size: int,
-                        upstream: list[dict]) -> dict:  # fmt: skip
+                        upstream: list[dict], output: dict) -> dict:  # fmt: skip
     return run_download_shard(cfg, run_dir, shard, shard_size)
 
 
@@ -52,10 +59,11 @@ def shard_task(run_dir: Path, shard: int):
 
 
 @task(name="download-manifest", cache_policy=stage_policy("download", DOWNLOAD_VERSION,
-      ignore=("seconds",)), persist_result=True)  # fmt: skip
+      ignore=("cfg", "seconds")), persist_result=True)  # fmt: skip
 def download_manifest_task(cfg: DownloadConfig, run_dir: Path, shard_size: int, seconds: float,
-                           shards: list[dict]) -> Manifest:  # fmt: skip
-    """Cached on the shards' counts: unchanged shards give the same manifest."""
+                           shards: list[dict], output: dict) -> Manifest:  # fmt: skip
+    """Cached on the shards' counts and the output fields: unchanged shards give the same
+    manifest."""
     return write_download_manifest(cfg, run_dir, shard_size, seconds)
 
 
