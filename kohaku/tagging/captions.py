@@ -187,7 +187,8 @@ def _part_text(col: str, sep: str) -> pl.Expr:
     if col in ("quality", "date"):
         return pl.col(col)
     c = pl.col("rating_tags" if col == "rating" else col).cast(pl.List(pl.String))
-    return pl.when(c.list.len() > 0).then(c.list.join(sep))
+    # joined once, "" -> null (a when/then on the list's length cast and joined it twice)
+    return c.list.join(sep).replace("", None)
 
 
 def _join_parts(cols: tuple[str, ...], sep: str) -> pl.Expr:
