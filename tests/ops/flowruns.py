@@ -33,7 +33,7 @@ def tree(flow_run_id) -> list:
     return ids
 
 
-def task_runs(flow_run_id, since: datetime | None = None, settle: float = 1.5) -> list:
+def task_runs(flow_run_id, since: datetime | None = None, settle: float = 1.0) -> list:
     """The stage task runs under a flow run (subflows included; not the tasks that stand
     for subflows), started after `since`, once their final states have reached the API."""
     from prefect.client.orchestration import get_client
