@@ -14,7 +14,7 @@ from kohaku.evaluate.config import EvaluateConfig
 from kohaku.stage import Manifest
 from tasks.policy import stage_policy
 
-VERSION = "kohaku.evaluate.stage:EVALUATE_VERSION"  # imported when a key is computed
+VERSION = "kohaku.evaluate.config:EVALUATE_VERSION"
 
 
 @task(name="evaluate", cache_policy=stage_policy("evaluate", VERSION), persist_result=True,

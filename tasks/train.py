@@ -16,7 +16,7 @@ from kohaku.train.config import TrainConfig
 from kohaku.train.launch import parse_metrics
 from tasks.policy import stage_policy
 
-VERSION = "kohaku.train.stage:TRAIN_VERSION"  # imported when a key is computed
+VERSION = "kohaku.train.config:TRAIN_VERSION"
 
 
 @task(name="train", cache_policy=stage_policy("train", VERSION), persist_result=True,

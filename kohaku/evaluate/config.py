@@ -17,6 +17,11 @@ from kohaku.train.config import ModelConfig
 Checkpoints = Literal["final", "all"] | list[int]
 
 
+# the evaluate stage's version (part of its manifest and cache key); here, not in
+# stage.py, so that a cache key needs no torch
+EVALUATE_VERSION = "1"
+
+
 class EvaluateConfig(BaseModel):
     """Sample a fixed prompt set with fixed seeds from the base model plus the run's LoKr
     checkpoints, then score the pictures (CLIP score, CCIP character fidelity, FID/KID)."""

@@ -37,7 +37,7 @@ from PIL import Image
 
 from kohaku.errors import InputError
 from kohaku.evaluate import report
-from kohaku.evaluate.config import EvaluateConfig
+from kohaku.evaluate.config import EVALUATE_VERSION, EvaluateConfig
 from kohaku.evaluate.generate import Checkpoint, Job, Sampler, list_checkpoints, read_train_config
 from kohaku.evaluate.prompts import CAPTION_COLUMNS, PromptSet, build_prompt_set
 from kohaku.evaluate.report import STAGE
@@ -59,7 +59,6 @@ from kohaku.tagging.captions import as_strings
 from kohaku.train.model import ModelSource, check_model_path
 
 log = logging.getLogger(__name__)
-EVALUATE_VERSION = "1"
 Progress = Callable[[str, int, int], None]  # (checkpoint label, pictures done, total)
 
 

@@ -11,6 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# the train stage's version (part of its manifest and cache key); here, not in stage.py,
+# so that a cache key needs no torch
+TRAIN_VERSION = "1"
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -24,13 +24,13 @@ from kohaku.errors import ConfigError, InputError
 from kohaku.stage import MANIFEST, Manifest, atomic_write_text, config_hash, library_versions
 from kohaku.stage import read_manifest as read_stage
 from kohaku.train import lokr
-from kohaku.train.config import TrainConfig
+from kohaku.train.config import TRAIN_VERSION, TrainConfig
 from kohaku.train.data import BucketBatches, load_items
 from kohaku.train.launch import command, launch
 from kohaku.train.loop import STOPPED
 from kohaku.train.model import ModelSource, check_model_path
 
-STAGE, TRAIN_VERSION = "train", "1"
+STAGE = "train"
 
 
 class TrainingStopped(RuntimeError):
