@@ -12,7 +12,6 @@ from kohaku.errors import ConfigError
 
 # the flow parameters' descriptions (Prefect shows them in the run form)
 PARAMETER_DOCS = """
-    Args:
         config: the whole run config (every stage's section); empty = built from
             `preset`, `config_file` and `overrides`
         preset: a built-in recipe preset: delta, epsilon or gamma
@@ -24,7 +23,8 @@ PARAMETER_DOCS = """
 def documented(fn):
     """Appends the shared parameters' descriptions to a flow's docstring (before `@flow`
     reads it for the UI form)."""
-    fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n" + PARAMETER_DOCS
+    doc = (fn.__doc__ or "").rstrip()
+    fn.__doc__ = doc + ("" if "Args:" in doc else "\n\n    Args:") + PARAMETER_DOCS
     return fn
 
 
