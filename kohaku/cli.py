@@ -193,6 +193,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     flags = [f"--set={item}" for item in args.overrides] + [f"--rebuild-cron={args.rebuild_cron}"]
     if args.config:
         flags += ["--config", str(args.config.resolve())]
+    if args.sync_config:
+        flags += ["--sync-config", str(args.sync_config.resolve())]
     serve_deployments(served, flags)
     print(f"Prefect UI: {served.url}", flush=True)
     print(f"API: {served.url}/api (PREFECT_API_URL for flows and workers); "
@@ -274,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prefect home (database, settings) unless PREFECT_HOME is set")  # fmt: skip
     p.add_argument("--rebuild-cron", default="0 3 * * 1",
                    help="cron of the scheduled dataset rebuild ('' for none)")  # fmt: skip
+    p.add_argument("--sync-config", type=Path,
+                   help="a metadata sync TOML: also serve sync-metadata/daily")  # fmt: skip
     p.set_defaults(func=cmd_serve)
     return parser
 

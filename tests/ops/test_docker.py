@@ -55,7 +55,7 @@ def test_prefect_yaml_deploys_every_flow_to_its_pool():
         "pipeline/kohaku": "kohaku-gpu", "train/kohaku": "kohaku-gpu",
         "evaluate/kohaku": "kohaku-gpu", "build-dataset/kohaku": "kohaku-cpu",
         "images/kohaku": "kohaku-cpu", "merge/kohaku": "kohaku-cpu",
-        "build-dataset/weekly-rebuild": "kohaku-cpu",
+        "build-dataset/weekly-rebuild": "kohaku-cpu", "sync-metadata/daily": "kohaku-cpu",
     }  # fmt: skip
     rebuild = next(d for d in spec["deployments"] if d["name"] == "weekly-rebuild")
     assert rebuild["schedules"] == [{"cron": "0 3 * * 1", "timezone": "UTC"}]
