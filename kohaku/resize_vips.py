@@ -87,11 +87,12 @@ def load_rgb(
     try:
         img = img.copy_memory()
     except pyvips.Error as exc:
-        raise ImageRejected(f"not a readable image: {_first_line(exc)}") from None
+        raise ImageRejected(f"not a readable image: {_reason(exc)}") from None
     return to_rgb(img.autorot(), background)
 
 
-def _first_line(exc: pyvips.Error) -> str:
+def _reason(exc: pyvips.Error) -> str:
+    """libvips' last message line (the first names the operation)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return lines[-1] if lines else "libvips error"
 
