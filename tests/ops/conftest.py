@@ -2,9 +2,10 @@
 `kohaku serve` (a `prefect server start` subprocess on a free 127.0.0.1 port with its own
 PREFECT_HOME, and every deployment served from `python -m deployments.serve`). The
 deployments default to the demo's data stages on a small database (300 posts, ~100
-sampled, pictures from the demo's image server): train and evaluate are left out here
-because the trainer's start alone costs ~35 s on 2 cores (tests/train, tests/evaluate
-and `make demo` run them through Prefect)."""
+sampled, pictures from the demo's image server): train and evaluate are left out of the
+default because the trainer's start alone costs ~35 s on 2 cores; one test
+(test_pipeline.py) runs the demo's full config, train and evaluate included at toy size,
+through the same deployment."""
 
 from __future__ import annotations
 

@@ -51,3 +51,27 @@ def test_pipeline_fault_then_retry_runs_only_the_failed_stage_and_later(ops_api)
 def _rows(artifact) -> list[dict]:
     data = artifact.data
     return json.loads(data) if isinstance(data, str) else data
+
+
+def test_pipeline_on_the_demo_config_trains_and_evaluates(ops_api):
+    """The bundled demo's config (train and evaluate included, at toy size) run through
+    the pipeline deployment: every stage completes and leaves its outputs."""
+    from kohaku.demo import DEMO_TOML
+    from kohaku.train.tiny import write_tiny_sdxl
+
+    write_tiny_sdxl(ops_api.demo / "model", seed=0)
+    config = ops_api.demo / "full.toml"  # the demo's config on the ops database (300 posts)
+    config.write_text(DEMO_TOML.format(split=165, first=75))
+    run_dir = ops_api.demo / "full-run"
+    toy = ["train.max_steps=4", "train.checkpoint_every=2", "evaluate.seeds=[0]",
+           "evaluate.steps=2", "evaluate.characters=1", "evaluate.styles=1"]  # fmt: skip
+    overrides = [*ops_api.overrides, f"run_dir={json.dumps(str(run_dir))}", *toy]
+    flow_run = run("pipeline/kohaku", {"config_file": str(config), "overrides": overrides})
+    assert flow_run.state.is_completed(), flow_run.state.message
+
+    ledger = {r["stage"]: r["state"] for r in _rows(artifacts(flow_run.id)["pipeline-ledger"])}
+    stages = ["sample", "tag", "download", "buckets", "train", "evaluate"]
+    assert ledger == dict.fromkeys(stages, "ran")
+    assert all((run_dir / s / "manifest.json").is_file() for s in stages)
+    assert (run_dir / "train" / "lokr.safetensors").is_file()
+    assert (run_dir / "evaluate" / "comparison.png").is_file()
