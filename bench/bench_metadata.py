@@ -55,8 +55,8 @@ def child_import(db: Path, store: Path) -> None:
                                            / 2**20, 2)}))  # fmt: skip
 
 
-def bench_import(posts: int) -> Path:
-    db, store = ensure_db(posts, 0), OUT / f"store-{posts}"
+def bench_import(posts: int, db: Path | None = None) -> Path:
+    db, store = db or ensure_db(posts, 0), OUT / f"store-{posts}"
     shutil.rmtree(store, ignore_errors=True)
     cmd = [sys.executable, __file__, "_import", str(db), str(store)]
     t0 = time.perf_counter()
@@ -127,6 +127,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["import", "sync"])
     ap.add_argument("--posts", type=int, default=1_000_000, help="posts of the imported DB")
+    ap.add_argument("--db", type=Path, help="import this SQLite file instead (e.g. one made "
+                    "by bench/tile_db.py); --posts then only names the store")  # fmt: skip
     ap.add_argument("--new", type=int, default=10_000, help="new posts served to the sync")
     ap.add_argument("--rate", type=float, default=10.0, help="requests/s, server and client")
     ap.add_argument("--window", type=int, default=0, help="recent ids re-fetched")
@@ -134,7 +136,7 @@ def main() -> None:
                     help="the server's token bucket size (1 = strict spacing)")  # fmt: skip
     args = ap.parse_args()
     if args.what == "import":
-        bench_import(args.posts)
+        bench_import(args.posts, args.db)
     else:
         bench_sync(args.posts, args.new, args.rate, args.window, args.burst)
 
