@@ -6,12 +6,11 @@ Reads: a sync TOML (`store = "..."`, `api_url`, `recent_window`, a `[fetch]` tab
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kohaku.config import deep_merge, parse_override
+from kohaku.config import deep_merge, parse_override, read_toml
 from kohaku.errors import ConfigError
 from kohaku.fetch import FetchConfig
 
@@ -53,12 +52,7 @@ def load_sync_config(path: Path | None = None, overrides: list[str] = ()) -> Syn
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"sync config {path} does not exist")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"sync config {path} is not valid TOML: {exc}") from None
+        data = read_toml(path, "sync config")
         if isinstance(data.get("store"), str):
             data["store"] = str(path.resolve().parent / Path(data["store"]).expanduser())
     for item in overrides:
