@@ -66,3 +66,14 @@ def _override(config: RunConfig, overrides: list[str]) -> RunConfig:
     for item in overrides:
         data = deep_merge(data, parse_override(item))
     return validate(data)
+
+
+def stage_section(config: RunConfig, name: str):
+    """`config.<name>` (train or evaluate) with the tag stage's caption layout when it sets
+    none; one clear error when the config has no such section."""
+    cfg = getattr(config, name)
+    if cfg is None:
+        raise ConfigError(f"the config has no [{name}] section")
+    if cfg.layout is None:  # the captions were laid out by the tag stage
+        cfg = cfg.model_copy(update={"layout": config.tag.layout})
+    return cfg

@@ -7,10 +7,9 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.cli import config_from, config_parser, documented, resolve
+from flows.cli import config_from, config_parser, documented, resolve, stage_section
 from flows.report import finished
 from kohaku.config import RunConfig
-from kohaku.errors import ConfigError
 from kohaku.evaluate.report import build_report
 from tasks.evaluate import evaluate_task
 from tasks.policy import for_run, inputs_of
@@ -26,11 +25,7 @@ def evaluate(
 ) -> dict:
     """Sample and score the run's checkpoints; returns the stage counts."""
     config = resolve(config, preset, config_file, overrides)
-    if config.evaluate is None:
-        raise ConfigError("the config has no [evaluate] section")
-    run_dir, cfg = config.run_dir.resolve(), config.evaluate
-    if cfg.layout is None:  # the captions were laid out by the tag stage
-        cfg = cfg.model_copy(update={"layout": config.tag.layout})
+    run_dir, cfg = config.run_dir.resolve(), stage_section(config, "evaluate")
     upstream = inputs_of(run_dir, "train", "buckets", "tag", then="evaluate")
     state = for_run(evaluate_task, run_dir, "evaluate")(cfg, run_dir, upstream, return_state=True)
     manifest = finished("evaluate", state)

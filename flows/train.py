@@ -9,11 +9,10 @@ import json
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.cli import config_from, config_parser, documented, resolve
+from flows.cli import config_from, config_parser, documented, resolve, stage_section
 from flows.report import finished
 from kohaku.charts import loss_chart_markdown
 from kohaku.config import RunConfig
-from kohaku.errors import ConfigError
 from kohaku.stage import fingerprint
 from tasks.policy import for_run, inputs_of
 from tasks.train import train_task
@@ -29,12 +28,7 @@ def train(
 ) -> dict:
     """Train (or resume) the run's LoKr; returns the stage counts."""
     config = resolve(config, preset, config_file, overrides)
-    if config.train is None:
-        raise ConfigError("the config has no [train] section")
-    run_dir = config.run_dir.resolve()
-    cfg = config.train
-    if cfg.layout is None:  # the captions were laid out by the tag stage
-        cfg = cfg.model_copy(update={"layout": config.tag.layout})
+    run_dir, cfg = config.run_dir.resolve(), stage_section(config, "train")
     upstream = inputs_of(run_dir, "buckets", "tag", then="train")
     state = for_run(train_task, run_dir, "train")(
         cfg, run_dir, upstream, fingerprint(cfg.model.path), return_state=True

@@ -138,10 +138,12 @@ def range_counts(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, flags: list[
     names = [d[0] for d in rows.description]
     out = []
     for row in rows.fetchall():
-        rec = {k: (v if v is not None else 0) for k, v in zip(names, row, strict=True)}
-        rec["range"] = cfg.ranges[rec.pop("idx")].label()
-        rec["requested"] = rec.pop("n") or "all"
-        rec["rejected_by"] = {n: rec.pop(n) for n in flags}
+        rec = dict(zip(names, row, strict=True))
+        idx, n = rec.pop("idx"), rec.pop("n")
+        rec = {k: v or 0 for k, v in rec.items()}  # a range without posts has no group
+        rec["range"] = cfg.ranges[idx].label()
+        rec["requested"] = "all" if n is None else n
+        rec["rejected_by"] = {f: rec.pop(f) for f in flags}
         out.append(rec)
     return out
 
