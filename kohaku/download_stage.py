@@ -62,6 +62,13 @@ def ledger_path(run_dir: Path, shard: int) -> Path:
     return Path(run_dir) / STAGE / "ledgers" / f"shard-{shard:05d}.parquet"
 
 
+def shard_clean(run_dir: Path, shard: int) -> bool:
+    """Whether the shard's ledger exists and holds no failed post (nothing to redo)."""
+    path = ledger_path(run_dir, shard)
+    status = pl.read_parquet(path, columns=["status"])["status"] if path.is_file() else None
+    return status is not None and not status.eq("failed").any()
+
+
 def journal_path(run_dir: Path, shard: int) -> Path:
     return ledger_path(run_dir, shard).with_suffix(".journal.jsonl")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -20,9 +19,9 @@ from kohaku.download import DownloadConfig
 from kohaku.download_stage import (
     DOWNLOAD_VERSION,
     OUTPUT_FIELDS,
-    ledger_path,
     prepare_source,
     run_download_shard,
+    shard_clean,
     write_download_manifest,
 )
 from kohaku.stage import Manifest
@@ -50,12 +49,7 @@ def download_shard_task(cfg: DownloadConfig, run_dir: Path, shard: int, shard_si
 
 def shard_task(run_dir: Path, shard: int):
     """The shard task, cached only while its ledger exists and holds no failed post."""
-    path = ledger_path(run_dir, shard)
-    clean = (
-        path.is_file()
-        and not pl.read_parquet(path, columns=["status"])["status"].eq("failed").any()
-    )
-    return for_run(download_shard_task, run_dir, "download", done=clean)
+    return for_run(download_shard_task, run_dir, "download", done=shard_clean(run_dir, shard))
 
 
 @task(name="download-manifest", cache_policy=stage_policy("download", DOWNLOAD_VERSION,
