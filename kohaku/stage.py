@@ -58,6 +58,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in 4 MiB chunks (bounded memory on GB-sized files)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def config_hash(model: BaseModel) -> str:
     """Stable hash of a pydantic model's JSON form (same across processes and machines)."""
     return sha256_bytes(model.model_dump_json().encode())[:16]

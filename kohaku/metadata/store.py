@@ -12,7 +12,6 @@ range, and each range is then sorted into its partition file.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -38,7 +37,7 @@ from kohaku.metadata.snapshot import (
 )
 from kohaku.sample.config import SampleConfig
 from kohaku.sample.source import connect, detect_format, open_source
-from kohaku.stage import atomic_write_text, fingerprint, temp_name
+from kohaku.stage import atomic_write_text, fingerprint, sha256_file, temp_name
 
 log = logging.getLogger(__name__)
 DEFAULT_PARTITION_IDS = 100_000  # ~80 post files for danbooru's ~8M ids, ~2.7M tag rows each
@@ -75,20 +74,12 @@ def write_part(
             ORDER BY {ORDER[table]}) TO '{tmp}' (FORMAT parquet)""").fetchone()[0]
         if rows == 0:
             return None
-        final = folder / f"{lo:010d}-{_sha256(tmp)[:16]}.parquet"
+        final = folder / f"{lo:010d}-{sha256_file(tmp)[:16]}.parquet"
         if not final.is_file():
             os.replace(tmp, final)
         return PartFile(file=str(final.relative_to(store)), lo=lo, rows=rows)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def new_snapshot(
