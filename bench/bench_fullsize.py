@@ -139,7 +139,7 @@ def train(args: argparse.Namespace, run_dir: Path, optimizer: str) -> dict:
     steps = [t for t, line in lines if line.startswith("kohaku-train {")]
     loaded = next((t for t, line in lines if "model loaded" in line), None)
     res["load_seconds"] = round(loaded, 1) if loaded is not None else None
-    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    gaps = [b - a for a, b in zip(steps, steps[1:], strict=False)]
     res["s_per_step"] = round(sum(gaps) / len(gaps), 1) if gaps else None
     res["first_step_seconds"] = round(steps[0] - (loaded or 0), 1) if steps else None
     res |= lokr_figures(run_dir / "train" / "lokr.safetensors")
@@ -150,7 +150,8 @@ def lokr_figures(path: Path) -> dict:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()
+        names = f.keys()  # safe_open is not iterable
+        params = sum(math.prod(f.get_slice(k).get_shape()) for k in names
                      if not k.endswith(".alpha"))  # fmt: skip
         meta = f.metadata() or {}
     return {"lokr_params": params, "lokr_file_mb": round(path.stat().st_size / 1e6, 1),

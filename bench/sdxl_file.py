@@ -106,10 +106,13 @@ def write_sdxl_file(path: Path, dtype: str = "fp16", seed: int = 0, half: bool =
             "modelspec.architecture": "stable-diffusion-xl-v1-base"}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(path, specs, tensors(), meta)
-    return {"seconds": round(time.perf_counter() - start, 1), "tensors": len(specs),
-            "params": sum(math.prod(s.shape) for s in specs if s.dtype.is_floating_point),
-            "bytes": path.stat().st_size,
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)}
+    return {
+        "seconds": round(time.perf_counter() - start, 1),
+        "tensors": len(specs),
+        "params": sum(math.prod(s.shape) for s in specs if s.dtype.is_floating_point),
+        "bytes": path.stat().st_size,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+    }
 
 
 def main() -> None:
