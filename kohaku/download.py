@@ -28,7 +28,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kohaku.buckets import Bucket, BucketConfig, bucket_set, place
-from kohaku.fetch import FetchConfig, Fetcher
+from kohaku.fetch import FetchConfig, Fetcher, fetch_policy
 from kohaku.local_source import LocalReader
 from kohaku.resize import Format, ImageRejected, Library, Options, fit_encoded
 from kohaku.stage import atomic_write_bytes
@@ -40,6 +40,10 @@ LEDGER_SCHEMA = {
     "resized_w": pl.Int32, "resized_h": pl.Int32, "crop_left": pl.Int32, "crop_top": pl.Int32,
 }  # fmt: skip
 SourceKind = Literal["http", "folder", "tar"]
+# the download's own HTTP defaults (FetchConfig's), which `[download.fetch]` overrides
+# field by field
+DOWNLOAD_FETCH = FetchConfig()
+DownloadFetch = fetch_policy(DOWNLOAD_FETCH)
 
 
 class DownloadConfig(BaseModel):
@@ -51,7 +55,9 @@ class DownloadConfig(BaseModel):
         "(<id>.<ext> files under source_path) or tar (data-NNNN.tar shards in source_path)",
     )  # fmt: skip
     source_path: Path | None = Field(None, description="the folder for folder and tar sources")
-    fetch: FetchConfig = Field(FetchConfig(), description="HTTP policy")
+    fetch: DownloadFetch = Field(
+        DOWNLOAD_FETCH, description="HTTP policy; fields not given keep these defaults"
+    )
     url_template: str | None = Field(
         None, description="URL from {id}, {md5}, {md5_a} (md5[0:2]), {md5_b} (md5[2:4]), "
         "{ext}; empty = each post's file_url",
