@@ -6,7 +6,8 @@ local folder or tar shards (`kohaku.local_source`, entries joined onto the posts
 Writes `<out>/images/<id % 1000:03d>/<id>.<format>` (and `<id>.txt`, the caption, for
 kohya-style trainers), each file atomically (temporary name, then rename); appends each
 finished post to a journal (JSON lines) so a killed shard resumes where it stopped; returns
-the shard's ledger: one row per post with its status (`ok` or `failed`), the error, bytes
+the shard's ledger: one row per post with its status (`ok` or `failed`), the error (a stable
+text, the same for the same failure, without addresses, paths or per-file numbers), bytes
 read, source, output path, whether the md5 was checked, and the bucket placement
 (original size, bucket, resize, crop) that SDXL conditions on. A rerun keeps the posts
 done before (their files still there) and retries the others.
@@ -232,7 +233,19 @@ def _from_local(post: dict, reader: LocalReader) -> Acquired:
     try:
         return Acquired(source, reader.read(post), original=bool(post["original"]))
     except (OSError, ValueError) as exc:
-        return Acquired(source, error=f"cannot read: {exc}")
+        return Acquired(source, error=f"cannot read: {_local_reason(exc, post, reader)}")
+
+
+def _local_reason(exc: OSError | ValueError, post: dict, reader: LocalReader) -> str:
+    """A stable text for a local file that could not be read: the reader's messages name
+    the file and its sizes, which the ledger's `source` already holds."""
+    if isinstance(exc, FileNotFoundError):
+        return f"the file is gone from the {reader.kind} source"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    if post["size"] > reader.max_bytes:
+        return f"file over fetch.max_bytes ({reader.max_bytes})"
+    return "the file changed since it was indexed"
 
 
 def _process(post: dict, cfg: DownloadConfig, acquire: Callable[[dict], Acquired],
@@ -281,5 +294,6 @@ def _check_md5(got: Acquired, post: dict, cfg: DownloadConfig) -> bool:
         return False
     actual = hashlib.md5(got.data).hexdigest()
     if actual != expected:
-        raise ImageRejected(f"md5 {actual} differs from metadata {expected}")
+        # the digests differ per post: the reason is one text (the ledger keeps the id)
+        raise ImageRejected("md5 differs from metadata (the file is not the one listed)")
     return True
