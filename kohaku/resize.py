@@ -96,7 +96,9 @@ def open_checked(data: bytes, max_pixels: int = 100_000_000) -> Image.Image:
     pixel is decoded."""
     try:
         img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:  # over Pillow's own limit
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit
+        if Image.MAX_IMAGE_PIXELS and max_pixels <= 2 * Image.MAX_IMAGE_PIXELS:
+            raise over_limit(max_pixels) from None  # so over ours too: the same reason
         raise ImageRejected(f"not a readable image: {stable_reason(str(exc))}") from None
     except (OSError, SyntaxError, ValueError):
         # Pillow's words for one broken header vary with where it is cut ("cannot identify

@@ -119,3 +119,14 @@ def test_a_body_no_decoder_knows_is_named(data, what):
     with pytest.raises(ImageRejected) as one:
         decode(data)
     assert str(one.value) == f"not a readable image: {what}"
+
+
+def test_pillows_own_bomb_limit_gives_the_same_reason_as_ours(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # Pillow refuses over 2 MP
+    data = image_bytes(Image.new("1", (2000, 1500)), "PNG")
+    with pytest.raises(ImageRejected) as ours:
+        decode(data, max_pixels=1_500_000)
+    assert str(ours.value) == "image over the 1500000 pixel limit (download.max_pixels)"
+    with pytest.raises(ImageRejected) as pillows:
+        decode(data, max_pixels=10_000_000)  # above Pillow's: its words, without the size
+    assert "decompression bomb" in str(pillows.value) and "3000000" not in str(pillows.value)
