@@ -6,7 +6,8 @@ local folder or tar shards (`kohaku.local_source`, entries joined onto the posts
 Writes `<out>/images/<id % 1000:03d>/<id>.<format>` (and `<id>.txt`, the caption, for
 kohya-style trainers), each file atomically (temporary name, then rename); appends each
 finished post to a journal (JSON lines) so a killed shard resumes where it stopped; returns
-the shard's ledger: one row per post with its status (`ok` or `failed`), the error, bytes
+the shard's ledger: one row per post with its status (`ok` or `failed`), the error (a stable
+text, the same for the same failure, without addresses, paths or per-file numbers), bytes
 read, source, output path, whether the md5 was checked, and the bucket placement
 (original size, bucket, resize, crop) that SDXL conditions on. A rerun keeps the posts
 done before (their files still there) and retries the others.
@@ -28,7 +29,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kohaku.buckets import Bucket, BucketConfig, bucket_set, place
-from kohaku.fetch import FetchConfig, Fetcher
+from kohaku.fetch import FetchConfig, Fetcher, fetch_policy
 from kohaku.local_source import LocalReader
 from kohaku.resize import Format, ImageRejected, Library, Options, fit_encoded
 from kohaku.stage import atomic_write_bytes
@@ -40,6 +41,10 @@ LEDGER_SCHEMA = {
     "resized_w": pl.Int32, "resized_h": pl.Int32, "crop_left": pl.Int32, "crop_top": pl.Int32,
 }  # fmt: skip
 SourceKind = Literal["http", "folder", "tar"]
+# the download's own HTTP defaults (FetchConfig's), which `[download.fetch]` overrides
+# field by field
+DOWNLOAD_FETCH = FetchConfig()
+DownloadFetch = fetch_policy(DOWNLOAD_FETCH)
 
 
 class DownloadConfig(BaseModel):
@@ -51,7 +56,9 @@ class DownloadConfig(BaseModel):
         "(<id>.<ext> files under source_path) or tar (data-NNNN.tar shards in source_path)",
     )  # fmt: skip
     source_path: Path | None = Field(None, description="the folder for folder and tar sources")
-    fetch: FetchConfig = Field(FetchConfig(), description="HTTP policy")
+    fetch: DownloadFetch = Field(
+        DOWNLOAD_FETCH, description="HTTP policy; fields not given keep these defaults"
+    )
     url_template: str | None = Field(
         None, description="URL from {id}, {md5}, {md5_a} (md5[0:2]), {md5_b} (md5[2:4]), "
         "{ext}; empty = each post's file_url",
@@ -226,7 +233,19 @@ def _from_local(post: dict, reader: LocalReader) -> Acquired:
     try:
         return Acquired(source, reader.read(post), original=bool(post["original"]))
     except (OSError, ValueError) as exc:
-        return Acquired(source, error=f"cannot read: {exc}")
+        return Acquired(source, error=f"cannot read: {_local_reason(exc, post, reader)}")
+
+
+def _local_reason(exc: OSError | ValueError, post: dict, reader: LocalReader) -> str:
+    """A stable text for a local file that could not be read: the reader's messages name
+    the file and its sizes, which the ledger's `source` already holds."""
+    if isinstance(exc, FileNotFoundError):
+        return f"the file is gone from the {reader.kind} source"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    if post["size"] > reader.max_bytes:
+        return f"file over fetch.max_bytes ({reader.max_bytes})"
+    return "the file changed since it was indexed"
 
 
 def _process(post: dict, cfg: DownloadConfig, acquire: Callable[[dict], Acquired],
@@ -275,5 +294,6 @@ def _check_md5(got: Acquired, post: dict, cfg: DownloadConfig) -> bool:
         return False
     actual = hashlib.md5(got.data).hexdigest()
     if actual != expected:
-        raise ImageRejected(f"md5 {actual} differs from metadata {expected}")
+        # the digests differ per post: the reason is one text (the ledger keeps the id)
+        raise ImageRejected("md5 differs from metadata (the file is not the one listed)")
     return True

@@ -8,6 +8,8 @@ shard, atomic, one row per post of the shard; while a shard runs, its finished p
 `shard-NNNNN.journal.jsonl`) and, last, `manifest.json` with the counts. Unlike the data
 stages it writes in place, not through a partial folder: a killed run keeps every finished
 image, journal line and shard ledger, and the rerun retries only failed or missing posts.
+The temporary files a killed run was writing (`.<name>.<hex>.tmp-<pid>`) are removed when
+the stage starts again and counted in `stale-temps.json`, then in the manifest.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -39,6 +42,7 @@ from kohaku.stage import (
     atomic_write_text,
     config_hash,
     library_versions,
+    pid_alive,
     read_manifest,
 )
 
@@ -47,6 +51,9 @@ DOWNLOAD_VERSION = "2"
 STAGE = "download"
 POST_COLUMNS = ["id", "md5", "file_ext", "file_url"]
 INDEX = "source-index.parquet"
+STALE = "stale-temps.json"
+# kohaku.stage.temp_name: `.<name>.<8 hex digits>.tmp-<writer pid>`; nothing else is removed
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp-(\d+)")
 
 
 def shard_count(run_dir: Path, shard_size: int) -> int:
@@ -106,6 +113,7 @@ def reset_if_changed(cfg: DownloadConfig, run_dir: Path) -> bool:
         log.info("download: config or sample changed since the ledgers were written; starting over")
         shutil.rmtree(stage / "ledgers", ignore_errors=True)
         (stage / MANIFEST).unlink(missing_ok=True)
+        (stage / STALE).unlink(missing_ok=True)
     stage.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, stamp)
     return reset
@@ -117,6 +125,7 @@ def prepare_source(cfg: DownloadConfig, run_dir: Path) -> int:
     of image files found. HTTP needs nothing."""
     check_inputs(cfg, run_dir)
     reset_if_changed(cfg, run_dir)
+    remove_stale_temps(run_dir)
     if cfg.source == "http":
         return 0
     out = Path(run_dir) / STAGE / INDEX
@@ -133,6 +142,36 @@ def prepare_source(cfg: DownloadConfig, run_dir: Path) -> int:
     atomic_write_text(stamp_file, json.dumps(stamp))
     log.info("download: indexed %d files in %s", index.height, cfg.source_path)
     return index.height
+
+
+def remove_stale_temps(run_dir: Path) -> int:
+    """Remove the temporary files that killed writers left in the stage folder (images,
+    sidecars, ledgers, manifests: every file is written to a temp name, then renamed) and
+    add their number to `stale-temps.json`; returns it. Only names of kohaku.stage's
+    temp pattern whose writer is no longer running go: a live writer's temps and every
+    other file stay."""
+    stage = Path(run_dir) / STAGE
+    images = stage / "images"
+    folders = [stage, stage / "ledgers"]
+    folders += sorted(p for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
+    removed = 0
+    for folder in folders:
+        for path in folder.glob(".*.tmp-*"):
+            match = TEMP_NAME.fullmatch(path.name)
+            if match and path.is_file() and not pid_alive(int(match[1])):
+                path.unlink(missing_ok=True)
+                removed += 1
+    if removed:
+        log.info("download: removed %d temporary files left by a killed run", removed)
+        total = stale_temps_removed(run_dir) + removed
+        atomic_write_text(stage / STALE, json.dumps({"stale_temp_removed": total}))
+    return removed
+
+
+def stale_temps_removed(run_dir: Path) -> int:
+    """Temp files of killed runs removed since the ledgers were started."""
+    path = Path(run_dir) / STAGE / STALE
+    return json.loads(path.read_text())["stale_temp_removed"] if path.is_file() else 0
 
 
 def _source_stamp(cfg: DownloadConfig) -> dict:
@@ -218,7 +257,7 @@ def write_download_manifest(
         raise InputError(f"shards without a ledger: {missing[:5]}; rerun the download stage")
     counts = ledger_counts(
         pl.read_parquet(ledgers) if ledgers else pl.DataFrame(schema=LEDGER_SCHEMA)
-    )
+    ) | {"stale_temp_removed": stale_temps_removed(run_dir)}
     manifest = Manifest(
         stage=STAGE, stage_version=DOWNLOAD_VERSION, config_hash=config_hash(cfg),
         inputs={

@@ -2,10 +2,12 @@
 
 Reads: URLs (and, optionally, API credentials from environment variables named in the
 config). Writes nothing: `Fetcher.fetch` returns a `FetchResult` whose failures are
-data (status and error), never exceptions. Policy: an allowed-host list (redirects off
-it are refused), per-host concurrency and rate limits, connect/read timeouts, a maximum
-body size, retries with exponential backoff and jitter, and `Retry-After` honoured on
-429/503. Credentials never appear in results, errors or logs.
+data (status and error, a stable text without per-request detail), never exceptions.
+Policy: an allowed-host list (redirects off it are refused), per-host concurrency and rate
+limits, connect/read timeouts, a maximum body size, retries with exponential backoff and
+jitter, and `Retry-After` honoured on 429/503. With credentials the User-Agent names the
+account (danbooru asks API clients to); the API key goes only into the Authorization
+header and never appears in results, errors, logs or `Fetcher.policy`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from urllib.parse import urljoin, urlsplit
+from functools import partial
+from typing import Annotated, Any
+from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -46,6 +50,49 @@ class FetchConfig(BaseModel):
     user_agent: str = Field("kohaku/0.1 (dataset builder)", description="User-Agent header")
     login_env: str | None = Field(None, description="env var holding the API login")
     api_key_env: str | None = Field(None, description="env var holding the API key")
+
+
+def fetch_policy(default: FetchConfig) -> Any:
+    """The type of a config section's `fetch` field whose defaults are `default`: a table
+    (a dict, as TOML and `key=value` overrides give) overrides only the fields it names and
+    the others keep `default`'s values, not FetchConfig's generic ones (a sync with just
+    `[fetch] api_key_env = ...` stays at its own 2 requests/s); a FetchConfig is taken whole."""
+    return Annotated[FetchConfig, BeforeValidator(partial(_over, default))]
+
+
+def _over(default: FetchConfig, value: Any) -> Any:
+    return {**default.model_dump(), **value} if isinstance(value, dict) else value
+
+
+class FetchPolicy(BaseModel):
+    """What a fetcher sends and how often, as it will be sent: no secret, so it can be
+    printed and recorded (the sync logs it and writes it to its journal)."""
+
+    model_config = ConfigDict(frozen=True)
+    user_agent: str = Field(description="the User-Agent header, the account's login included")
+    per_host_rate: float = Field(description="requests started per second per host")
+    per_host_concurrency: int = Field(description="requests in flight per host")
+    allowed_hosts: list[str] = Field(description="hosts that may be contacted")
+    account: str | None = Field(description="the login sent with the API key; None: anonymous")
+
+    def describe(self) -> str:
+        who = f"as {self.account}" if self.account else "anonymous"
+        return (f"{self.per_host_rate:g} requests/s and {self.per_host_concurrency} at a time "
+                f"per host, {who}, User-Agent {self.user_agent!r}, hosts "
+                f"{', '.join(self.allowed_hosts)}")  # fmt: skip
+
+
+def account_user_agent(user_agent: str, login: str | None) -> str:
+    """`user_agent` naming the account: `kohaku/0.1 (dataset builder; user <login>)`.
+    danbooru's staff ask API clients that log in to say who they are in the User-Agent, so
+    an abusive client can be contacted rather than its IP range banned (gallery-dl issue
+    9705). The login is percent-encoded: a header carries ASCII only. Never the key."""
+    if not login:
+        return user_agent
+    who = f"user {quote(login, safe='')}"
+    if user_agent.endswith(")"):
+        return f"{user_agent[:-1]}; {who})"
+    return f"{user_agent} ({who})"
 
 
 @dataclass(frozen=True)
@@ -97,10 +144,16 @@ class Fetcher:
         self.cfg = cfg
         self.gates: dict[str, _HostGate] = {}
         self.gates_lock = threading.Lock()
+        self.auth = _credentials(cfg)
+        login = self.auth[0] if self.auth else None
+        self.policy = FetchPolicy(
+            user_agent=account_user_agent(cfg.user_agent, login), account=login,
+            per_host_rate=cfg.per_host_rate, per_host_concurrency=cfg.per_host_concurrency,
+            allowed_hosts=list(cfg.allowed_hosts),
+        )  # fmt: skip
         timeout = httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout)
         self.client = httpx.Client(timeout=timeout, follow_redirects=False,
-                                   headers={"User-Agent": cfg.user_agent})  # fmt: skip
-        self.auth = _credentials(cfg)
+                                   headers={"User-Agent": self.policy.user_agent})  # fmt: skip
 
     def close(self) -> None:
         self.client.close()
@@ -185,7 +238,7 @@ def _raise_for_status(resp: httpx.Response) -> None:
 def _read_body(resp: httpx.Response, max_bytes: int) -> bytes:
     declared = resp.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise _Permanent(f"body of {declared} bytes exceeds fetch.max_bytes ({max_bytes})")
+        raise _Permanent(f"body exceeds fetch.max_bytes ({max_bytes})")
     chunks, size = [], 0
     for chunk in resp.iter_bytes():
         size += len(chunk)
@@ -194,7 +247,8 @@ def _read_body(resp: httpx.Response, max_bytes: int) -> bytes:
         chunks.append(chunk)
     data = b"".join(chunks)
     if declared and declared.isdigit() and len(data) != int(declared):
-        raise _Retryable(f"truncated body: {len(data)} of {declared} bytes")
+        # no byte counts in the reason: they differ per file, and reasons are grouped
+        raise _Retryable("truncated body (shorter than its Content-Length)")
     return data
 
 

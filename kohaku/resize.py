@@ -7,11 +7,15 @@ Pillow path: `decode` turns bytes into a verified RGB image (EXIF orientation ap
 palette / CMYK / 16-bit / grey converted, alpha flattened onto a background, a pixel
 limit against decompression bombs), `fit` resizes and centre-crops it to a `Placement`;
 `encode` (Pillow, for both paths) turns the result into bytes.
+A rejected image's reason is a stable text (`ImageRejected`): the format and what is wrong,
+never per-item noise such as object addresses, byte counts or paths, so the same failure
+reads the same for every post and the UI's error table groups them.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -26,6 +30,53 @@ Library = Literal["pyvips", "pillow"]
 
 class ImageRejected(ValueError):
     """The bytes are not an image we keep; the message says why (recorded per post)."""
+
+
+# per-item detail in library messages: `<_io.BytesIO object at 0x7f...>`, stray addresses,
+# `(185 bytes not processed)`, quoted or absolute paths
+NOISE = (
+    (re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>"), ""),
+    (re.compile(r"\s*\b0x[0-9a-fA-F]{4,}\b"), ""),
+    (re.compile(r"\s*\([^()]*\d[^()]*\)"), ""),
+    (re.compile(r"""(['"])(?:/|~/|[A-Za-z]:\\)[^'"]*\1"""), "<path>"),  # quoted
+    (re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]*"), "<path>"),  # bare, absolute
+)  # fmt: skip
+SIGNATURES = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP",
+              b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}  # fmt: skip
+
+
+def stable_reason(message: str) -> str:
+    """A library's error message without per-item detail, so equal failures read the same."""
+    for pattern, replacement in NOISE:
+        message = pattern.sub(replacement, message)
+    return message.strip().rstrip(".:") or "unknown error"
+
+
+def what_it_is(data: bytes) -> str:
+    """What bytes that no decoder recognises look like: the usual non-images a server sends
+    instead of a file (an HTML error or challenge page, JSON, nothing), or a known image
+    signature whose header is broken."""
+    head = data[:64].lstrip().lower()
+    if not head:
+        return "empty body"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    if head.startswith((b"{", b"[")):
+        return "JSON text"
+    fmt = signature(data)
+    return f"broken {fmt} header" if fmt else "unknown format"
+
+
+def signature(data: bytes) -> str | None:
+    """The image format that the first bytes announce, if any."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in SIGNATURES.items() if data.startswith(magic)), None)
+
+
+def unreadable(fmt: str | None, detail: str) -> ImageRejected:
+    """The rejection of an image whose pixels could not be decoded."""
+    return ImageRejected(f"not a readable image: broken {fmt or 'image'} ({detail})")
 
 
 def decode(
@@ -45,12 +96,23 @@ def open_checked(data: bytes, max_pixels: int = 100_000_000) -> Image.Image:
     pixel is decoded."""
     try:
         img = Image.open(io.BytesIO(data))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageRejected(f"not a readable image: {exc}") from None
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit
+        if Image.MAX_IMAGE_PIXELS and max_pixels <= 2 * Image.MAX_IMAGE_PIXELS:
+            raise over_limit(max_pixels) from None  # so over ours too: the same reason
+        raise ImageRejected(f"not a readable image: {stable_reason(str(exc))}") from None
+    except (OSError, SyntaxError, ValueError):
+        # Pillow's words for one broken header vary with where it is cut ("cannot identify
+        # image file", "Truncated File Read"): what the bytes are is the stable reason
+        raise ImageRejected(f"not a readable image: {what_it_is(data)}") from None
     width, height = img.size
     if width * height > max_pixels:
-        raise ImageRejected(f"{width}x{height} exceeds the {max_pixels} pixel limit")
+        raise over_limit(max_pixels)
     return img
+
+
+def over_limit(max_pixels: int) -> ImageRejected:
+    # the size itself is left out: it differs per post, and the reason groups failures
+    return ImageRejected(f"image over the {max_pixels} pixel limit (download.max_pixels)")
 
 
 def oriented_size(img: Image.Image) -> tuple[int, int]:
@@ -84,7 +146,7 @@ def load_rgb(
         img.load()
         img = ImageOps.exif_transpose(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageRejected(f"not a readable image: {exc}") from None
+        raise unreadable(img.format, stable_reason(str(exc))) from None
     return to_rgb(img, background)
 
 

@@ -10,7 +10,9 @@ in 47 CPU ms against Pillow's 118 at the same quality (bench/README.md, resize_l
 
 Only JPEG, PNG, WebP and GIF are read here; `open_checked` returns None for anything
 else, and the caller uses Pillow. Every load passes `fail_on="truncated"`: by default
-libvips decodes a truncated JPEG without an error.
+libvips decodes a truncated JPEG without an error. A file that fails to decode is rejected
+with a stable reason naming its format, never libvips' message: libvips keeps one error
+buffer per process, so with threads the message can be another image's.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from __future__ import annotations
 import pyvips
 
 from kohaku.buckets import Placement
-from kohaku.resize import ImageRejected
+from kohaku.resize import over_limit, unreadable
 
-LOADERS = ("jpegload_buffer", "pngload_buffer", "webpload_buffer", "gifload_buffer")
+LOADERS = {"jpegload_buffer": "JPEG", "pngload_buffer": "PNG", "webpload_buffer": "WebP",
+           "gifload_buffer": "GIF"}  # fmt: skip
 ORIENTATION_SWAPS = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees
 JPEG_SHRINKS = (8, 4, 2)  # libjpeg's DCT scales 1/8, 1/4, 1/2
 
@@ -38,7 +41,7 @@ def open_checked(data: bytes, max_pixels: int) -> pyvips.Image | None:
     if img.format not in ("uchar", "ushort") or img.bands > 4:
         return None  # no such PNG, JPEG, WebP or GIF comes from the loaders; Pillow decides
     if img.width * img.height > max_pixels:
-        raise ImageRejected(f"{img.width}x{img.height} exceeds the {max_pixels} pixel limit")
+        raise over_limit(max_pixels)
     return img
 
 
@@ -86,15 +89,12 @@ def load_rgb(
         img = _load(data, shrink=shrink) or img
     try:
         img = img.copy_memory()
-    except pyvips.Error as exc:
-        raise ImageRejected(f"not a readable image: {_reason(exc)}") from None
+    except pyvips.Error:
+        # libvips keeps one error buffer per process, so with threads the message may be
+        # another image's ("libpng read error" for a JPEG): only the format is trusted
+        raise unreadable(LOADERS.get(img.get("vips-loader")), "truncated or corrupt data") \
+            from None  # fmt: skip
     return to_rgb(img.autorot(), background)
-
-
-def _reason(exc: pyvips.Error) -> str:
-    """libvips' last message line (the first names the operation)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1] if lines else "libvips error"
 
 
 def to_rgb(img: pyvips.Image, background: tuple[int, int, int]) -> pyvips.Image:

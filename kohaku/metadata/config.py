@@ -1,7 +1,8 @@
 """Config of the metadata sync (`SyncConfig`), loaded from a small TOML file.
 
-Reads: a sync TOML (`store = "..."`, `api_url`, `recent_window`, a `[fetch]` table) and
-`key=value` overrides. Writes nothing.
+Reads: a sync TOML (`store = "..."`, `api_url`, `recent_window`, a `[fetch]` table whose
+fields override the sync's own polite defaults one by one) and `key=value` overrides.
+Writes nothing.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kohaku.config import deep_merge, parse_override, read_toml
 from kohaku.errors import ConfigError
-from kohaku.fetch import FetchConfig
+from kohaku.fetch import FetchConfig, fetch_policy
 
+# the sync's own defaults, which a `[fetch]` table overrides field by field (README)
 API_FETCH = FetchConfig(
     allowed_hosts=["danbooru.donmai.us"], per_host_concurrency=1, per_host_rate=2.0,
     max_bytes=32 << 20, user_agent="kohaku/0.1 (danbooru metadata sync; one request at a time)",
 )  # fmt: skip
+SyncFetch = fetch_policy(API_FETCH)
 
 
 class SyncConfig(BaseModel):
@@ -39,9 +42,10 @@ class SyncConfig(BaseModel):
         True, description="a known post inside the re-fetched window that the API no longer "
         "lists is marked is_deleted (expunged posts)",
     )  # fmt: skip
-    fetch: FetchConfig = Field(
+    fetch: SyncFetch = Field(
         API_FETCH, description="HTTP policy: allowed hosts, rate, retries, User-Agent, "
-        "login_env / api_key_env (names of environment variables, never the secrets)",
+        "login_env / api_key_env (names of environment variables, never the secrets); "
+        "fields not given keep the sync's defaults (2 requests/s, one at a time)",
     )  # fmt: skip
     threads: int | None = Field(None, ge=1, description="DuckDB threads; empty = all cores")
     memory_limit: str | None = Field(None, description="DuckDB memory limit, e.g. 4GB")

@@ -2,12 +2,13 @@
 
 Reads: the latest snapshot, and `<api_url>/posts.json?limit=200&page=a<id>&tags=status:any`
 pages through `kohaku.fetch.Fetcher` (one request at a time per host, a rate limit,
-exponential backoff, `Retry-After`, an identifying User-Agent, login + API key from the
-environment as HTTP basic auth, never logged). Paging starts `recent_window` ids below the
-highest known id, so one upward pass re-fetches recent posts (fav_count, tags, deletions)
-and then fetches every new post.
-Writes: a journal `<store>/.sync-<parent snapshot>/` (`plan.json`, `pages/page-NNNNNN.json`
-as fetched, `done` once an empty page ends the pass), then the changed partitions, the new
+exponential backoff, `Retry-After`, an identifying User-Agent naming the account when one
+is given, login + API key from the environment as HTTP basic auth, the key never logged).
+Paging starts `recent_window` ids below the highest known id, so one upward pass re-fetches
+recent posts (fav_count, tags, deletions) and then fetches every new post.
+Writes: a journal `<store>/.sync-<parent snapshot>/` (`plan.json`, `policy.jsonl`: one line
+per start with the effective HTTP policy, also logged, `pages/page-NNNNNN.json` as
+fetched, `done` once an empty page ends the pass), then the changed partitions, the new
 snapshot and `LATEST` (last), then removes the journal. A sync killed at any point resumes
 from its journal and ends with the same snapshot; until `LATEST` moves, the previous
 snapshot stays the latest.
@@ -28,14 +29,14 @@ from urllib.parse import urlencode, urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from kohaku.errors import ConfigError
-from kohaku.fetch import Fetcher, FetchResult
+from kohaku.fetch import Fetcher, FetchPolicy, FetchResult
 from kohaku.metadata.config import SyncConfig
 from kohaku.metadata.merge import merge_pages
 from kohaku.metadata.snapshot import PARTS, latest_id, publish, read_snapshot
 from kohaku.stage import atomic_write_bytes, atomic_write_text, pid_alive
 
 log = logging.getLogger(__name__)
-DONE, PLAN = "done", "plan.json"
+DONE, PLAN, POLICY = "done", "plan.json", "policy.jsonl"
 
 
 class SyncError(ConfigError):
@@ -68,6 +69,7 @@ class SyncResult(BaseModel):
     counts: dict
     seconds: float
     timings: dict = {}
+    policy: dict = Field({}, description="the HTTP policy it ran with (no secret)")
 
 
 def sync_metadata(cfg: SyncConfig) -> SyncResult:
@@ -80,6 +82,7 @@ def sync_metadata(cfg: SyncConfig) -> SyncResult:
         journal = _open_journal(store, cfg, plan_for(parent, cfg))
         plan = SyncPlan.model_validate_json((journal / PLAN).read_text())
         with _fetcher(cfg) as fetcher:
+            announce(fetcher.policy, journal)
             pages = fetch_pages(fetcher, cfg, journal, plan)
         t1 = time.perf_counter()
         snap = merge_pages(store, parent, sorted((journal / "pages").glob("page-*.json")),
@@ -91,7 +94,20 @@ def sync_metadata(cfg: SyncConfig) -> SyncResult:
     log.info("sync: snapshot %s (parent %s): %s", snap.id, parent.id, counts)
     timings = {"fetch": round(t1 - t0, 3), "merge_publish": round(t2 - t1, 3)}
     return SyncResult(snapshot=snap.id, parent=parent.id, pages=pages, counts=counts,
-                      seconds=seconds, timings=timings)  # fmt: skip
+                      seconds=seconds, timings=timings,
+                      policy=fetcher.policy.model_dump())  # fmt: skip
+
+
+def announce(policy: FetchPolicy, journal: Path) -> None:
+    """Say what this sync sends before its first request (a user adding a `[fetch]` line
+    sees the rate they get), and append it to the journal: a resumed sync shows each
+    start's policy. The policy holds no secret."""
+    log.info("sync: %s", policy.describe())
+    line = json.dumps({"started_at": time.time(), "pid": os.getpid(), **policy.model_dump()})
+    with open(journal / POLICY, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def plan_for(parent, cfg: SyncConfig) -> SyncPlan:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from kohaku.buckets import BucketConfig, bucket_set, place
-from kohaku.resize import ImageRejected, decode, encode, fit
+from kohaku.resize import ImageRejected, decode, encode, fit, stable_reason
 
 CFG = BucketConfig()
 BUCKETS = bucket_set(CFG)
@@ -89,3 +89,44 @@ def test_encode_round_trips(fmt):
     assert out.size == (64, 48) and out.format == fmt.upper()
     r, g, b = out.convert("RGB").getpixel((10, 10))
     assert abs(r - 10) < 6 and abs(g - 200) < 6 and abs(b - 30) < 6
+
+
+@pytest.mark.parametrize(
+    ("message", "stable"),
+    [
+        ("cannot identify image file <_io.BytesIO object at 0x7f649c52bbf0>",
+         "cannot identify image file"),
+        ("image file is truncated (185 bytes not processed)", "image file is truncated"),
+        ("[Errno 13] Permission denied: '/data/x/.1.webp.0badc0de.tmp-41'",
+         "[Errno 13] Permission denied: <path>"),
+        ("failed at /tmp/pytest-7/a.png.", "failed at <path>"),
+        ("broken data stream when reading image file",) * 2,
+    ],
+)  # fmt: skip
+def test_library_messages_lose_their_per_item_detail(message, stable):
+    assert stable_reason(message) == stable
+
+
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        (b"", "empty body"), (b"  <!DOCTYPE html><html>", "an HTML page"),
+        (b'{"success": false}', "JSON text"), (b"\x89PNG\r\n\x1a\n\x00", "broken PNG header"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "broken WebP header"), (b"\x00\x01", "unknown format"),
+    ],
+)  # fmt: skip
+def test_a_body_no_decoder_knows_is_named(data, what):
+    with pytest.raises(ImageRejected) as one:
+        decode(data)
+    assert str(one.value) == f"not a readable image: {what}"
+
+
+def test_pillows_own_bomb_limit_gives_the_same_reason_as_ours(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # Pillow refuses over 2 MP
+    data = image_bytes(Image.new("1", (2000, 1500)), "PNG")
+    with pytest.raises(ImageRejected) as ours:
+        decode(data, max_pixels=1_500_000)
+    assert str(ours.value) == "image over the 1500000 pixel limit (download.max_pixels)"
+    with pytest.raises(ImageRejected) as pillows:
+        decode(data, max_pixels=10_000_000)  # above Pillow's: its words, without the size
+    assert "decompression bomb" in str(pillows.value) and "3000000" not in str(pillows.value)

@@ -4,6 +4,7 @@ as an uninterrupted run."""
 from __future__ import annotations
 
 import io
+import json
 import signal
 import subprocess
 import sys
@@ -76,6 +77,7 @@ def test_killed_download_resumes_to_the_same_result(tmp_path):
         proc.wait()
         assert not (killed / "download" / "manifest.json").exists()  # killed mid-run
         assert 5 <= len(list(images.rglob("*.webp"))) < N
+        debris = [p for p in killed.rglob("*") if ".tmp-" in p.name]  # files cut mid-write
 
         assert download(prepare(killed, server)).wait(timeout=60) == 0
         refetched = server.hits.total() - 2 * fetched_whole
@@ -88,3 +90,5 @@ def test_killed_download_resumes_to_the_same_result(tmp_path):
     assert (ledger_b["status"] == "ok").all() and ledger_b.height == N
     assert files_a == files_b
     assert not [p for p in killed.rglob("*") if ".tmp-" in p.name]
+    manifest = json.loads((killed / "download" / "manifest.json").read_text())
+    assert manifest["counts"]["stale_temp_removed"] == len(debris)  # removed on resume

@@ -12,7 +12,13 @@ import polars as pl
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from kohaku.download import LEDGER_SCHEMA, DownloadConfig, merge_previous, read_journal
+from kohaku.download import (
+    LEDGER_SCHEMA,
+    DownloadConfig,
+    download_shard,
+    merge_previous,
+    read_journal,
+)
 from kohaku.download_stage import check_inputs, ledger_path, run_download
 from kohaku.errors import InputError
 from kohaku.local_source import LocalReader, build_index, choose
@@ -219,3 +225,20 @@ def test_jpeg_draft_keeps_geometry_of_a_rotated_photo(tmp_path):
         outputs.append(img.convert("L"))
     diff = ImageChops.difference(outputs[0], outputs[1])
     assert ImageStat.Stat(diff).mean[0] < 2.0
+
+
+def test_local_read_failures_have_stable_reasons(tmp_path):
+    """The reader's messages name the file and its sizes; the ledger's reason does not."""
+    src = image_folder(tmp_path / "src")
+    posts = pl.DataFrame({"id": [1, 2, 1004], "md5": [md5(PNG_1), md5(PNG_2), md5(JPG_1004)],
+                          "file_ext": ["png", "png", "jpg"]})  # fmt: skip
+    posts = posts.join(choose(build_index("folder", src), posts), on="id", how="left")
+    (src / "0001" / "1.png").unlink()  # gone since it was indexed
+    (src / "2.png").write_bytes(PNG_2 + b"more")  # changed since it was indexed
+    ledger = download_shard(posts, config("folder", src), tmp_path / "out")
+    errors = dict(zip(ledger["id"], ledger["error"], strict=True))
+    assert errors[1] == "cannot read: the file is gone from the folder source"
+    assert errors[2] == "cannot read: the file changed since it was indexed"
+    small = config("folder", src, fetch={"max_bytes": 10})  # the size is checked first
+    errors = download_shard(posts, small, tmp_path / "out2")["error"]
+    assert set(errors) == {"cannot read: file over fetch.max_bytes (10)"}

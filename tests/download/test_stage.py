@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import polars as pl
 import pytest
 
@@ -57,3 +61,27 @@ def test_shards_ledgers_manifest_and_resume(server, tmp_path):
 def test_without_sample_stage(tmp_path):
     with pytest.raises(InputError, match="no finished sample stage"):
         run_download(CFG, tmp_path)
+
+
+def test_temp_files_of_a_killed_run_are_removed_on_resume_and_counted(server, tmp_path):
+    sample_stage(tmp_path, server)
+    run_download(CFG, tmp_path, shard_size=2)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # a writer that is gone, as after kill -9
+    stage, dead, alive = tmp_path / "download", proc.pid, os.getpid()
+    stale = [stage / f"images/001/.1.webp.0badc0de.tmp-{dead}",
+             stage / f"images/009/.9.txt.12345678.tmp-{dead}",
+             stage / f"ledgers/.shard-00001.parquet.a1b2c3d4.tmp-{dead}",
+             stage / f".manifest.json.deadbeef.tmp-{dead}"]  # fmt: skip
+    kept = [stage / f"images/001/.1.webp.0badc0de.tmp-{alive}",  # a running writer's
+            stage / f"images/001/.1.webp.not-hex!.tmp-{dead}",  # not kohaku's pattern
+            stage / f"images/001/1.webp.0badc0de.tmp-{dead}",  # not hidden
+            stage / "images/001/notes.txt", stage / "images/.keep"]  # fmt: skip
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    again = run_download(CFG, tmp_path, shard_size=2)
+    assert not [p for p in stale if p.exists()] and all(p.is_file() for p in kept)
+    assert again.counts["stale_temp_removed"] == len(stale) == read_manifest(stage).counts[
+        "stale_temp_removed"]  # fmt: skip
+    assert run_download(CFG, tmp_path, shard_size=2).counts["stale_temp_removed"] == len(stale)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from kohaku.fetch import FetchConfig, Fetcher
+from kohaku.fetch import FetchConfig, Fetcher, account_user_agent
 from tests.fetch.server import Server
 
 FAST = dict(
@@ -113,3 +113,28 @@ def test_missing_credentials_are_a_clear_error(monkeypatch):
     monkeypatch.delenv("KOHAKU_TEST_KEY", raising=False)
     with pytest.raises(ValueError, match="set both"):
         Fetcher(FetchConfig(**FAST, login_env="USER", api_key_env="KOHAKU_TEST_KEY"))
+
+
+@pytest.mark.parametrize(
+    ("agent", "login", "expected"),
+    [
+        ("kohaku/0.1 (dataset builder)", "alice", "kohaku/0.1 (dataset builder; user alice)"),
+        ("kohaku/0.1", "alice", "kohaku/0.1 (user alice)"),
+        ("kohaku/0.1 (dataset builder)", None, "kohaku/0.1 (dataset builder)"),
+        ("kohaku/0.1 (x)", "名前 (a)\r\n",
+         "kohaku/0.1 (x; user %E5%90%8D%E5%89%8D%20%28a%29%0D%0A)"),
+    ],
+)  # fmt: skip
+def test_the_user_agent_names_the_account(agent, login, expected):
+    assert account_user_agent(agent, login) == expected
+
+
+def test_the_policy_names_the_account_never_the_key(monkeypatch):
+    monkeypatch.setenv("KOHAKU_TEST_LOGIN", "alice")
+    monkeypatch.setenv("KOHAKU_TEST_KEY", "s3cret-key")
+    cfg = FetchConfig(**FAST, login_env="KOHAKU_TEST_LOGIN", api_key_env="KOHAKU_TEST_KEY")
+    with Fetcher(cfg) as f:
+        policy, headers = f.policy, dict(f.client.headers)
+    assert policy.user_agent == "kohaku/0.1 (dataset builder; user alice)" == headers["user-agent"]
+    assert policy.account == "alice" and "s3cret" not in policy.describe()
+    assert "s3cret" not in policy.model_dump_json() and "s3cret" not in str(headers)

@@ -25,6 +25,7 @@ class Request:
     status: int
     user_agent: str | None = None
     ids: list[int] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class FakeDanbooru:
@@ -72,7 +73,8 @@ class FakeDanbooru:
         """Status, body and headers for one request (called under the lock)."""
         parts = urlsplit(path)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        record = Request(time.monotonic(), query, 200, headers.get("User-Agent"))
+        record = Request(time.monotonic(), query, 200, headers.get("User-Agent"),
+                         headers=dict(headers.items()))  # fmt: skip
         auth = headers.get("Authorization")
         self.requests.append(record)
         record.status, body, headers = self._answer(parts.path, query, auth, record)
