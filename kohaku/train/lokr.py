@@ -157,7 +157,7 @@ def kohya_name(key: str, unet_table: dict[str, str]) -> str:
             if rest not in unet_table:
                 raise ValueError(f"UNet module {rest} has no SGM name")
             rest = unet_table[rest]
-        elif not rest.startswith("text_model_"):
+        elif not rest.startswith(("text_model_", "text_projection")):
             rest = "text_model_" + rest  # transformers 5 flattened CLIPTextModel
         return f"{prefix}_{rest}.{leaf}"
     raise ValueError(f"{key} is not a LoKr key of the UNet or a text encoder")

@@ -218,10 +218,10 @@ def lokr_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_lokr_merges_as_lycoris_merges_it(
     tmp_path: Path, tiny_files, tiny_sdxl_dir: Path, lokr_file: Path, weight: float
 ):
-    from kohaku.train.export import merged_parts
-    from kohaku.train.model import MODELS, ModelSource, sgm_state
+    from kohaku.train.model import MODELS, sgm_state
+    from tests.merge import reference
 
-    parts = merged_parts(ModelSource(tiny_sdxl_dir, "diffusers"), lokr_file)
+    parts = reference.lycoris_merged(tiny_sdxl_dir, lokr_file)
     with torch.no_grad():
         lycoris_merged = sgm_state({name: getattr(parts, name) for name in MODELS})
     base = load(tiny_files["m0"])
