@@ -125,10 +125,30 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp-{os.getpid()}")
 
 
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file under this process's umask (0o644 under 0o022).
+
+    Writers such as safetensors' `save_file` create their files 0600; a model or manifest
+    should be readable by whoever may read its folder, like any other file written here.
+    Linux reports the umask in /proc (reading it does not change it); elsewhere it is set
+    and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write a file or a folder at; when the block
-    succeeds it takes `path`'s place (a folder replaces a folder), else it is removed."""
+    succeeds it takes `path`'s place (a folder replaces a folder), else it is removed. A
+    file gets the mode a new file gets under the umask (`new_file_mode`), whatever mode
+    its writer created it with."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
@@ -137,6 +157,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         if tmp.is_dir():
             replace_dir(tmp, path)
         else:
+            os.chmod(tmp, new_file_mode())
             os.replace(tmp, path)
     finally:
         if tmp.is_dir():

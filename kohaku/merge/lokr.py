@@ -1,8 +1,10 @@
-"""A LoKr's weight deltas in the SGM key space of a single-file checkpoint.
+"""A LoKr's weight deltas in the key space of a single-file checkpoint (SGM names) or of a
+diffusers folder (`<component>/<key>`).
 
 Reads a LoKr `.safetensors` with kohya-layout module names (`lora_unet_input_blocks_4_1_
 proj_in`, `lora_te1_text_model_...`, `lora_te2_text_model_...`, as `kohaku.train.lokr`
-writes them) and full Kronecker factors `lokr_w1`, `lokr_w2`. Writes nothing.
+writes them) and full Kronecker factors `lokr_w1`, `lokr_w2`. Writes nothing. This is the
+one place kohaku folds a LoKr into base weights (merge recipes and `[train.export]`).
 
 delta W = weight * kron(w1, w2), reshaped to the weight it targets. With both factors full
 matrices lycoris uses a scale of 1 and ignores `alpha` (lycoris `LokrModule.__init__`:
@@ -21,12 +23,14 @@ import torch
 
 from kohaku.errors import InputError
 from kohaku.merge.tensors import TensorFile
+from kohaku.train.names import UnetLayout, sgm_module_path  # pure string functions
 
 UNET = "model.diffusion_model."
 TE1 = "conditioner.embedders.0.transformer."
 TE2_BLOCKS = "conditioner.embedders.1.model.transformer.resblocks."
 TE2_LINEAR = {"attn.out_proj": "self_attn_out_proj", "mlp.c_fc": "mlp_fc1", "mlp.c_proj": "mlp_fc2"}
 FULL = {"lokr_w1", "lokr_w2", "alpha"}
+DIFFUSERS_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,28 @@ def _under(path: str) -> str:
     return path.replace(".", "_")
 
 
+def diffusers_targets(shapes: dict[str, tuple[int, ...]], layout: UnetLayout) -> dict[str, Target]:
+    """kohya module name -> its tensor, for the weights of a diffusers folder's key set
+    (`unet/down_blocks.1.attentions.0.proj_in.weight`, `text_encoder/text_model...`): the
+    UNet's names through their SGM paths, the text encoders' as they are (kohya keeps
+    transformers' names there, with the `text_model.` level)."""
+    out: dict[str, Target] = {}
+    for key in shapes:
+        component, _, name = key.partition("/")
+        if component not in DIFFUSERS_PREFIXES or not name.endswith(".weight"):
+            continue
+        module = name[: -len(".weight")]
+        if component == "unet":
+            try:
+                module = sgm_module_path(module, layout)
+            except ValueError:
+                continue
+        elif not module.startswith(("text_model.", "text_projection")):
+            module = "text_model." + module  # transformers 5 saves CLIPTextModel without it
+        out[f"{DIFFUSERS_PREFIXES[component]}_{_under(module)}"] = Target(key)
+    return out
+
+
 def _te2_targets(key: str, shape: tuple[int, ...]) -> dict[str, Target]:
     block, _, rest = key[len(TE2_BLOCKS) :].partition(".")
     pre = f"lora_te2_text_model_encoder_layers_{block}_"
@@ -72,19 +98,32 @@ def _te2_targets(key: str, shape: tuple[int, ...]) -> dict[str, Target]:
 
 class LokrDeltas:
     """The LoKr's modules grouped by the tensor they change; `add_to` folds them in. Names
-    and shapes are checked from the headers when it opens, before any tensor is written."""
+    and shapes are checked from the headers when it opens, before any tensor is written.
+    `targets` maps module names to tensors (default: `kohya_targets`, SGM names)."""
 
-    def __init__(self, path: Path, shapes: dict[str, tuple[int, ...]], weight: float = 1.0):
+    def __init__(
+        self,
+        path: Path,
+        shapes: dict[str, tuple[int, ...]],
+        weight: float = 1.0,
+        targets: dict[str, Target] | None = None,
+    ):
         self.file, self.weight = TensorFile(path), weight
         self.by_key: dict[str, list[tuple[str, Target]]] = defaultdict(list)
         try:
-            targets = kohya_targets(shapes)
+            targets = kohya_targets(shapes) if targets is None else targets
             for module in _modules(self.file, targets):
                 _check_shape(self.file, module, targets[module], shapes)
                 self.by_key[targets[module].key].append((module, targets[module]))
         except InputError:
             self.file.close()
             raise
+
+    @property
+    def prediction(self) -> str | None:
+        """What the LoKr was trained to predict (`modelspec.prediction_type`: `epsilon`,
+        `v`), when its metadata says."""
+        return self.file.header.metadata.get("modelspec.prediction_type")
 
     def add_to(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` (float32) plus the deltas of the modules that target `key`, in place."""

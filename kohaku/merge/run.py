@@ -2,7 +2,9 @@
 
 Reads the recipe's models (SGM single files or diffusers folders, see `sources`) and its
 LoKr file. Writes `recipe.output`, an SGM single-file `.safetensors` (temporary name, then
-renamed), with the recipe in its metadata (`kohaku_merge`).
+renamed) with every key of the anchor model (`position_ids`, `logit_scale`, `v_pred` markers
+included), ModelSpec metadata (the anchor's, SDXL's required keys where it has none, the
+prediction type) and the recipe (`kohaku_merge`).
 
 Per output tensor: the inputs are read, summed in float32 with the recipe's coefficients
 (per UNet block under MBW; the reference model's alone for restored embeddings), the LoKr
@@ -43,6 +45,12 @@ EMBEDDINGS = (  # the text encoders' token and position embeddings, SGM names
     "conditioner.embedders.1.model.positional_embedding",
 )
 CHUNK = 1 << 22  # values cast to float32 at a time (16 MiB)
+SDXL_SPEC = {  # ModelSpec's required keys for an SDXL checkpoint, as SGM files carry them
+    "modelspec.sai_model_spec": "1.0.0",
+    "modelspec.architecture": "stable-diffusion-xl-v1-base",
+    "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
+}
+V_PRED = "v_pred"  # ComfyUI's marker key of a v-prediction checkpoint (an empty tensor)
 BLOCK = re.compile(r"model\.diffusion_model\.(input_blocks|middle_block|output_blocks)\.(\d+)\.")
 
 
@@ -53,6 +61,11 @@ class TensorPlan:
     out: OutSpec
     terms: tuple[tuple[str, float], ...]  # (model name, coefficient)
     is_float: bool
+    source: str | None = None  # the key the inputs and the LoKr know it by (default: out.name)
+
+    @property
+    def key(self) -> str:
+        return self.out.name if self.source is None else self.source
 
 
 @dataclass(frozen=True)
@@ -81,10 +94,10 @@ def merge(recipe: MergeRecipe, threads: int = 1) -> MergeResult:
         if recipe.lokr is not None:
             shapes = {p.out.name: p.out.shape for p in plan}
             deltas = LokrDeltas(recipe.lokr.file, shapes, recipe.lokr.weight)
-        specs = [p.out for p in plan]
-        scratch = Scratch()
-        tensors = (compute(p, models, deltas, scratch) for p in plan)
-        write_safetensors(recipe.output, specs, tensors, metadata(recipe, models))
+        base = models[anchor(recipe)]
+        prediction = merged_prediction(base, deltas)
+        plan += marker(base, prediction, DTYPES[recipe.dtype])
+        write_plan(recipe.output, plan, models, deltas, metadata(recipe, base, prediction))
     finally:
         torch.set_num_threads(before)
         for m in models.values():
@@ -261,6 +274,19 @@ def mbw_table(
 # ---------------------------------------------------------------------------- computing
 
 
+def write_plan(
+    path: Path,
+    plan: list[TensorPlan],
+    models: dict[str, ModelTensors],
+    deltas: LokrDeltas | None,
+    meta: dict[str, str],
+) -> Path:
+    """Compute the planned tensors one by one and stream them into `path`."""
+    scratch = Scratch()
+    tensors = (compute(p, models, deltas, scratch) for p in plan)
+    return write_safetensors(path, [p.out for p in plan], tensors, meta)
+
+
 def compute(
     plan: TensorPlan,
     models: dict[str, ModelTensors],
@@ -268,7 +294,7 @@ def compute(
     scratch: Scratch,
 ) -> torch.Tensor:
     """One output tensor, in `scratch`'s buffers: valid until the next call."""
-    key, shape = plan.out.name, plan.out.shape
+    key, shape = plan.key, plan.out.shape
     if not plan.is_float:
         return models[plan.terms[0][0]].tensors[key].load()
     acc = scratch.tensor("acc", torch.float32, shape)
@@ -306,7 +332,42 @@ def cast(acc: torch.Tensor, dtype: torch.dtype, scratch: Scratch) -> torch.Tenso
     return scratch.tensor("out", dtype, tuple(acc.shape)).copy_(acc)
 
 
-def metadata(recipe: MergeRecipe, models: dict[str, ModelTensors]) -> dict[str, str]:
-    """The anchor's modelspec entries (architecture), and the recipe that made this file."""
-    meta = {k: v for k, v in models[anchor(recipe)].metadata.items() if k.startswith("modelspec.")}
-    return {"format": "pt", **meta, "kohaku_merge": json.dumps(recipe.model_dump(mode="json"))}
+# ---------------------------------------------------------------------------- metadata
+
+
+def base_prediction(model: ModelTensors) -> str | None:
+    """`v` or `epsilon` where the model says (ComfyUI's `v_pred` key, ModelSpec's
+    `prediction_type`, a diffusers folder's scheduler), else None."""
+    if V_PRED in model.tensors:
+        return "v"
+    return model.metadata.get("modelspec.prediction_type")
+
+
+def merged_prediction(base: ModelTensors, deltas: LokrDeltas | None) -> str:
+    """The LoKr's prediction type where it records one (it was trained for it), else the
+    base model's, else epsilon. A v-prediction base under an epsilon LoKr is refused: the
+    result would be neither."""
+    own, trained = base_prediction(base), deltas.prediction if deltas else None
+    if own == "v" and trained == "epsilon":
+        raise InputError(
+            f"LoKr {deltas.file.path} was trained for epsilon, but model {base.name} "
+            f"({base.path}) is a v-prediction model: merge it into an epsilon model"
+        )
+    return trained or own or "epsilon"
+
+
+def marker(base: ModelTensors, prediction: str, dtype: torch.dtype) -> list[TensorPlan]:
+    """The `v_pred` key ComfyUI reads, for a v-prediction result whose base lacks it."""
+    if prediction != "v" or V_PRED in base.tensors:
+        return []
+    return [TensorPlan(OutSpec(V_PRED, dtype, (0,)), (), True)]
+
+
+def metadata(recipe: MergeRecipe, base: ModelTensors, prediction: str) -> dict[str, str]:
+    """ModelSpec: the anchor's entries (SDXL's required ones where it has none), the output's
+    title, the prediction type; and the recipe that made this file."""
+    own = {k: v for k, v in base.metadata.items() if k.startswith("modelspec.")}
+    own.pop("modelspec.hash_sha256", None)  # the anchor's content hash, not this file's
+    spec = {**SDXL_SPEC, **own, "modelspec.title": recipe.output.stem,
+            "modelspec.prediction_type": prediction}  # fmt: skip
+    return {"format": "pt", **spec, "kohaku_merge": json.dumps(recipe.model_dump(mode="json"))}

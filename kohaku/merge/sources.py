@@ -3,12 +3,15 @@
 Reads an SGM single-file `.safetensors` checkpoint (its own key space, as it is) or a
 diffusers SDXL folder (the four models' configs and safetensors headers; their names are
 mapped to SGM names by `kohaku.train.model.sgm_state`, run on lazy tensors so that no
-weight is read). Writes nothing. Every tensor is read only when asked for.
+weight is read; `open_components` keeps them in the folder's own names). Writes nothing.
+Every tensor is read only when asked for.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -67,8 +70,9 @@ def open_single_file(name: str, path: Path) -> ModelTensors:
 # ---------------------------------------------------------------------------- diffusers
 
 
-class _Component:
-    """What `sgm_state` asks of a model: `state_dict()` and `config`."""
+class Component:
+    """One model of a diffusers folder (what `sgm_state` asks of a model: `state_dict()` and
+    `config`), its tensors lazy."""
 
     def __init__(self, state: dict[str, Lazy], config: SimpleNamespace):
         self._state, self.config = state, config
@@ -81,23 +85,48 @@ def open_diffusers(name: str, path: Path) -> ModelTensors:
     """The UNet, VAE and both text encoders of a diffusers folder under their SGM names."""
     from kohaku.train.model import sgm_state  # diffusers and transformers: only when needed
 
-    files: list[TensorFile] = []
-    try:
-        components = {c: _open_component(name, path / c, files) for c in COMPONENTS}
+    components, files = open_components(name, path)
+    with _closed_on_error(name, path, files):
         tensors = sgm_state(components)  # type: ignore[arg-type]  (duck-typed modules)
+    return ModelTensors(name, path, tensors, diffusers_metadata(path), files)
+
+
+@contextmanager
+def _closed_on_error(name: str, path: Path, files: list[TensorFile]) -> Iterator[None]:
+    """On an error the files are closed; a malformed folder is bad input (InputError)."""
+    try:
+        yield
     except Exception as e:
         for f in files:
             f.close()
         if isinstance(e, InputError) or not isinstance(e, ValueError | KeyError | AttributeError):
             raise
         raise InputError(
-            f"model {name}: {path} is not a diffusers SDXL folder whose names "
-            f"map to the SGM layout: {e}"
+            f"model {name}: {path} is not a diffusers SDXL folder whose names map to the "
+            f"SGM layout: {e}"
         ) from e
-    return ModelTensors(name, path, tensors, {}, files)
 
 
-def _open_component(name: str, folder: Path, files: list[TensorFile]) -> _Component:
+def open_components(name: str, path: Path) -> tuple[dict[str, Component], list[TensorFile]]:
+    """The UNet, VAE and both text encoders of a diffusers folder in their own names, and
+    the files to close when done."""
+    files: list[TensorFile] = []
+    with _closed_on_error(name, path, files):
+        components = {c: _open_component(name, path / c, files) for c in COMPONENTS}
+    return components, files
+
+
+def diffusers_metadata(path: Path) -> dict[str, str]:
+    """What a folder says in ModelSpec terms: its scheduler's prediction type, if set."""
+    scheduler = path / "scheduler" / "scheduler_config.json"
+    if not scheduler.is_file():
+        return {}
+    kind = json.loads(scheduler.read_text()).get("prediction_type")
+    spec = {"epsilon": "epsilon", "v_prediction": "v"}.get(kind or "")
+    return {"modelspec.prediction_type": spec} if spec else {}
+
+
+def _open_component(name: str, folder: Path, files: list[TensorFile]) -> Component:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise InputError(f"model {name}: {config_path} is missing")
@@ -107,7 +136,7 @@ def _open_component(name: str, folder: Path, files: list[TensorFile]) -> _Compon
         file = TensorFile(weights)
         files.append(file)
         state |= {k: Lazy.of(file, k) for k in file.header.specs}
-    return _Component(state, config)
+    return Component(state, config)
 
 
 def _weight_files(name: str, folder: Path) -> list[Path]:

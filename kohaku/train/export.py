@@ -1,41 +1,68 @@
-"""Merged models: a trained LoKr folded into its base SDXL, saved as a diffusers folder or
-a single-file (SGM layout) checkpoint, in fp32, fp16, bf16 or fp8 (e4m3fn) storage.
+"""Merged models: a trained LoKr folded into its base SDXL, saved as a single-file (SGM
+layout) checkpoint or a diffusers folder, in fp32, fp16, bf16 or fp8 (e4m3fn) storage.
 
-Reads the base model and a kohaku LoKr file (its metadata names the preset and the
-adapted components). Writes the merged model atomically (`kohaku.train.model`).
+Reads the base model (an SGM single-file `.safetensors` or a diffusers folder) tensor by
+tensor and a kohaku LoKr file. Writes the merged model atomically through `kohaku.merge`,
+the one implementation of folding a LoKr into weights: a single file by the streamed merge
+(every key of the base kept: `position_ids`, `logit_scale`, `v_pred` markers; ModelSpec
+metadata with the prediction type), a diffusers folder from a diffusers base in the
+folder's own names (`kohaku.merge.folder`). Memory holds a few tensors at a time, except
+on the one path marked MINIMAL below.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+from kohaku.merge import LokrMerge, MergeRecipe, merge
+from kohaku.merge.run import DTYPES
 
-from kohaku.train import lokr
-from kohaku.train.model import ModelSource, load_sdxl, save_diffusers, save_single_file
+if TYPE_CHECKING:
+    from kohaku.train.model import ModelSource
+
+log = logging.getLogger(__name__)
 
 Storage = Literal["fp32", "fp16", "bf16", "fp8"]
 Kind = Literal["diffusers", "single_file"]
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-          "fp8": torch.float8_e4m3fn}  # fmt: skip
-
-
-def merged_parts(source: ModelSource, lokr_file: Path):
-    """The base model with the LoKr merged into its weights (float32 in memory)."""
-    parts = load_sdxl(source)
-    preset, components = lokr.read_recipe(lokr_file)
-    models = {c: getattr(parts, c) for c in components}
-    adapters = lokr.attach(preset, models, seed=0)
-    lokr.load_into(adapters, lokr_file)
-    lokr.merge(adapters)
-    return parts
 
 
 def export_merged(
     source: ModelSource, lokr_file: Path, out: Path, kind: Kind, storage: Storage = "fp16"
 ) -> Path:
     """Write the merged model to `out` (a folder for diffusers, a .safetensors file)."""
-    parts = merged_parts(source, lokr_file)
-    save = save_diffusers if kind == "diffusers" else save_single_file
-    return save(parts, Path(out), DTYPES[storage])
+    if kind == "single_file":
+        return merged_single_file(Path(source.path), Path(lokr_file), Path(out), storage)
+    if source.kind == "diffusers":
+        from kohaku.merge.folder import merge_lokr_into_folder
+
+        return merge_lokr_into_folder(source.path, Path(lokr_file), Path(out), DTYPES[storage])
+    return _folder_from_single_file(source, Path(lokr_file), Path(out), storage)
+
+
+def merged_single_file(base: Path, lokr_file: Path, out: Path, storage: Storage) -> Path:
+    """The streamed merge of `base + LoKr` (a recipe with one model), into `out`."""
+    recipe = MergeRecipe(models={"base": base}, expression="base", output=out, dtype=storage,
+                         lokr=LokrMerge(file=lokr_file))  # fmt: skip
+    return merge(recipe).output
+
+
+def _folder_from_single_file(
+    source: ModelSource, lokr_file: Path, out: Path, storage: Storage
+) -> Path:
+    """MINIMAL PATH, until `kohaku.train` maps SGM names to diffusers names tensor by tensor:
+    the merge is streamed into a single file beside `out`, which diffusers' single-file
+    loader then reads whole (about the model's size in memory, plus the loader's own copy)
+    and `save_diffusers` writes as a folder. The merge itself is the streamed one."""
+    from kohaku.train.model import ModelSource, load_sdxl, save_diffusers
+
+    log.warning("diffusers export from a single file loads the merged model whole")
+    held = "fp16" if storage == "fp8" else storage  # fp8 is cast when the folder is written
+    merged = out.with_name(f".{out.name}.merged.safetensors")
+    try:
+        merged_single_file(Path(source.path), lokr_file, merged, held)
+        single = ModelSource(merged, "single_file", source.config_dir, source.allow_pickle)
+        return save_diffusers(load_sdxl(single, DTYPES[held]), out, DTYPES[storage])
+    finally:
+        merged.unlink(missing_ok=True)

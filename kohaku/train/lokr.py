@@ -4,8 +4,9 @@ Reads a LoKr preset (TOML: target module classes and a factor per class, for the
 the text encoders; built-ins in `kohaku/train/presets/`) and, to reload, a LoKr
 safetensors file. Writes LoKr safetensors files whose keys follow the kohya layout that
 ComfyUI and A1111 load (`lora_unet_<SGM module path>`, `lora_te1_text_model_...`,
-`lora_te2_text_model_...`), with the LyCORIS metadata. Training uses the modules' own
-(diffusers) names; `kohya_name` maps them on export and back on load.
+`lora_te2_text_model_...`), with the metadata a kohya-trained LyCORIS SDXL network carries
+(`ss_*`, `modelspec.*`, see `metadata`) and every tensor finite. Training uses the modules'
+own (diffusers) names; `kohya_name` maps them on export and back on load.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import tomllib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +26,15 @@ from kohaku.stage import atomic_path
 from kohaku.train.names import UnetLayout, underscore_table
 
 PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+# LyCORIS' full-matrix LoKr recipe: a dimension above every layer's size (so no factor is
+# low-rank) and alpha 1; with both Kronecker factors full the scale is 1 whatever alpha is
+LINEAR_DIM, LINEAR_ALPHA = 100_000, 1.0
+# kohya sd-scripts' base model version for every SDXL network (sdxl_model_util.py has no
+# v-prediction variant: v-prediction shows in `modelspec.prediction_type`); A1111 and Forge
+# list a network under SDXL when this starts with "sdxl_"
+SDXL_BASE_VERSION = "sdxl_base_v1-0"
+# `loss.prediction` -> ModelSpec's `modelspec.prediction_type` (the spec and kohya write `v`)
+SPEC_PREDICTION = {"epsilon": "epsilon", "v_prediction": "v"}
 
 
 class Targets(BaseModel):
@@ -37,6 +48,9 @@ class LokrPreset(BaseModel):
     """Which modules get a LoKr and with which factor."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(
+        "custom", description="the preset's name (a built-in's name, else the TOML file's stem)"
+    )
     full_matrix: bool = Field(True, description="both Kronecker factors full (no low rank)")
     bypass: bool = Field(
         True, description="run the LoKr as its own branch (W x + dW x) instead of rebuilding "
@@ -62,6 +76,7 @@ class Adapters:
 def load_preset(name_or_path: str) -> LokrPreset:
     """A built-in preset by name (`delta`, `attn-only`) or a TOML file."""
     path = Path(name_or_path)
+    name = path.stem if path.suffix == ".toml" else name_or_path
     if path.suffix == ".toml":
         if not path.is_file():
             raise ConfigError(f"LoKr preset {path} does not exist")
@@ -72,7 +87,7 @@ def load_preset(name_or_path: str) -> LokrPreset:
             raise ConfigError(f"unknown LoKr preset {name_or_path!r}: give a built-in name "
                               "(delta, attn-only) or a .toml path")  # fmt: skip
         text = files.joinpath(f"{name_or_path}.toml").read_text()
-    return LokrPreset.model_validate(tomllib.loads(text))
+    return LokrPreset.model_validate({"name": name, **tomllib.loads(text)})
 
 
 def check_preset(preset: LokrPreset, models: dict[str, torch.nn.Module]) -> None:
@@ -99,9 +114,9 @@ def attach(preset: LokrPreset, models: dict[str, torch.nn.Module], seed: int) ->
         LycorisNetwork.apply_preset(_lycoris_preset(targets, PREFIXES[component], excluded))
         torch.manual_seed(seed * 7919 + i)
         model.requires_grad_(False)
-        net = create_lycoris(model, 1.0, linear_dim=100_000, linear_alpha=1.0, algo="lokr",
-                             factor=targets.factor, full_matrix=preset.full_matrix,
-                             bypass_mode=preset.bypass)  # fmt: skip
+        net = create_lycoris(model, 1.0, linear_dim=LINEAR_DIM, linear_alpha=LINEAR_ALPHA,
+                             algo="lokr", factor=targets.factor,
+                             full_matrix=preset.full_matrix, bypass_mode=preset.bypass)  # fmt: skip
         net.apply_to()
         networks[component] = net
     unet = models["unet"]
@@ -142,7 +157,7 @@ def kohya_name(key: str, unet_table: dict[str, str]) -> str:
             if rest not in unet_table:
                 raise ValueError(f"UNet module {rest} has no SGM name")
             rest = unet_table[rest]
-        elif not rest.startswith("text_model_"):
+        elif not rest.startswith(("text_model_", "text_projection")):
             rest = "text_model_" + rest  # transformers 5 flattened CLIPTextModel
         return f"{prefix}_{rest}.{leaf}"
     raise ValueError(f"{key} is not a LoKr key of the UNet or a text encoder")
@@ -158,21 +173,77 @@ def state_dict(adapters: Adapters) -> dict[str, torch.Tensor]:
 
 
 def save(adapters: Adapters, path: Path, dtype: torch.dtype = torch.float16,
-         extra: dict | None = None) -> Path:  # fmt: skip
-    """The LoKr as safetensors (kohya names, LyCORIS metadata), written atomically."""
+         extra: dict | None = None, prediction: str = "epsilon",
+         title: str | None = None) -> Path:  # fmt: skip
+    """The LoKr as safetensors (kohya names, kohya/LyCORIS metadata), written atomically.
+    `prediction`: what it was trained to predict (`epsilon`, `v_prediction`); `title`: its
+    name in clients' lists (default: the file's stem)."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().to("cpu", dtype).contiguous()
-               for k, v in state_dict(adapters).items()}  # fmt: skip
-    meta = {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(
-        {"algo": "lokr", "full_matrix": adapters.preset.full_matrix}),
-        "kohaku_preset": adapters.preset.model_dump_json(),
-        "kohaku_components": json.dumps(list(adapters.networks)), **(extra or {})}  # fmt: skip
     path = Path(path)
+    tensors = file_tensors(adapters, dtype)
+    meta = metadata(adapters.preset, list(adapters.networks), prediction, title or path.stem)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata={**meta, **(extra or {})})
     return path
+
+
+def file_tensors(adapters: Adapters, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The tensors as stored: in `dtype`, every one finite. Where both Kronecker factors
+    are full matrices, lycoris keeps alpha = its dimension (100000: +inf in fp16) and then
+    ignores it, and so do ComfyUI and A1111 (no low-rank dimension to divide by: scale 1);
+    1.0 is stored there, the value LyCORIS itself writes after loading such a file."""
+    state = state_dict(adapters)
+    out = {}
+    for key, value in state.items():
+        module, _, leaf = key.partition(".")
+        if leaf == "alpha" and {f"{module}.lokr_w1", f"{module}.lokr_w2"} <= state.keys():
+            value = torch.ones(())
+        out[key] = value.detach().to("cpu", dtype).contiguous()
+    bad = [k for k, v in out.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{len(bad)} LoKr tensors are not finite in {dtype}, e.g. {bad[:3]}: "
+                         "the training diverged, or save in float32")  # fmt: skip
+    return out
+
+
+def metadata(preset: LokrPreset, components: list[str], prediction: str,
+             title: str) -> dict[str, str]:  # fmt: skip
+    """The header of a kohya-trained LyCORIS SDXL network (sd-scripts train_network.py and
+    library/sai_model_spec.py): the `ss_*` keys A1111 and Forge read to tell SDXL from SD1
+    and to name the file, ModelSpec 1.0.0 (`modelspec.architecture` is the exact string
+    Forge compares), and the kohaku preset that `read_recipe` reloads."""
+    return {
+        "ss_base_model_version": SDXL_BASE_VERSION, "ss_v2": "False",
+        "ss_network_module": "lycoris.kohya", "ss_network_dim": str(LINEAR_DIM),
+        "ss_network_alpha": str(LINEAR_ALPHA), "ss_network_args": json.dumps(network_args(preset)),
+        "ss_output_name": title,
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
+        "modelspec.title": title,
+        "modelspec.date": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "modelspec.resolution": "1024x1024",
+        "modelspec.prediction_type": SPEC_PREDICTION[prediction],
+        "kohaku_preset": preset.model_dump_json(), "kohaku_components": json.dumps(components),
+    }  # fmt: skip
+
+
+def network_args(preset: LokrPreset) -> dict[str, str]:
+    """The preset as kohya records `--network_args` for LyCORIS' kohya wrapper (strings);
+    per-class factors as `Class=factor` lists."""
+
+    def factors(targets: Targets) -> str:
+        return ",".join(f"{c}={f}" for c, f in sorted(targets.factors.items()))
+
+    return {
+        "algo": "lokr", "preset": preset.name, "factor": str(preset.unet.factor),
+        "full_matrix": str(preset.full_matrix), "bypass_mode": str(preset.bypass),
+        "conv_dim": str(LINEAR_DIM), "conv_alpha": str(LINEAR_ALPHA),
+        "unet_factors": factors(preset.unet), "text_factor": str(preset.text.factor),
+        "text_factors": factors(preset.text),
+    }  # fmt: skip
 
 
 def load_into(adapters: Adapters, path: Path) -> None:

@@ -297,7 +297,8 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         if self.d.rank == 0:
-            lokr.save(self.adapters, self.out / "lokr.safetensors", torch.float16)
+            lokr.save(self.adapters, self.out / "lokr.safetensors", torch.float16,
+                      prediction=self.cfg.loss.prediction, title=self.run_dir.name)  # fmt: skip
             result = {"status": "done", "step": step, "lokr": "lokr.safetensors"}
             (self.out / "result.json").write_text(json.dumps(result))
         self.d.barrier()

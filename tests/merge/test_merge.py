@@ -218,10 +218,10 @@ def lokr_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_lokr_merges_as_lycoris_merges_it(
     tmp_path: Path, tiny_files, tiny_sdxl_dir: Path, lokr_file: Path, weight: float
 ):
-    from kohaku.train.export import merged_parts
-    from kohaku.train.model import MODELS, ModelSource, sgm_state
+    from kohaku.train.model import MODELS, sgm_state
+    from tests.merge import reference
 
-    parts = merged_parts(ModelSource(tiny_sdxl_dir, "diffusers"), lokr_file)
+    parts = reference.lycoris_merged(tiny_sdxl_dir, lokr_file)
     with torch.no_grad():
         lycoris_merged = sgm_state({name: getattr(parts, name) for name in MODELS})
     base = load(tiny_files["m0"])
@@ -410,6 +410,27 @@ def test_output_records_its_recipe_and_unused_models_are_not_opened(tmp_path: Pa
         meta = f.metadata()
     assert json.loads(meta["kohaku_merge"])["expression"] == "0.5 * m0 + 0.5 * m1"
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+
+
+def test_output_modelspec_names_sdxl_its_title_and_the_prediction_type(
+    tmp_path: Path, tiny_sdxl_dir: Path
+):
+    """A diffusers anchor has no ModelSpec: SDXL's required keys are filled in; a
+    v-prediction scheduler makes a `v` file with ComfyUI's `v_pred` marker."""
+    vfolder = tmp_path / "vpred"
+    shutil.copytree(tiny_sdxl_dir, vfolder)
+    config = vfolder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()),
+                                  "prediction_type": "v_prediction"}))  # fmt: skip
+    for folder, prediction in ((tiny_sdxl_dir, "epsilon"), (vfolder, "v")):
+        got = run(tmp_path, {"d": folder}, "d", dtype="fp16")
+        with safe_open(str(tmp_path / "merged.safetensors"), "pt") as f:
+            meta = f.metadata()
+        assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+        assert meta["modelspec.sai_model_spec"] == "1.0.0" and meta["modelspec.title"] == "merged"
+        assert meta["modelspec.prediction_type"] == prediction
+        assert ("v_pred" in got) == (prediction == "v")
+        assert all(bool(torch.isfinite(v.float()).all()) for v in got.values())
 
 
 def test_cli_runs_a_recipe_file(tmp_path: Path, tiny_files, capsys: pytest.CaptureFixture):

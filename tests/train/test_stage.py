@@ -12,9 +12,9 @@ import torch
 from kohaku.errors import ConfigError, InputError
 from kohaku.stage import read_manifest
 from kohaku.train.config import TrainConfig, check_bitsandbytes
-from kohaku.train.export import merged_parts
 from kohaku.train.model import check_model_path, load_sdxl
 from kohaku.train.stage import check_inputs, run_train
+from tests.merge.reference import lycoris_merged
 from tests.train.rundir import write_training_run
 
 
@@ -73,7 +73,7 @@ def test_run_train_launches_the_trainer_and_writes_the_manifest(tiny_sdxl_dir, t
     assert read_manifest(run / "train") == manifest
     assert any(line.startswith("kohaku-train ") for line in lines)
     lokr_file = run / "train" / manifest.outputs["lokr"]
-    merged = merged_parts(check_model_path(tiny_sdxl_dir), lokr_file).unet
+    merged = lycoris_merged(tiny_sdxl_dir, lokr_file).unet
     base = load_sdxl(check_model_path(tiny_sdxl_dir)).unet
     single = run / "train" / manifest.outputs["merged_single_file"]
     reloaded = load_sdxl(check_model_path(single, config_dir=tiny_sdxl_dir)).unet

@@ -1,0 +1,109 @@
+"""A LoKr folded into a diffusers SDXL folder, in the folder's own names, one tensor at a time.
+
+Reads a diffusers SDXL folder (`model_index.json`, the four models' configs and weights,
+tokenizers, scheduler; `sources.open_components`) and a kohaku LoKr file. Writes a diffusers
+folder (built under a temporary name, then renamed): each model's weights as one
+`diffusion_pytorch_model.safetensors` / `model.safetensors` with every key of the base (the
+LoKr's deltas added by `lokr.LokrDeltas`, the same code as a merge recipe's), everything
+else copied as it is, and the scheduler's `prediction_type` set to the LoKr's when it
+records one. No name is mapped to the SGM layout and back: the deltas are addressed in
+diffusers names (`lokr.diffusers_targets`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from kohaku.errors import InputError
+from kohaku.merge.lokr import LokrDeltas, diffusers_targets
+from kohaku.merge.run import TensorPlan, write_plan
+from kohaku.merge.sources import COMPONENTS, ModelTensors, diffusers_metadata, open_components
+from kohaku.merge.tensors import OutSpec
+from kohaku.stage import atomic_path
+from kohaku.train.names import UnetLayout
+
+COPIED = ("model_index.json", "scheduler", "tokenizer", "tokenizer_2")
+WEIGHTS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+SCHEDULER_PREDICTION = {"epsilon": "epsilon", "v": "v_prediction"}
+
+
+def merge_lokr_into_folder(
+    base: Path, lokr_file: Path, out: Path, dtype: torch.dtype, weight: float = 1.0
+) -> Path:
+    """Write `out`: the folder `base` with the LoKr (times `weight`) in its weights, float
+    tensors stored in `dtype`."""
+    components, files = open_components("base", Path(base))
+    model = ModelTensors("base", Path(base), _namespaced(components), {}, files)
+    deltas = None
+    try:
+        shapes = {k: v.shape for k, v in model.tensors.items()}
+        layout = UnetLayout.from_config(vars(components["unet"].config))
+        deltas = LokrDeltas(lokr_file, shapes, weight, diffusers_targets(shapes, layout))
+        prediction = _prediction(Path(base), deltas)
+        with atomic_path(Path(out)) as tmp:
+            _copy_files(Path(base), tmp)
+            for component, weights in COMPONENTS.items():
+                plan = _plan(model, component, dtype)
+                meta = {"format": "pt"}
+                write_plan(tmp / component / weights, plan, {"base": model}, deltas, meta)
+            _set_prediction(tmp, prediction)
+    finally:
+        model.close()
+        if deltas is not None:
+            deltas.close()
+    return Path(out)
+
+
+def _namespaced(components: dict) -> dict:
+    """`<component>/<key>` -> lazy tensor, over the four models."""
+    return {f"{c}/{k}": v for c, comp in components.items() for k, v in comp.state_dict().items()}
+
+
+def _plan(model: ModelTensors, component: str, dtype: torch.dtype) -> list[TensorPlan]:
+    """One model's tensors, under their own names: floats in `dtype`, the rest as they are."""
+    plan = []
+    for key, lazy in model.tensors.items():
+        if not key.startswith(component + "/"):
+            continue
+        is_float = lazy.dtype.is_floating_point
+        spec = OutSpec(key.partition("/")[2], dtype if is_float else lazy.dtype, lazy.shape)
+        plan.append(TensorPlan(spec, ((model.name, 1.0),), is_float, source=key))
+    return plan
+
+
+def _copy_files(base: Path, out: Path) -> None:
+    """Configs, tokenizers, scheduler and the pipeline index; the weights are written anew."""
+    out.mkdir(parents=True)
+    for name in COPIED:
+        src = base / name
+        if src.is_dir():
+            shutil.copytree(src, out / name)
+        elif src.is_file():
+            shutil.copy2(src, out / name)
+    for component in COMPONENTS:
+        shutil.copytree(base / component, out / component, ignore=shutil.ignore_patterns(*WEIGHTS))
+
+
+def _prediction(base: Path, deltas: LokrDeltas) -> str | None:
+    """The LoKr's prediction type (None where it records none); an epsilon LoKr on a
+    v-prediction folder is refused, as for single files (`run.merged_prediction`)."""
+    own = diffusers_metadata(base).get("modelspec.prediction_type")
+    if own == "v" and deltas.prediction == "epsilon":
+        raise InputError(
+            f"LoKr {deltas.file.path} was trained for epsilon, but {base} is a "
+            "v-prediction model (its scheduler's prediction_type): merge it into an epsilon model"
+        )
+    return deltas.prediction
+
+
+def _set_prediction(folder: Path, prediction: str | None) -> None:
+    config = folder / "scheduler" / "scheduler_config.json"
+    if prediction is None or not config.is_file():
+        return
+    data = json.loads(config.read_text())
+    data["prediction_type"] = SCHEDULER_PREDICTION[prediction]
+    config.write_text(json.dumps(data, indent=2))
