@@ -2,7 +2,8 @@
 children, without Prefect. `train` and `evaluate` run their stage on the run config
 (`[train]` / `[evaluate]` is all they need) and stream the trainer's lines; `merge` runs a
 merge recipe (as `python -m kohaku.merge`); `export` folds a LoKr into its base model.
-torch is imported only once the config and inputs are read, so bad input fails fast.
+torch (and diffusers: seconds to import) is imported only once the config is read and
+the named files are found, so that a typo fails at once.
 Reads: the run dir's stages, the models; writes `<run>/train/`, `<run>/evaluate/`, the
 merged model."""
 
@@ -22,6 +23,7 @@ STOPPED = 75  # EX_TEMPFAIL: the trainer stopped on SIGTERM; run the command aga
 def cmd_train(args: argparse.Namespace) -> None:
     config = load(args, "train")
     cfg = stage_section(config, "train")
+    must_exist(cfg.model.path, "model path")
     from kohaku.train.stage import TrainingStopped, run_train
 
     try:
@@ -52,14 +54,20 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    if not args.lokr.is_file():
-        raise InputError(f"LoKr file {args.lokr} does not exist")
+    must_exist(args.base, "model path")
+    must_exist(args.lokr, "LoKr file")
     from kohaku.train.export import export_merged
     from kohaku.train.model import check_model_path
 
     source = check_model_path(args.base, args.allow_pickle, args.config_dir)
     out = export_merged(source, args.lokr, args.out, args.format, args.storage)
     print(f"merged {args.lokr} into {args.base}: {out} ({args.format}, {args.storage})")
+
+
+def must_exist(path: Path, what: str) -> None:
+    """The check the stage makes too (same words), before the imports that take seconds."""
+    if not Path(path).exists():
+        raise InputError(f"{what} {path} does not exist")
 
 
 def add_commands(sub) -> None:
