@@ -40,7 +40,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from kohaku.evaluate.stage import run_evaluate
 
     def progress(label: str, done: int, total: int) -> None:
-        print(f"evaluate {label}: picture {done}/{total}", flush=True)
+        if done % 10 == 0 or done == total:
+            print(f"evaluate {label}: {done}/{total} pictures", flush=True)
 
     report(run_evaluate(cfg, config.run_dir, progress), config.run_dir / "evaluate")
 

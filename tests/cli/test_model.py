@@ -1,6 +1,7 @@
 """The model commands in this process, without Prefect: `kohaku train` from a config with
 only a [train] section (the trainer's lines streamed), `kohaku export` of its LoKr,
-`kohaku merge` of a recipe; bad input found inside a stage is one line and exit code 2."""
+`kohaku evaluate` from an [evaluate] section alone, `kohaku merge` of a recipe; bad input
+found inside a stage is one line and exit code 2."""
 
 from __future__ import annotations
 
@@ -49,6 +50,22 @@ def test_train_then_export(tiny_sdxl_dir, tmp_path, capsys, monkeypatch):  # noq
     with safe_open(str(merged), "pt") as f:
         unet = [k for k in f.keys() if k.startswith("model.diffusion_model.")]  # noqa: SIM118
         assert unet and str(f.get_tensor(unet[0]).dtype) == "torch.bfloat16"
+
+
+def test_evaluate_command(tiny_sdxl_dir, tmp_path, capsys):  # noqa: F811
+    from tests.evaluate.conftest import write_eval_run
+
+    write_eval_run(tmp_path / "run", tiny_sdxl_dir)
+    (tmp_path / "run.toml").write_text('run_dir = "run"\n[evaluate]\ncharacters = 2\nstyles = 1\n'
+                                       'seeds = [0]\nsteps = 1\nwidth = 64\nheight = 64\n'
+                                       'checkpoints = "final"\ndevice = "cpu"\n')  # fmt: skip
+    main(["evaluate", "-c", str(tmp_path / "run.toml")])
+    counts = read_manifest(tmp_path / "run" / "evaluate").counts
+    n = counts["pictures_per_checkpoint"]
+    assert (
+        counts["checkpoints"] == 1
+        and f"evaluate final: {n}/{n} pictures" in capsys.readouterr().out
+    )
 
 
 def test_merge_command(tiny_sdxl_dir, tmp_path, capsys):  # noqa: F811
