@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.cli import config_from, config_parser, documented, resolve
+from flows.params import config_from, config_parser, documented, resolve
 from flows.report import finished
-from kohaku.config import RunConfig
+from kohaku.cli.common import one_line_errors
+from kohaku.config import RunConfig, stage_section
 from kohaku.sample.run import sample_inputs
 from tasks.dataset import sample_task, tag_task
 from tasks.policy import for_run
@@ -23,10 +24,10 @@ def build_dataset(
 ) -> dict[str, str]:
     """Build the caption table of a run; returns each stage's final state name
     (Completed when it ran, Cached when it was reused)."""
-    config = resolve(config, preset, config_file, overrides)
-    run_dir = config.run_dir.resolve()
+    config = resolve(config, preset, config_file, overrides, stage="build-dataset")
+    run_dir, cfg = config.run_dir.resolve(), stage_section(config, "sample")
     sample = for_run(sample_task, run_dir, "sample")(
-        config.sample, run_dir, sample_inputs(config.sample), config.resources, return_state=True
+        cfg, run_dir, sample_inputs(cfg), config.resources, return_state=True
     )
     tag = for_run(tag_task, run_dir, "tag")(
         config.tag, run_dir, finished("sample", sample), config.resources, return_state=True
@@ -37,7 +38,8 @@ def build_dataset(
 
 
 def main(argv: list[str] | None = None) -> None:
-    print(build_dataset(config_from(config_parser(__doc__).parse_args(argv))))
+    with one_line_errors("flows.build_dataset"):
+        print(build_dataset(config_from(config_parser(__doc__).parse_args(argv), "build-dataset")))
 
 
 if __name__ == "__main__":

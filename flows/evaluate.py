@@ -7,9 +7,10 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.cli import config_from, config_parser, documented, resolve, stage_section
+from flows.params import config_from, config_parser, documented, resolve
 from flows.report import finished
-from kohaku.config import RunConfig
+from kohaku.cli.common import one_line_errors
+from kohaku.config import RunConfig, stage_section
 from kohaku.evaluate.report import build_report
 from tasks.evaluate import evaluate_task
 from tasks.policy import for_run, inputs_of
@@ -24,7 +25,7 @@ def evaluate(
     overrides: list[str] | None = None,
 ) -> dict:
     """Sample and score the run's checkpoints; returns the stage counts."""
-    config = resolve(config, preset, config_file, overrides)
+    config = resolve(config, preset, config_file, overrides, stage="evaluate")
     run_dir, cfg = config.run_dir.resolve(), stage_section(config, "evaluate")
     upstream = inputs_of(run_dir, "train", "buckets", "tag", then="evaluate")
     state = for_run(evaluate_task, run_dir, "evaluate")(cfg, run_dir, upstream, return_state=True)
@@ -43,7 +44,8 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    print(evaluate(config_from(config_parser(__doc__).parse_args(argv))))
+    with one_line_errors("flows.evaluate"):
+        print(evaluate(config_from(config_parser(__doc__).parse_args(argv), "evaluate")))
 
 
 if __name__ == "__main__":

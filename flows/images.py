@@ -19,9 +19,10 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from tqdm import tqdm
 
-from flows.cli import config_from, config_parser, documented, resolve
+from flows.params import config_from, config_parser, documented, resolve
 from flows.report import StageFailed, finished
 from kohaku.buckets_stage import OUTPUTS, histogram_markdown
+from kohaku.cli.common import one_line_errors
 from kohaku.config import RunConfig
 from kohaku.download_stage import post_count, shard_count
 from tasks.images import (
@@ -50,7 +51,7 @@ def images(
     Args:
         shard_size: posts per download task (a shard's ledger is its resume point)
     """
-    config = resolve(config, preset, config_file, overrides)
+    config = resolve(config, preset, config_file, overrides, stage="images")
     run_dir, start = config.run_dir.resolve(), time.perf_counter()
     prepare_source_task(config.download, run_dir)
     shards = _download_shards(config, run_dir, shard_size)
@@ -104,8 +105,9 @@ def images_flow(config: RunConfig) -> Flow:
 
 def main(argv: list[str] | None = None) -> None:
     args = config_parser(__doc__, shards=True).parse_args(argv)
-    config = config_from(args)
-    print(images_flow(config)(config, args.shard_size))
+    with one_line_errors("flows.images"):
+        config = config_from(args, "images")
+        print(images_flow(config)(config, args.shard_size))
 
 
 if __name__ == "__main__":

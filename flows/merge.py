@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from kohaku.cli.common import one_line_errors
 from tasks.merge import merge_task
 
 
@@ -28,7 +29,9 @@ def merge(recipe: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("recipe", type=Path)
-    print(merge(parser.parse_args(argv).recipe))
+    recipe = parser.parse_args(argv).recipe
+    with one_line_errors("flows.merge"):
+        print(merge(recipe))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ import time
 from prefect import flow
 
 from flows.build_dataset import build_dataset
-from flows.cli import config_from, config_parser, documented, resolve
 from flows.evaluate import evaluate
 from flows.images import images_flow
+from flows.params import config_from, config_parser, documented, resolve
 from flows.report import failed_row, report_ledger, stage_row
 from flows.train import train
-from kohaku.config import RunConfig
+from kohaku.cli.common import one_line_errors
+from kohaku.config import RunConfig, stage_section
 from kohaku.stage import read_manifest
 
 STAGES = {"build-dataset": ("sample", "tag"), "images": ("download", "buckets"),
@@ -40,6 +41,7 @@ def pipeline(
         shard_size: posts per download task (a shard's ledger is its resume point)
     """
     config = resolve(config, preset, config_file, overrides)
+    stage_section(config, "sample")  # the first stage's section: one error before any runs
     parts = {"build-dataset": build_dataset, "images": images_flow(config)}
     parts |= {"train": train} if config.train is not None else {}
     parts |= {"evaluate": evaluate} if config.evaluate is not None else {}
@@ -74,7 +76,8 @@ def _failure_rows(config: RunConfig, parts: list[str], part: str, state, started
 
 def main(argv: list[str] | None = None) -> None:
     args = config_parser(__doc__, shards=True).parse_args(argv)
-    print(pipeline(config_from(args), args.shard_size))
+    with one_line_errors("flows.pipeline"):
+        print(pipeline(config_from(args), args.shard_size))
 
 
 if __name__ == "__main__":

@@ -31,9 +31,13 @@ def stage_row(stage: str, state: str, manifest: Manifest | None = None, error: s
 
 def finished(stage: str, state: State) -> Manifest:
     """The manifest of a stage task's final state, after its summary table artifact
-    (Completed: it ran, Cached: it was reused); a failed stage raises `StageFailed`."""
+    (Completed: it ran, Cached: it was reused); a failed stage raises `StageFailed`, from
+    the stage's own exception (a config or input error stays one line on a command line)."""
     if not state.is_completed():
-        raise StageFailed(stage, error_of(state))
+        cause = state.result(raise_on_failure=False)
+        raise StageFailed(stage, error_of(state)) from (
+            cause if isinstance(cause, BaseException) else None
+        )
     manifest = state.result()
     row = stage_row(stage, state.name, manifest)
     create_table_artifact([row], key=f"{stage}-summary", description=f"{stage}: summary")

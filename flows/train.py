@@ -5,15 +5,17 @@ Run it: `python -m flows.train --config run.toml` after `images`."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.cli import config_from, config_parser, documented, resolve, stage_section
+from flows.params import config_from, config_parser, documented, resolve
 from flows.report import finished
 from kohaku.charts import loss_chart_markdown
-from kohaku.config import RunConfig
-from kohaku.stage import fingerprint
+from kohaku.cli.common import one_line_errors
+from kohaku.config import RunConfig, stage_section
+from kohaku.stage import FileFingerprint, fingerprint
 from tasks.policy import for_run, inputs_of
 from tasks.train import train_task
 
@@ -27,11 +29,11 @@ def train(
     overrides: list[str] | None = None,
 ) -> dict:
     """Train (or resume) the run's LoKr; returns the stage counts."""
-    config = resolve(config, preset, config_file, overrides)
+    config = resolve(config, preset, config_file, overrides, stage="train")
     run_dir, cfg = config.run_dir.resolve(), stage_section(config, "train")
     upstream = inputs_of(run_dir, "buckets", "tag", then="train")
     state = for_run(train_task, run_dir, "train")(
-        cfg, run_dir, upstream, fingerprint(cfg.model.path), return_state=True
+        cfg, run_dir, upstream, model_key(cfg.model.path), return_state=True
     )
     manifest = finished("train", state)
     metrics = [json.loads(line) for line in (run_dir / "train" / "metrics.jsonl").open()]
@@ -41,8 +43,15 @@ def train(
     return manifest.counts
 
 
+def model_key(path: Path) -> FileFingerprint | None:
+    """The base model's identity for the task's cache key; None for a missing path, which
+    the task then reports as its input error (one line, in seconds, never retried)."""
+    return fingerprint(path) if Path(path).exists() else None
+
+
 def main(argv: list[str] | None = None) -> None:
-    print(train(config_from(config_parser(__doc__).parse_args(argv))))
+    with one_line_errors("flows.train"):
+        print(train(config_from(config_parser(__doc__).parse_args(argv), "train")))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@
 Reads: a user TOML file, the built-in presets in `kohaku/presets/` (`delta`, `epsilon`,
 `gamma`) and `--set key=value` overrides. Writes nothing.
 A user file may start from a preset (`preset = "delta"`) and override any field.
+
+A config loaded for one stage (`load_config(..., stage="train")`, as `kohaku train` and the
+`train` flow do) needs only the sections that stage reads: `sample` for sample and
+build-dataset, `train` for train, `evaluate` for evaluate (the other sections have
+defaults). The sections it does not read may be left out, or be incomplete (a preset's
+`[sample]` has no `source`); a wrong value anywhere is still an error.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kohaku.download import DownloadConfig
-from kohaku.errors import ConfigError
+from kohaku.errors import ConfigError, explain
 from kohaku.evaluate.config import EvaluateConfig
 from kohaku.sample.config import SampleConfig
 from kohaku.tagging.config import TagConfig
@@ -70,7 +76,9 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     preset: str | None = Field(None, description="built-in preset the config started from")
     run_dir: Path = Field(Path("runs/default"), description="folder of the run's stage outputs")
-    sample: SampleConfig = Field(description="post selection")
+    sample: SampleConfig | None = Field(
+        None, description="post selection; needed by sample, build-dataset and pipeline"
+    )
     tag: TagConfig = Field(TagConfig(), description="captions")
     download: DownloadConfig = Field(DownloadConfig(), description="images: fetch, check, resize")
     resources: Resources = Field(Resources(), description="threads and memory of the stages")
@@ -79,6 +87,26 @@ class RunConfig(BaseModel):
     evaluate: EvaluateConfig | None = Field(
         None, description="sample grids and scores of the trained checkpoints; empty = none"
     )
+
+
+# the sections without defaults that each stage (command or flow) reads; pipeline (None)
+# reads every section given, and needs `sample`
+SECTIONS = {"sample": SampleConfig, "train": TrainConfig, "evaluate": EvaluateConfig}
+STAGE_NEEDS: dict[str, tuple[str, ...]] = {
+    "sample": ("sample",), "build-dataset": ("sample",), "tag": (), "download": (),
+    "buckets": (), "images": (), "train": ("train",), "evaluate": ("evaluate",),
+}  # fmt: skip
+
+
+def stage_section(config: RunConfig, name: str):
+    """`config.<name>`; for train and evaluate with the tag stage's caption layout when it
+    sets none. One clear error when the config has no such section."""
+    cfg = getattr(config, name)
+    if cfg is None:
+        raise ConfigError(f"the config has no [{name}] section, which the {name} stage reads")
+    if "layout" in type(cfg).model_fields and cfg.layout is None:  # laid out by the tag stage
+        cfg = cfg.model_copy(update={"layout": config.tag.layout})
+    return cfg
 
 
 def preset_dict(name: str) -> dict[str, Any]:
@@ -115,10 +143,14 @@ def parse_override(item: str) -> dict[str, Any]:
 
 
 def load_config(
-    path: Path | None = None, preset: str | None = None, overrides: list[str] = ()
+    path: Path | None = None,
+    preset: str | None = None,
+    overrides: list[str] = (),
+    stage: str | None = None,
 ) -> RunConfig:
     """Preset, then the file, then overrides; relative paths in the file are taken
-    relative to the file's folder."""
+    relative to the file's folder. With `stage`, the config of that stage alone (module
+    docstring); without, every section given must be complete."""
     data: dict[str, Any] = {}
     if path is not None:
         data = _read_toml(Path(path))
@@ -128,14 +160,37 @@ def load_config(
         merged = deep_merge(merged, parse_override(item))
     if name:
         merged["preset"] = name
-    return validate(merged)
+    return validate(merged, stage)
 
 
-def validate(data: dict[str, Any]) -> RunConfig:
+def validate(data: dict[str, Any], stage: str | None = None) -> RunConfig:
+    """The RunConfig of `data`; with `stage`, of that stage alone (module docstring)."""
+    if stage is not None:
+        data = _without_unread_incomplete(data, stage)
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(f"invalid config: {explain(exc)}") from None
+    for name in STAGE_NEEDS[stage] if stage is not None else ():
+        stage_section(config, name)
+    return config
+
+
+def _without_unread_incomplete(data: dict[str, Any], stage: str) -> dict[str, Any]:
+    """`data` without the sections the stage does not read that lack a required field
+    (a preset's `[sample]` without its source); a wrong value or key in them stays an error."""
+    if stage not in STAGE_NEEDS:
+        raise ConfigError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NEEDS)}")
+    out = dict(data)
+    for name, model in SECTIONS.items():
+        if name in STAGE_NEEDS[stage] or not isinstance(out.get(name), dict):
+            continue
+        try:
+            model.model_validate(out[name])
+        except ValidationError as exc:
+            if all(err["type"] == "missing" for err in exc.errors()):
+                del out[name]
+    return out
 
 
 def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
@@ -160,13 +215,3 @@ def _read_toml(path: Path) -> dict[str, Any]:
             p = Path(table[key]).expanduser()
             table[key] = str(p if p.is_absolute() else base / p)
     return data
-
-
-def _explain(exc: ValidationError) -> str:
-    """One line per problem: `sample.ranges.1.count: ...`."""
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {msg}")
-    return "invalid config: " + "; ".join(lines)

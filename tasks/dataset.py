@@ -11,11 +11,12 @@ from kohaku.config import Resources
 from kohaku.sample import SAMPLE_VERSION, SampleConfig, run_sample
 from kohaku.stage import Manifest
 from kohaku.tagging import TAG_VERSION, TagConfig, run_tag
-from tasks.policy import stage_policy
+from tasks.policy import retryable, stage_policy
 
 
 @task(name="sample", cache_policy=stage_policy("sample", SAMPLE_VERSION, ignore=("resources",)),
-      persist_result=True, retries=1, retry_delay_seconds=5, tags=["cpu", "data"])  # fmt: skip
+      persist_result=True, retries=1, retry_delay_seconds=5, retry_condition_fn=retryable,
+      tags=["cpu", "data"])  # fmt: skip
 def sample_task(
     cfg: SampleConfig, run_dir: Path, source_inputs: dict, resources: Resources
 ) -> Manifest:
@@ -24,7 +25,8 @@ def sample_task(
 
 
 @task(name="tag", cache_policy=stage_policy("tag", TAG_VERSION, ignore=("resources",)),
-      persist_result=True, retries=1, retry_delay_seconds=5, tags=["cpu", "data"])  # fmt: skip
+      persist_result=True, retries=1, retry_delay_seconds=5, retry_condition_fn=retryable,
+      tags=["cpu", "data"])  # fmt: skip
 def tag_task(cfg: TagConfig, run_dir: Path, sample: Manifest, resources: Resources) -> Manifest:
     """The upstream sample manifest is part of the cache key."""
     return run_tag(cfg, run_dir, batch_posts=resources.tag_batch_posts)

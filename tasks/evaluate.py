@@ -12,13 +12,13 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from kohaku.evaluate.config import EvaluateConfig
 from kohaku.stage import Manifest
-from tasks.policy import stage_policy
+from tasks.policy import retryable, stage_policy
 
 VERSION = "kohaku.evaluate.config:EVALUATE_VERSION"
 
 
 @task(name="evaluate", cache_policy=stage_policy("evaluate", VERSION), persist_result=True,
-      retries=1, tags=["gpu"])  # fmt: skip
+      retries=1, retry_condition_fn=retryable, tags=["gpu"])  # fmt: skip
 def evaluate_task(cfg: EvaluateConfig, run_dir: Path, upstream: list[dict]) -> Manifest:
     from kohaku.evaluate.stage import run_evaluate  # torch: only when the stage runs
 

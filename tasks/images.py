@@ -25,7 +25,7 @@ from kohaku.download_stage import (
     write_download_manifest,
 )
 from kohaku.stage import Manifest
-from tasks.policy import for_run, stage_policy
+from tasks.policy import for_run, retryable, stage_policy
 
 
 @task(name="prepare-source", cache_policy=NO_CACHE)
@@ -41,7 +41,8 @@ def output_key(cfg: DownloadConfig) -> dict:
 
 @task(name="download-shard", task_run_name="download-shard-{shard}",
       cache_policy=stage_policy("download", DOWNLOAD_VERSION, ignore=("cfg",)),
-      persist_result=True, retries=2, retry_delay_seconds=10, tags=["cpu", "network"])  # fmt: skip
+      persist_result=True, retries=2, retry_delay_seconds=10, retry_condition_fn=retryable,
+      tags=["cpu", "network"])  # fmt: skip
 def download_shard_task(cfg: DownloadConfig, run_dir: Path, shard: int, shard_size: int,
                         upstream: list[dict], output: dict) -> dict:  # fmt: skip
     return run_download_shard(cfg, run_dir, shard, shard_size)

@@ -7,6 +7,9 @@ not the library it calls: prefect-notes.md). A changed config field therefore
 re-executes the stages that read it and, through their new manifests, the stages after
 them; nothing else. Results persist under `<run_dir>/.prefect/results`, so a new run, a
 retried flow run or the UI's Retry button find them.
+
+Retries (`retryable`): a crash, a lost connection or a trainer stopped by SIGTERM is
+retried; a config or input error never is (the same input fails the same way).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.tasks import Task
 
 import kohaku
-from kohaku.errors import InputError
+from kohaku.errors import InputError, is_config_error
 from kohaku.stage import MANIFEST, fingerprint, read_manifest
 
 
@@ -39,6 +42,12 @@ class StageVersion(CachePolicy):
             module, name = version.split(":")
             version = getattr(importlib.import_module(module), name)
         return f"{self.stage}-v{version}-kohaku{kohaku.__version__}"
+
+
+def retryable(task, task_run, state) -> bool:
+    """A stage task's `retry_condition_fn`: retry anything but a config or input error,
+    which is reported at once (issue 12: a wrong model path took 2 min, retried 3 times)."""
+    return not is_config_error(state.result(raise_on_failure=False))
 
 
 def stage_policy(stage: str, version: str, ignore: tuple[str, ...] = ()) -> CachePolicy:

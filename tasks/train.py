@@ -1,6 +1,7 @@
 """The train task: checks the inputs, runs the trainer in child processes (torchrun for
 several), streams its log, shows progress in the UI, and fails with the trainer's error.
 A run stopped by SIGTERM raises `TrainingStopped`; the retry resumes from the checkpoint.
+A config or input error (a wrong model path: `model` is None) fails at once, unretried.
 Cached on the train config, the bucket and caption manifests and the model's fingerprint;
 torch is imported only when the stage runs."""
 
@@ -14,15 +15,15 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from kohaku.stage import FileFingerprint, Manifest
 from kohaku.train.config import TrainConfig
 from kohaku.train.launch import parse_metrics
-from tasks.policy import stage_policy
+from tasks.policy import retryable, stage_policy
 
 VERSION = "kohaku.train.config:TRAIN_VERSION"
 
 
 @task(name="train", cache_policy=stage_policy("train", VERSION), persist_result=True,
-      retries=3, retry_delay_seconds=30, tags=["gpu"])  # fmt: skip
+      retries=3, retry_delay_seconds=30, retry_condition_fn=retryable, tags=["gpu"])  # fmt: skip
 def train_task(cfg: TrainConfig, run_dir: Path, upstream: list[dict],
-               model: FileFingerprint) -> Manifest:  # fmt: skip
+               model: FileFingerprint | None) -> Manifest:  # fmt: skip
     from kohaku.train.stage import run_train  # torch: only when the stage runs
 
     logger = get_run_logger()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kohaku.config import PRESETS, load_config, parse_override, validate
+from kohaku.config import PRESETS, load_config, parse_override, stage_section, validate
 from kohaku.errors import ConfigError
 
 
@@ -95,7 +95,6 @@ def test_parse_override(item, expected):
         ({"sample": {"source": "x"}, "tag": {"quality": {"percentiles": [10, 50]}}},
          "strictly descending"),
         ({"sample": {"source": "x"}, "tag": {"layout": "nope"}}, "tag.layout"),
-        ({}, "sample: Field required"),
         ({"sample": {"source": "x"}, "runner": {"kind": "dask"}}, "runner.address is needed"),
         ({"sample": {"source": "x"}, "runner": {"address": "tcp://h:8786"}}, "only for it"),
         ({"sample": {"source": "x"}, "download": {"source": "tar"}}, "needs source_path"),
@@ -139,3 +138,40 @@ def test_resources_accept_duckdb_memory_limits(limit):
 def test_bad_resources(resources, fragment):
     with pytest.raises(ConfigError, match=fragment):
         validate({"sample": {"source": "x"}, "resources": resources})
+
+
+def test_a_stage_reads_only_its_sections(tmp_path):
+    """`kohaku train -c train.toml`: a train-only config, or a preset whose [sample] has no
+    source; the sections a stage does not read may be missing or incomplete."""
+    path = write(tmp_path / "train.toml", '[train.model]\npath = "sdxl.safetensors"\n')
+    cfg = load_config(path, stage="train")
+    assert cfg.sample is None and cfg.train.model.path == tmp_path / "sdxl.safetensors"
+    cfg = load_config(path, "delta", stage="train")
+    assert cfg.sample is None and stage_section(cfg, "train").layout == "delta"  # from [tag]
+    assert load_config(path, "delta", stage="download").train == cfg.train
+    with pytest.raises(ConfigError, match="sample.source: Field required"):
+        load_config(path, "delta")  # no stage: every section given must be complete
+
+
+def test_a_wrong_value_in_an_unread_section_is_still_an_error(tmp_path):
+    path = write(tmp_path / "train.toml", '[train.model]\npath = "m"\n[sample]\nseed = "x"\n')
+    with pytest.raises(ConfigError, match="sample.seed"):
+        load_config(path, stage="train")
+    with pytest.raises(ConfigError, match="train.model: Field required"):
+        load_config(preset="delta", overrides=["train.seed=1"], stage="train")
+
+
+@pytest.mark.parametrize(
+    ("stage", "section"),
+    [("sample", "sample"), ("build-dataset", "sample"), ("train", "train"),
+     ("evaluate", "evaluate")],
+)  # fmt: skip
+def test_a_stage_without_its_section_is_one_clear_error(stage, section):
+    """Changed with issue 12: `validate({})` is a valid config (no stage reads it yet);
+    the stage that needs the missing section names it."""
+    assert validate({}).sample is None
+    with pytest.raises(ConfigError) as err:
+        validate({}, stage)
+    assert (
+        str(err.value) == f"the config has no [{section}] section, which the {section} stage reads"
+    )

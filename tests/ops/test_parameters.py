@@ -25,7 +25,7 @@ def test_the_form_shows_every_parameter_and_config_field_described():
 
 
 def test_a_run_config_from_a_preset_and_overrides_or_a_whole_config(tmp_path):
-    from flows.cli import resolve
+    from flows.params import resolve
 
     cfg = resolve(None, "delta", None, ["sample.source='meta'", "sample.seed=4"])
     assert (cfg.preset, cfg.sample.seed, str(cfg.sample.source)) == ("delta", 4, "meta")

@@ -1,6 +1,7 @@
-"""What every flow shares: the command line (`--config run.toml`, `--preset NAME`,
-`--set section.field=value`) and the flow parameters it maps to (a whole `RunConfig`, or
-a preset and/or a config file plus overrides), resolved into one `RunConfig`."""
+"""What every flow shares: its parameters (a whole `RunConfig`, or a preset and/or a
+config file plus overrides) resolved into one `RunConfig`, their descriptions for the UI
+form, and the `python -m flows.<name>` command line that maps onto them (`--config
+run.toml`, `--preset NAME`, `--set section.field=value`)."""
 
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ def config_parser(doc: str | None, shards: bool = False) -> argparse.ArgumentPar
     return parser
 
 
-def config_from(args: argparse.Namespace) -> RunConfig:
-    return load_config(args.config, args.preset, args.overrides)
+def config_from(args: argparse.Namespace, stage: str | None = None) -> RunConfig:
+    """The command line's config, of `stage` alone when given (`kohaku.config`)."""
+    return load_config(args.config, args.preset, args.overrides, stage)
 
 
 def resolve(
@@ -48,32 +50,23 @@ def resolve(
     preset: str | None = None,
     config_file: str | None = None,
     overrides: list[str] | None = None,
+    stage: str | None = None,
 ) -> RunConfig:
     """The run config of a flow run: `config` as given (overrides applied on top), else the
-    preset and the file with the overrides; one clear error when it is not valid."""
+    preset and the file with the overrides; of `stage` alone when given (a train-only config
+    for the train flow); one clear error when it is not valid."""
     overrides = list(overrides or [])
     if config is not None:
         if preset or config_file:
             raise ConfigError("give either config, or preset / config_file, not both")
-        return _override(config, overrides) if overrides else config
+        return _override(config, overrides, stage) if overrides else config
     if not preset and not config_file:
         raise ConfigError("a run needs a config, a preset or a config_file")
-    return load_config(Path(config_file) if config_file else None, preset, overrides)
+    return load_config(Path(config_file) if config_file else None, preset, overrides, stage)
 
 
-def _override(config: RunConfig, overrides: list[str]) -> RunConfig:
+def _override(config: RunConfig, overrides: list[str], stage: str | None) -> RunConfig:
     data = config.model_dump(mode="json", exclude_none=True)
     for item in overrides:
         data = deep_merge(data, parse_override(item))
-    return validate(data)
-
-
-def stage_section(config: RunConfig, name: str):
-    """`config.<name>` (train or evaluate) with the tag stage's caption layout when it sets
-    none; one clear error when the config has no such section."""
-    cfg = getattr(config, name)
-    if cfg is None:
-        raise ConfigError(f"the config has no [{name}] section")
-    if cfg.layout is None:  # the captions were laid out by the tag stage
-        cfg = cfg.model_copy(update={"layout": config.tag.layout})
-    return cfg
+    return validate(data, stage)

@@ -1,0 +1,5 @@
+"""`python -m kohaku.cli`: the `kohaku` command."""
+
+from kohaku.cli import main
+
+main()
