@@ -29,7 +29,7 @@ PARTS = {  # model -> its SGM key prefix
 }
 # SGM tensors no module parameter holds: TE1's int64 position ids (transformers rebuilds
 # them as a buffer) and OpenCLIP's contrastive temperature (SDXL never reads it). Loading
-# skips them; kohaku's single files write them, so that they hold every official key.
+# skips them; `sgm_state(extras=True)` makes them (a full official key set, for benchmarks).
 EXTRAS = {
     PARTS["text_encoder"] + "text_model.embeddings.position_ids": "text_encoder",
     PARTS["text_encoder_2"] + "logit_scale": "text_encoder_2",

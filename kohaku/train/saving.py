@@ -2,8 +2,9 @@
 
 Reads loaded models (`kohaku.train.model.SDXLParts`). Writes a diffusers folder
 (`save_diffusers`) or an SGM single file (`save_single_file`: the layout A1111, ComfyUI and
-kohya read, with every key of the official SDXL 1.0 file), float tensors in float32,
-float16, bfloat16 or float8_e4m3fn, each under a temporary name renamed into place.
+kohya read; the official file's two unused extras, TE1's position ids and TE2's logit scale,
+are left out as diffusers' converter leaves them), in float32, float16, bfloat16 or
+float8_e4m3fn, each under a temporary name renamed into place.
 
 A single file records in its metadata the configs of its models and schedule and its
 tokenizers (`kohaku.sdxl.*`, "clip" for SDXL's own), so that kohaku reloads a file of any
@@ -119,7 +120,7 @@ def save_single_file(parts: SDXLParts, path: Path, dtype: torch.dtype) -> Path:
     """Write an SGM-layout SDXL `.safetensors` (what A1111/ComfyUI/kohya load), atomically."""
     path = Path(path)
     models = {name: getattr(parts, name) for name in MODELS}
-    tensors = sgm_state(models, extras=True) | markers(parts.noise_scheduler.config)
+    tensors = sgm_state(models) | markers(parts.noise_scheduler.config)
     save_tensors(tensors, path, dtype, single_file_metadata(parts))
     return path
 
