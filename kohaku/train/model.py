@@ -170,8 +170,7 @@ def check_weights(folder: Path, allow_pickle: bool) -> None:
         raise InputError(f"{folder} has no weights (*.safetensors)")
 
 
-def check_single_file(path: Path, allow_pickle: bool) -> Header | None:
-    """The safetensors header of an SGM SDXL file (None for an allowed pickle)."""
+def check_single_file_suffix(path: Path, allow_pickle: bool) -> Literal["safetensors", "pickle"]:
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
@@ -180,9 +179,16 @@ def check_single_file(path: Path, allow_pickle: bool) -> Header | None:
                 "to .safetensors, or set allow_pickle if you trust the source"
             )
         log.warning("%s is a pickle: its architecture is checked only when it loads", path)
-        return None
+        return "pickle"
     if suffix != ".safetensors":
         raise InputError(f"{path}: expected a .safetensors file or a diffusers folder")
+    return "safetensors"
+
+
+def check_single_file(path: Path, allow_pickle: bool) -> Header | None:
+    """The safetensors header of an SGM SDXL file (None for an allowed pickle)."""
+    if check_single_file_suffix(path, allow_pickle) == "pickle":
+        return None
     header = read_header(path)
     check_sgm_keys(path, list(header.specs))
     return header
@@ -235,15 +241,18 @@ def check_shapes(path: Path, header: Header, configs: SDXLConfigs, config_dir: P
     want = sgm_shapes(configs.to_json())
     have = {k: spec.shape for k, spec in header.specs.items()}
     missing = [k for k in want if k not in have]
+    builtin = config_dir is None and META_CONFIGS not in header.metadata
+    hint = " (SDXL 1.0's; set config_dir to a diffusers folder that describes it)"
     if missing:
-        raise InputError(f"{path} lacks {len(missing)} SDXL tensors, e.g. {missing[:3]}")
+        raise InputError(f"{path} lacks {len(missing)} SDXL tensors{hint if builtin else ''}, "
+                         f"e.g. {missing[:3]}")  # fmt: skip
     wrong = [f"{k} {have[k]} (expected {tuple(v)})" for k, v in want.items()
              if squeeze(have[k]) != squeeze(tuple(v))]  # fmt: skip
     if not wrong:
         return
     if config_dir is not None:
         raise InputError(f"config_dir {config_dir} does not describe {path}: {wrong[:3]}")
-    if META_CONFIGS in header.metadata:
+    if not builtin:
         raise InputError(f"{path}: its {META_CONFIGS} metadata does not describe its "
                          f"tensors: {wrong[:3]}")  # fmt: skip
     raise InputError(
@@ -369,13 +378,11 @@ def locate_embeddings(path: Path, allow_pickle: bool = False) -> dict[tuple[str,
                 for alt in (name, name.removeprefix("text_model.")):  # transformers 4 or 5
                     if alt in specs:
                         found[(model, table)] = (file, alt)
-    elif path.suffix.lower() in PICKLE_SUFFIXES and allow_pickle:
+    elif check_single_file_suffix(path, allow_pickle) == "pickle":  # keys known on load
         return {k: (path, n) for k, n in embedding_keys("single_file").items()}
-    else:
-        header = check_single_file(path, allow_pickle=False)
-        assert header is not None
-        found = {k: (path, n) for k, n in embedding_keys("single_file").items()
-                 if n in header.specs}  # fmt: skip
+    else:  # any SGM file holding the 4 tables: they are all that is read
+        specs = read_header(path).specs
+        found = {k: (path, n) for k, n in embedding_keys("single_file").items() if n in specs}
     missing = [f"{m} {t}" for m in ("text_encoder", "text_encoder_2") for t in TABLES
                if (m, t) not in found]  # fmt: skip
     if missing:

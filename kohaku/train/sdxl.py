@@ -90,8 +90,9 @@ class SDXLConfigs:
         """The configs of loaded models (diffusers `config`, transformers `to_dict()`)."""
 
         def plain(config: Any) -> dict[str, Any]:
-            return json.loads(config.to_json_string()) if hasattr(config, "to_json_string") \
-                else json.loads(json.dumps(dict(config), default=str))  # fmt: skip
+            text = config.to_json_string() if hasattr(config, "to_json_string") else \
+                json.dumps(dict(config), default=str)  # fmt: skip
+            return public(json.loads(text))
 
         return cls(**{name: plain(models[name].config) for name in MODELS},
                    scheduler=plain(scheduler.config))  # fmt: skip
@@ -102,10 +103,16 @@ class SDXLConfigs:
     def with_prediction(self, prediction: str, zero_snr: bool) -> SDXLConfigs:
         """The schedule of a v-prediction (and zero-terminal-SNR) model: what training and
         sampling use (trailing spacing: the last step starts from pure noise)."""
-        scheduler = {**self.scheduler, "prediction_type": prediction}
+        scheduler = {**public(self.scheduler), "prediction_type": prediction}
         if zero_snr:
             scheduler |= {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
         return replace(self, scheduler=scheduler)
+
+
+def public(config: dict[str, Any]) -> dict[str, Any]:
+    """A config without diffusers' bookkeeping (`_class_name`, `_use_default_values`: a key
+    listed there would be dropped by `from_config`)."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def empty_models(configs: SDXLConfigs, names: tuple[str, ...] = MODELS) -> dict[str, Any]:
