@@ -17,10 +17,9 @@ import gzip
 import json
 import tempfile
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
-BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+BPE_FILE = Path(__file__).parents[1] / "data" / "bpe_simple_vocab_16e6.txt.gz"
 CLIP_MERGES = 49152 - 256 - 2  # CLIP keeps this many merges: 49,408 ids with the specials
 MAX_LENGTH = 77
 SPECIALS = ("<|startoftext|>", "<|endoftext|>")
@@ -46,8 +45,7 @@ def bpe_vocab(merges: list[str]) -> dict[str, int]:
 @cache
 def clip_merges() -> tuple[str, ...]:
     """CLIP's merges ("a b" strings) from the packaged BPE file (its first line is a header)."""
-    raw = resources.files("kohaku.data").joinpath(BPE_FILE).read_bytes()
-    lines = gzip.decompress(raw).decode("utf-8").split("\n")
+    lines = gzip.decompress(BPE_FILE.read_bytes()).decode("utf-8").split("\n")
     return tuple(lines[1 : CLIP_MERGES + 1])
 
 

@@ -107,3 +107,34 @@ def test_builtin_configs_fit_the_official_shapes_and_name_a_mismatch(sgm, tmp_pa
     with pytest.raises(InputError, match=want + r"\(expected \(5120, 1280\)\)\): set config_dir"):
         m.check_shapes(tmp_path / "sdxl.safetensors", header(sgm, **{wide: (10240, 1280)}),
                        configs, None)  # fmt: skip
+
+
+class MetaFile:
+    """The official file as a tensor source of meta tensors (names in file order)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = {k: v.to("meta") for k, v in sorted(tensors.items())}
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def read(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+
+def test_the_streamed_fill_of_the_official_layout_sets_every_parameter(sgm):
+    """The loader's fill at full size on the meta device: every module parameter is put
+    exactly once, in its dtype; position ids, logit scale and v_pred markers are skipped."""
+    from kohaku.train.streaming import fill
+
+    models = empty_models(SDXLConfigs.builtin())  # fresh: fill replaces the parameters
+    dtypes = dict.fromkeys(m.MODELS, torch.bfloat16) | {"vae": torch.float32}
+    marked = sgm | {"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}
+    fill(models, MetaFile(marked), layout.sgm_plan(models), dtypes, torch.device("meta"))
+    for name, model in models.items():
+        params = dict(model.named_parameters())
+        assert {p.dtype for p in params.values()} == {dtypes[name]}, name
+        assert not any(p.requires_grad for p in params.values())
+    cut = MetaFile({k: v for k, v in sgm.items() if not k.endswith("diffusion_model.out.2.bias")})
+    with pytest.raises(InputError, match=r"lacks 1 tensors, e.g. \[\('unet', 'conv_out.bias'\)"):
+        fill(models, cut, layout.sgm_plan(models), dtypes, torch.device("meta"))

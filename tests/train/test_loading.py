@@ -4,6 +4,7 @@ diffusers' own loader reads; v-prediction files; embeddings read from a referenc
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,9 @@ def changed_tensors(before: m.SDXLParts, after: m.SDXLParts) -> set[str]:
             if not torch.equal(v, getattr(after, name).state_dict()[k])}  # fmt: skip
 
 
-def test_restore_embeddings_reads_the_four_tables_of_a_file_or_folder(tmp_path, tiny_sdxl_dir):
+def test_restore_embeddings_reads_the_four_tables_of_a_file_or_folder(
+    tmp_path, tiny_sdxl_dir, parts
+):
     ref = tiny_sdxl_components(seed=3)
     full = m.save_single_file(ref, tmp_path / "ref.safetensors", torch.float16)
     keys = m.embedding_keys("single_file").values()
@@ -151,9 +154,9 @@ def test_restore_embeddings_reads_the_four_tables_of_a_file_or_folder(tmp_path, 
     alone = rewrite(full, tmp_path / "tables.safetensors",
                     drop=[k for k in load_file(str(full)) if k not in keys])  # fmt: skip
     assert len(load_file(str(alone))) == 4
-    folder_ref = tiny_sdxl_components(seed=0)  # what tiny_sdxl_dir holds
-    for path, want in ((full, ref), (alone, ref), (tiny_sdxl_dir, folder_ref)):
-        base, target = tiny_sdxl_components(seed=2), tiny_sdxl_components(seed=2)
+    base = tiny_sdxl_components(seed=2)
+    for path, want in ((full, ref), (alone, ref), (tiny_sdxl_dir, parts)):  # the folder: seed 0
+        target = copy.deepcopy(base)
         m.restore_embeddings(target, m.read_embeddings(path))
         assert changed_tensors(base, target) == {
             "text_encoder.embeddings.token_embedding.weight",
@@ -179,3 +182,27 @@ def test_a_file_without_configs_is_checked_against_sdxl_1_0(tmp_path, parts, tin
         m.check_model_path(bare)
     loaded = m.load_sdxl(m.check_model_path(bare, config_dir=tiny_config_dir))
     assert torch.equal(loaded.unet.conv_in.weight, parts.unet.conv_in.weight)
+
+
+def test_the_trainer_holds_a_half_base_and_float32_lokr_and_optimizer_state(tmp_path, parts):
+    from kohaku.train.loop import Dist, Trainer
+
+    run = write_training_run(tmp_path / "run", n=2, buckets=((64, 64),))
+    cfg = TrainConfig.model_validate({
+        "model": {"path": str(lone_file(tmp_path / "m", parts, torch.float16))},
+        "batch_size": 2, "max_steps": 1, "precision": "fp16", "layout": "epsilon",
+        "optim": {"kind": "adamw", "warmup_steps": 0}, "checkpoint_every": 100,
+    })  # fmt: skip
+    trainer = Trainer(cfg, run, Dist(0, 1, torch.device("cpu")))
+    held = {name: {p.dtype for p in getattr(trainer.parts, name).parameters()}
+            for name in m.MODELS}  # fmt: skip
+    assert held == {
+        "unet": {torch.float16},
+        "vae": {torch.float32},
+        "text_encoder": {torch.float16},
+        "text_encoder_2": {torch.float16},
+    }
+    assert trainer.train() == {"status": "done", "step": 1}
+    state = [t for s in trainer.optimizer.state.values() for t in s.values() if t.ndim]
+    lokr_params = [p for net in trainer.adapters.networks.values() for p in net.parameters()]
+    assert state and {t.dtype for t in state + lokr_params} == {torch.float32}
