@@ -25,14 +25,9 @@ from kohaku.train import checkpoint as ckpt
 from kohaku.train import lokr, objective
 from kohaku.train.config import TrainConfig, check_bitsandbytes
 from kohaku.train.data import BucketBatches, DataPosition, load_batch, load_items
+from kohaku.train.embeddings import read_embeddings, restore_embeddings
 from kohaku.train.latents import LatentCache, cache_latents, latents_from_cache, vae_key
-from kohaku.train.model import (
-    check_model_path,
-    load_sdxl,
-    read_embeddings,
-    restore_embeddings,
-    vae_dtype_for,
-)
+from kohaku.train.model import check_model_path, load_sdxl, vae_dtype_for
 
 STOPPED = 75  # exit code after a SIGTERM: checkpoint written, run again to resume
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

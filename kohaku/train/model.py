@@ -15,23 +15,32 @@ headers, so a wrong path fails before any tensor is allocated.
 Loading builds the modules with empty weights and fills them tensor by tensor (SGM names
 converted per tensor, `kohaku.train.layout`), each read with plain file reads into a reused
 buffer and copied straight into the target dtype and device: the checkpoint is never held
-whole, and nothing of it stays mapped. Writing: `kohaku.train.saving` (re-exported here).
+whole, and nothing of it stays mapped (`kohaku.train.streaming`). Writing
+(`kohaku.train.saving`) and the embedding tables (`kohaku.train.embeddings`) are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from kohaku.errors import InputError
 from kohaku.merge.tensors import Header, read_header
 from kohaku.train import layout
+from kohaku.train.embeddings import (  # noqa: F401  (re-exported)
+    embedding_keys,
+    embeddings_of,
+    locate_embeddings,
+    read_embeddings,
+    restore_embeddings,
+    text_embeddings,
+)
 from kohaku.train.layout import PARTS, sgm_plan, sgm_state  # noqa: F401  (re-exported)
 from kohaku.train.saving import (  # noqa: F401  (re-exported: the writers' old home)
     META_CONFIGS,
@@ -42,16 +51,24 @@ from kohaku.train.saving import (  # noqa: F401  (re-exported: the writers' old 
     with_text_model,
 )
 from kohaku.train.sdxl import MODELS, SDXLConfigs, empty_models
-from kohaku.train.streaming import fill, load_folder, open_tensors, weight_files
+from kohaku.train.streaming import (
+    PICKLE_SUFFIXES,
+    check_single_file_suffix,
+    fill,
+    load_folder,
+    open_tensors,
+)
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
 
 COMPONENT_FILES = {  # component folder -> the file its loader cannot do without
     **dict.fromkeys(MODELS, "config.json"),
     **dict.fromkeys(("tokenizer", "tokenizer_2"), "tokenizer_config.json"),
     "scheduler": "scheduler_config.json",
 }
-PICKLE_SUFFIXES = {".ckpt", ".pt", ".bin", ".pth"}
 SGM_PARTS = {  # single-file key prefix -> the part it holds
     PARTS["unet"]: "the UNet",
     PARTS["vae"]: "the VAE",
@@ -66,13 +83,13 @@ Prediction = Literal["epsilon", "v_prediction"]
 class SDXLParts:
     """The seven parts of SDXL as loaded torch modules, tokenizers and the training scheduler."""
 
-    unet: Any  # UNet2DConditionModel
-    vae: Any  # AutoencoderKL
-    text_encoder: Any  # CLIPTextModel
-    text_encoder_2: Any  # CLIPTextModelWithProjection
-    tokenizer: Any  # CLIPTokenizer
-    tokenizer_2: Any
-    noise_scheduler: Any  # DDPMScheduler
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    text_encoder_2: CLIPTextModelWithProjection
+    tokenizer: CLIPTokenizer
+    tokenizer_2: CLIPTokenizer
+    noise_scheduler: DDPMScheduler
 
     @property
     def prediction(self) -> Prediction:
@@ -111,12 +128,12 @@ def check_model_path(
         check_diffusers_dir(config_dir, allow_pickle, need_weights=False)
     if path.is_dir():
         check_diffusers_dir(path, allow_pickle, need_weights=True)
-        configs = SDXLConfigs.from_folder(path)
+        configs = folder_configs(path)
         return ModelSource(path, "diffusers", None, allow_pickle, *schedule_prediction(configs),
                            configs=configs)  # fmt: skip
     header = check_single_file(path, allow_pickle)
     if header is None:  # a pickle: checked when it loads
-        configs = SDXLConfigs.from_folder(config_dir) if config_dir else SDXLConfigs.builtin()
+        configs = folder_configs(config_dir) if config_dir else SDXLConfigs.builtin()
         return ModelSource(path, "single_file", config_dir, allow_pickle,
                            *schedule_prediction(configs), configs=configs)  # fmt: skip
     configs = single_file_configs(path, header, config_dir)
@@ -170,21 +187,6 @@ def check_weights(folder: Path, allow_pickle: bool) -> None:
         raise InputError(f"{folder} has no weights (*.safetensors)")
 
 
-def check_single_file_suffix(path: Path, allow_pickle: bool) -> Literal["safetensors", "pickle"]:
-    suffix = path.suffix.lower()
-    if suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise InputError(
-                f"{path} is a pickle checkpoint ({suffix}): loading it can run code; convert it "
-                "to .safetensors, or set allow_pickle if you trust the source"
-            )
-        log.warning("%s is a pickle: its architecture is checked only when it loads", path)
-        return "pickle"
-    if suffix != ".safetensors":
-        raise InputError(f"{path}: expected a .safetensors file or a diffusers folder")
-    return "safetensors"
-
-
 def check_single_file(path: Path, allow_pickle: bool) -> Header | None:
     """The safetensors header of an SGM SDXL file (None for an allowed pickle)."""
     if check_single_file_suffix(path, allow_pickle) == "pickle":
@@ -213,13 +215,20 @@ def check_sgm_keys(path: Path, keys: list[str]) -> None:
 def single_file_configs(path: Path, header: Header, config_dir: Path | None) -> SDXLConfigs:
     """config_dir's configs, else the file's kohaku metadata, else SDXL 1.0's."""
     if config_dir is not None:
-        return SDXLConfigs.from_folder(config_dir)
+        return folder_configs(config_dir)
     if META_CONFIGS in header.metadata:
         try:
             return SDXLConfigs.from_json(header.metadata[META_CONFIGS])
         except (TypeError, ValueError) as e:
             raise InputError(f"{path}: unreadable {META_CONFIGS} metadata ({e})") from e
     return SDXLConfigs.builtin()
+
+
+def folder_configs(folder: Path) -> SDXLConfigs:
+    try:
+        return SDXLConfigs.from_folder(folder)
+    except (OSError, ValueError, TypeError) as e:
+        raise InputError(f"cannot read the configs of {folder}: {e}") from e
 
 
 def schedule_prediction(configs: SDXLConfigs) -> tuple[Prediction, bool]:
@@ -310,11 +319,8 @@ def load_sdxl(source: ModelSource, dtype: torch.dtype = torch.float32,
         models = load_folder(source.path, configs, dtypes, device, source.allow_pickle)
     else:
         models = empty_models(configs)
-        tensors = open_tensors(source.path)
-        try:
+        with open_tensors(source.path) as tensors:
             fill(models, tensors, sgm_plan(models), dtypes, device)
-        finally:
-            tensors.close()
     for model in models.values():
         model.to(device).eval().requires_grad_(False)  # buffers (position ids) follow
     tokenizer, tokenizer_2 = source_tokenizers(source)
@@ -344,84 +350,3 @@ def source_tokenizers(source: ModelSource) -> tuple[Any, Any]:
 def meta_models(source: ModelSource, names: tuple[str, ...]) -> dict[str, torch.nn.Module]:
     """The models `names` of a checked source with empty weights (for preset checks)."""
     return empty_models(source_configs(source), names)
-
-
-# ---------------------------------------------------------------------------- embeddings
-
-TABLES = ("token_embedding", "position_embedding")
-Embeddings = dict[str, dict[str, torch.Tensor]]  # text encoder -> table -> weight
-
-
-def embedding_keys(kind: Literal["diffusers", "single_file"]) -> dict[tuple[str, str], str]:
-    """(text encoder, table) -> tensor name: SGM names in a single file, transformers names
-    in each text encoder's own file of a folder."""
-    out = {}
-    for model in ("text_encoder", "text_encoder_2"):
-        for table in TABLES:
-            full = f"text_model.embeddings.{table}.weight"
-            sgm = layout.OPENCLIP_TOP.get(full, full) if model == "text_encoder_2" else full
-            out[(model, table)] = full if kind == "diffusers" else PARTS[model] + sgm
-    return out
-
-
-def locate_embeddings(path: Path, allow_pickle: bool = False) -> dict[tuple[str, str], tuple]:
-    """Where the 4 embedding tables of a reference model are: (file, name) each, from
-    headers only; `InputError` when one is missing."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise InputError(f"restore_embeddings_from: {path} does not exist")
-    if path.is_dir():
-        found = {}
-        for (model, table), name in embedding_keys("diffusers").items():
-            for file in weight_files(path / model):
-                specs = read_header(file).specs
-                for alt in (name, name.removeprefix("text_model.")):  # transformers 4 or 5
-                    if alt in specs:
-                        found[(model, table)] = (file, alt)
-    elif check_single_file_suffix(path, allow_pickle) == "pickle":  # keys known on load
-        return {k: (path, n) for k, n in embedding_keys("single_file").items()}
-    else:  # any SGM file holding the 4 tables: they are all that is read
-        specs = read_header(path).specs
-        found = {k: (path, n) for k, n in embedding_keys("single_file").items() if n in specs}
-    missing = [f"{m} {t}" for m in ("text_encoder", "text_encoder_2") for t in TABLES
-               if (m, t) not in found]  # fmt: skip
-    if missing:
-        raise InputError(f"restore_embeddings_from: {path} lacks the {', '.join(missing)} "
-                         "tensors")  # fmt: skip
-    return found
-
-
-def read_embeddings(path: Path, allow_pickle: bool = False) -> Embeddings:
-    """Just the 4 embedding tables of a reference model (never the whole model)."""
-    out: Embeddings = {"text_encoder": {}, "text_encoder_2": {}}
-    for (model, table), (file, name) in locate_embeddings(path, allow_pickle).items():
-        tensors = open_tensors(file)
-        out[model][table] = tensors.read(name).clone()
-        tensors.close()
-    return out
-
-
-def text_embeddings(model: torch.nn.Module) -> torch.nn.Module:
-    """The token + position embedding module, wherever this transformers version puts it."""
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] == "embeddings" and hasattr(module, "token_embedding"):
-            return module
-    raise ValueError(f"{type(model).__name__} has no text embeddings module")
-
-
-def embeddings_of(parts: SDXLParts) -> Embeddings:
-    """The 4 embedding tables of loaded parts."""
-    return {name: {t: getattr(text_embeddings(getattr(parts, name)), t).weight for t in TABLES}
-            for name in ("text_encoder", "text_encoder_2")}  # fmt: skip
-
-
-@torch.no_grad()
-def restore_embeddings(parts: SDXLParts, reference: Embeddings) -> None:
-    """Copy both text encoders' token and position embeddings from `reference`, in place."""
-    for name in ("text_encoder", "text_encoder_2"):
-        dst = text_embeddings(getattr(parts, name))
-        for table in TABLES:
-            d, s = getattr(dst, table).weight, reference[name][table]
-            if d.shape != s.shape:
-                raise InputError(f"{name} {table}: reference {tuple(s.shape)} != {tuple(d.shape)}")
-            d.copy_(s.to(device=d.device, dtype=d.dtype))

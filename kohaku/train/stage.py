@@ -26,9 +26,10 @@ from kohaku.stage import read_manifest as read_stage
 from kohaku.train import lokr
 from kohaku.train.config import TRAIN_VERSION, TrainConfig
 from kohaku.train.data import BucketBatches, load_items
+from kohaku.train.embeddings import locate_embeddings
 from kohaku.train.launch import command, launch
 from kohaku.train.loop import STOPPED
-from kohaku.train.model import ModelSource, check_model_path, locate_embeddings
+from kohaku.train.model import ModelSource, check_model_path
 from kohaku.train.model import meta_models as model_meta_models
 
 STAGE = "train"

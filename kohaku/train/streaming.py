@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -21,9 +22,29 @@ from kohaku.train import layout
 from kohaku.train.sdxl import SDXLConfigs, empty_models
 
 log = logging.getLogger(__name__)
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".bin", ".pth"}
 
 
-class DictTensors:
+class Source:
+    """Tensors by name, read one at a time (`with` closes the file)."""
+
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def read(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class DictTensors(Source):
     """A pickle checkpoint's state dict (memory-mapped by torch.load) as a tensor source."""
 
     def __init__(self, state: dict[str, torch.Tensor]):
@@ -39,7 +60,7 @@ class DictTensors:
         self.state = {}
 
 
-class FileTensors:
+class FileTensors(Source):
     """A safetensors file read tensor by tensor, in file order, into one reused buffer."""
 
     def __init__(self, path: Path):
@@ -57,14 +78,17 @@ class FileTensors:
         self.file.close()
 
 
-def open_tensors(path: Path) -> FileTensors | DictTensors:
+def open_tensors(path: Path) -> Source:
     if path.suffix.lower() != ".safetensors":  # an allowed pickle (check_model_path)
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        try:  # mapped, not read whole: only zip-format pickles (torch >= 1.6) allow it
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        except RuntimeError:
+            state = torch.load(path, map_location="cpu", weights_only=False)
         return DictTensors(state.get("state_dict", state))
     return FileTensors(path)
 
 
-def fill(models: dict[str, torch.nn.Module], tensors: FileTensors | DictTensors,
+def fill(models: dict[str, torch.nn.Module], tensors: Source,
          plan: dict[str, layout.Piece], dtypes: dict[str, torch.dtype],
          device: torch.device) -> None:  # fmt: skip
     """Each planned tensor read once, split into module tensors and put in place."""
@@ -115,11 +139,10 @@ def load_folder(
             models[name] = from_pretrained(path, name, dtypes[name], allow_pickle)
             continue
         for file in files:
-            tensors = FileTensors(file)
-            for key in tensors.names():
-                if key in names:
-                    put(model, names[key], tensors.read(key), dtypes[name], device)
-            tensors.close()
+            with FileTensors(file) as tensors:
+                for key in tensors.names():
+                    if key in names:
+                        put(model, names[key], tensors.read(key), dtypes[name], device)
     return models
 
 
@@ -155,3 +178,20 @@ def from_pretrained(path: Path, name: str, dtype: torch.dtype, allow_pickle: boo
     # torch_dtype upcasts float8 files; transformers 5 also takes it (as an alias of `dtype`)
     return cls.from_pretrained(path, subfolder=name, local_files_only=True, torch_dtype=dtype,
                                use_safetensors=None if allow_pickle else True)  # fmt: skip
+
+
+def check_single_file_suffix(path: Path, allow_pickle: bool) -> Literal["safetensors", "pickle"]:
+    """A checkpoint file's kind by its suffix; a pickle only when allowed (unpickling runs
+    code)."""
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise InputError(
+                f"{path} is a pickle checkpoint ({suffix}): loading it can run code; convert it "
+                "to .safetensors, or set allow_pickle if you trust the source"
+            )
+        log.warning("%s is a pickle: its architecture is checked only when it loads", path)
+        return "pickle"
+    if suffix != ".safetensors":
+        raise InputError(f"{path}: expected a .safetensors file or a diffusers folder")
+    return "safetensors"
