@@ -9,6 +9,8 @@ CLIP's vocabulary follows from the merges alone (openai/CLIP `simple_tokenizer.p
 byte characters, the same with `</w>`, the first 49152-256-2 merges joined, then
 `<|startoftext|>` and `<|endoftext|>`: 49,408 ids. SDXL's two tokenizers differ only in the
 pad token: text encoder 1 pads with `<|endoftext|>`, text encoder 2 with `!` (id 0).
+Text is cleaned as transformers' CLIPTokenizer does (NFC, whitespace, lower case), not with
+OpenCLIP's ftfy and HTML unescaping: the same ids for prompts without mojibake or entities.
 """
 
 from __future__ import annotations
