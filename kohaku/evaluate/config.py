@@ -71,8 +71,9 @@ class EvaluateConfig(BaseModel):
     negative_prompt: str = Field("", description="negative prompt of every picture")
     batch_size: int = Field(4, ge=1, description="pictures per sampling batch")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="sampling dtype; auto = fp16 on a GPU, fp32 on the CPU"
-    )
+        "auto", description="sampling dtype; auto = fp16 on a GPU (the VAE decodes in fp32), "
+        "bf16 on the CPU",
+    )  # fmt: skip
     device: str | None = Field(None, description="torch device; empty = cuda when present")
     # scores
     clip_model: Path | None = Field(

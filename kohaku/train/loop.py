@@ -25,10 +25,12 @@ from kohaku.train import checkpoint as ckpt
 from kohaku.train import lokr, objective
 from kohaku.train.config import TrainConfig, check_bitsandbytes
 from kohaku.train.data import BucketBatches, DataPosition, load_batch, load_items
+from kohaku.train.embeddings import read_embeddings, restore_embeddings
 from kohaku.train.latents import LatentCache, cache_latents, latents_from_cache, vae_key
-from kohaku.train.model import check_model_path, load_sdxl, restore_embeddings
+from kohaku.train.model import check_model_path, load_sdxl, vae_dtype_for
 
 STOPPED = 75  # exit code after a SIGTERM: checkpoint written, run again to resume
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -139,19 +141,20 @@ class Trainer:
         self.writer = None  # TensorBoard, opened on the first metric line (rank 0)
 
     def _model(self):
+        """The base streamed onto the device: UNet and text encoders frozen in the training
+        precision, the VAE in `vae_dtype_for` it; then the LoKr (fp32 parameters)."""
         cfg = self.cfg.model
-        parts = load_sdxl(check_model_path(cfg.path, cfg.allow_pickle, cfg.config_dir))
+        dtype = DTYPES[self.cfg.precision]
+        source = check_model_path(cfg.path, cfg.allow_pickle, cfg.config_dir)
+        parts = load_sdxl(source, dtype, self.d.device, vae_dtype_for(dtype))
         if cfg.restore_embeddings_from is not None:
-            ref = load_sdxl(check_model_path(cfg.restore_embeddings_from, cfg.allow_pickle,
-                                             cfg.config_dir))  # fmt: skip
-            restore_embeddings(parts, ref)
+            restore_embeddings(parts, read_embeddings(cfg.restore_embeddings_from,
+                                                      cfg.allow_pickle))  # fmt: skip
         models = {"unet": parts.unet}
         if self.cfg.adapter.train_text_encoders:
             models |= {"text_encoder": parts.text_encoder, "text_encoder_2": parts.text_encoder_2}
         preset = lokr.load_preset(self.cfg.adapter.preset)
         lokr.check_preset(preset, models)
-        for m in (parts.unet, parts.vae, parts.text_encoder, parts.text_encoder_2):
-            m.requires_grad_(False).to(self.d.device)
         adapters = lokr.attach(preset, models, self.cfg.seed)
         for net in adapters.networks.values():
             net.to(self.d.device)

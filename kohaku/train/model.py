@@ -1,59 +1,82 @@
-"""SDXL checkpoints in and out: validate a path, load the seven parts, save them back.
+"""SDXL checkpoints in: validate a path from headers and configs, then stream it into
+modules in the training precision.
 
 Reads a diffusers SDXL folder (`model_index.json` + unet, vae, text_encoder, text_encoder_2,
-tokenizer, tokenizer_2, scheduler) or an original-layout (SGM) single-file `.safetensors`
-checkpoint together with a local diffusers folder that gives its configs and tokenizers
-(nothing is downloaded). Pickle checkpoints (`.ckpt`, `.pt`, `.bin`, `.pth`) are refused
+tokenizer, tokenizer_2, scheduler) or an original-layout (SGM) single-file `.safetensors`.
+A single file needs nothing beside it: its configs come from `config_dir` when given (a
+local diffusers folder, for non-standard models), else from the file's own kohaku metadata,
+else SDXL 1.0's built-in configs (`kohaku.train.sdxl`), checked against the file's tensor
+shapes; its tokenizers are CLIP's, built from the merges shipped in the package. A
+v-prediction file (ComfyUI's `v_pred` key, `ztsnr` for zero-terminal SNR) gets a
+v-prediction schedule. Pickle checkpoints (`.ckpt`, `.pt`, `.bin`, `.pth`) are refused
 unless asked for, since unpickling runs code. `check_model_path` reads only configs and
-safetensors headers, so a wrong path fails before any tensor is allocated.
+headers, so a wrong path fails before any tensor is allocated.
 
-Writes a diffusers folder (`save_diffusers`) or an SGM single file (`save_single_file`, the
-layout A1111, ComfyUI and kohya read: `model.diffusion_model.*`, `first_stage_model.*`,
-`conditioner.embedders.0.transformer.text_model.*`, `conditioner.embedders.1.model.*`) in
-float32, float16, bfloat16 or float8_e4m3fn storage, each written under a temporary name and
-renamed into place.
+Loading builds the modules with empty weights and fills them tensor by tensor (SGM names
+converted per tensor, `kohaku.train.layout`), each read with plain file reads into a reused
+buffer and copied straight into the target dtype and device: the checkpoint is never held
+whole, and nothing of it stays mapped (`kohaku.train.streaming`). Writing
+(`kohaku.train.saving`) and the embedding tables (`kohaku.train.embeddings`) are
+re-exported here.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDPMScheduler,
-    EulerDiscreteScheduler,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
-from safetensors import safe_open
-from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from kohaku.errors import InputError
-from kohaku.stage import atomic_path
+from kohaku.merge.tensors import Header, read_header
+from kohaku.train import layout
+from kohaku.train.embeddings import (  # noqa: F401  (re-exported)
+    embedding_keys,
+    embeddings_of,
+    locate_embeddings,
+    read_embeddings,
+    restore_embeddings,
+    text_embeddings,
+)
+from kohaku.train.layout import PARTS, sgm_plan, sgm_state  # noqa: F401  (re-exported)
+from kohaku.train.saving import (  # noqa: F401  (re-exported: the writers' old home)
+    META_CONFIGS,
+    META_TOKENIZERS,
+    save_diffusers,
+    save_single_file,
+    save_tensors,
+    with_text_model,
+)
+from kohaku.train.sdxl import MODELS, SDXLConfigs, empty_models
+from kohaku.train.streaming import (
+    PICKLE_SUFFIXES,
+    check_single_file_suffix,
+    fill,
+    load_folder,
+    open_tensors,
+)
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
 COMPONENT_FILES = {  # component folder -> the file its loader cannot do without
     **dict.fromkeys(MODELS, "config.json"),
     **dict.fromkeys(("tokenizer", "tokenizer_2"), "tokenizer_config.json"),
     "scheduler": "scheduler_config.json",
 }
-PICKLE_SUFFIXES = {".ckpt", ".pt", ".bin", ".pth"}
-SGM_PREFIXES = {  # single-file key prefix -> the part it holds
-    "model.diffusion_model.": "the UNet",
-    "first_stage_model.": "the VAE",
-    "conditioner.embedders.0.transformer.": "text encoder 1 (CLIP ViT-L)",
-    "conditioner.embedders.1.model.": "text encoder 2 (OpenCLIP bigG)",
+SGM_PARTS = {  # single-file key prefix -> the part it holds
+    PARTS["unet"]: "the UNet",
+    PARTS["vae"]: "the VAE",
+    PARTS["text_encoder"]: "text encoder 1 (CLIP ViT-L)",
+    PARTS["text_encoder_2"]: "text encoder 2 (OpenCLIP bigG)",
 }
-FP8_MAX = 448.0  # largest finite float8_e4m3fn; larger values would turn into NaN
-SAVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn)
+EDM_KEYS = ("edm_mean", "edm_vpred.sigma_max")  # Playground v2.5, EDM v-prediction
+Prediction = Literal["epsilon", "v_prediction"]
 
 
 @dataclass
@@ -68,15 +91,24 @@ class SDXLParts:
     tokenizer_2: CLIPTokenizer
     noise_scheduler: DDPMScheduler
 
+    @property
+    def prediction(self) -> Prediction:
+        """What the UNet predicts: `epsilon` or `v_prediction` (from its schedule)."""
+        return self.noise_scheduler.config.prediction_type
+
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A checked model path: a diffusers folder, or a single file plus its config folder."""
+    """A checked model path: a diffusers folder, or a single file (with its config folder
+    when one was given), what the model predicts, and its resolved configs."""
 
     path: Path
     kind: Literal["diffusers", "single_file"]
     config_dir: Path | None = None
     allow_pickle: bool = False
+    prediction: Prediction = "epsilon"
+    zero_snr: bool = False
+    configs: SDXLConfigs | None = field(default=None, compare=False, repr=False)
 
 
 # ---------------------------------------------------------------------------- checking
@@ -89,22 +121,25 @@ def check_model_path(
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"model path {path} does not exist")
+    if config_dir is not None:
+        config_dir = Path(config_dir).expanduser()
+        if not config_dir.is_dir():
+            raise InputError(f"config_dir {config_dir} is not a folder")
+        check_diffusers_dir(config_dir, allow_pickle, need_weights=False)
     if path.is_dir():
         check_diffusers_dir(path, allow_pickle, need_weights=True)
-        return ModelSource(path, "diffusers", None, allow_pickle)
-    check_single_file(path, allow_pickle)
-    if config_dir is None:
-        raise InputError(
-            f"{path} is a single-file checkpoint: set config_dir to a local SDXL diffusers folder "
-            "(its configs and tokenizers are used; nothing is downloaded)"
-        )
-    config_dir = Path(config_dir).expanduser()
-    if not config_dir.is_dir():
-        raise InputError(f"config_dir {config_dir} is not a folder")
-    check_diffusers_dir(config_dir, allow_pickle, need_weights=False)
-    if path.suffix == ".safetensors":
-        check_file_matches_config(path, config_dir)
-    return ModelSource(path, "single_file", config_dir, allow_pickle)
+        configs = folder_configs(path)
+        return ModelSource(path, "diffusers", None, allow_pickle, *schedule_prediction(configs),
+                           configs=configs)  # fmt: skip
+    header = check_single_file(path, allow_pickle)
+    if header is None:  # a pickle: checked when it loads
+        configs = folder_configs(config_dir) if config_dir else SDXLConfigs.builtin()
+        return ModelSource(path, "single_file", config_dir, allow_pickle,
+                           *schedule_prediction(configs), configs=configs)  # fmt: skip
+    configs = single_file_configs(path, header, config_dir)
+    check_shapes(path, header, configs, config_dir)
+    return ModelSource(path, "single_file", config_dir, allow_pickle,
+                       *file_prediction(header, configs), configs=configs)  # fmt: skip
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -152,29 +187,13 @@ def check_weights(folder: Path, allow_pickle: bool) -> None:
         raise InputError(f"{folder} has no weights (*.safetensors)")
 
 
-def check_single_file(path: Path, allow_pickle: bool) -> None:
-    suffix = path.suffix.lower()
-    if suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise InputError(
-                f"{path} is a pickle checkpoint ({suffix}): loading it can run code; convert it "
-                "to .safetensors, or set allow_pickle if you trust the source"
-            )
-        log.warning("%s is a pickle: its architecture is checked only when it loads", path)
-        return
-    if suffix != ".safetensors":
-        raise InputError(f"{path}: expected a .safetensors file or a diffusers folder")
-    check_sgm_keys(path, list(header_shapes(path)))
-
-
-def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes from the safetensors header; no tensor is read."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            names = f.keys()  # safe_open is not iterable
-            return {k: tuple(f.get_slice(k).get_shape()) for k in names}
-    except Exception as e:  # safetensors raises its own error types for bad headers
-        raise InputError(f"{path} is not a readable safetensors file: {e}") from e
+def check_single_file(path: Path, allow_pickle: bool) -> Header | None:
+    """The safetensors header of an SGM SDXL file (None for an allowed pickle)."""
+    if check_single_file_suffix(path, allow_pickle) == "pickle":
+        return None
+    header = read_header(path)
+    check_sgm_keys(path, list(header.specs))
+    return header
 
 
 def check_sgm_keys(path: Path, keys: list[str]) -> None:
@@ -184,39 +203,81 @@ def check_sgm_keys(path: Path, keys: list[str]) -> None:
             f"{path} is not SDXL: it has no conditioner.embedders.1 (OpenCLIP bigG) tensors "
             f"(key prefixes: {', '.join(seen)}); a checkpoint of another architecture?"
         )
-    for prefix, part in SGM_PREFIXES.items():
+    for prefix, part in SGM_PARTS.items():
         if not any(k.startswith(prefix) for k in keys):
             raise InputError(f"{path} lacks {part} ({prefix}* tensors); SDXL needs all four")
+    edm = [k for k in EDM_KEYS if k in keys]
+    if edm:
+        raise InputError(f"{path} is an EDM-schedule SDXL ({edm[0]}): kohaku trains the "
+                         "DDPM schedule (epsilon or v-prediction) only")  # fmt: skip
 
 
-def check_file_matches_config(path: Path, config_dir: Path) -> None:
-    """Every tensor config_dir's models need must be in the file, in that shape: diffusers'
-    single-file loader leaves what a file lacks random (or crashes on meta tensors when
-    accelerate is installed). The models are built on the meta device: nothing allocated."""
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(
-            load_config(UNet2DConditionModel, config_dir, "unet")
-        )
-        vae = AutoencoderKL.from_config(load_config(AutoencoderKL, config_dir, "vae"))
-        te1 = CLIPTextModel(text_config(config_dir, "text_encoder"))
-        te2 = CLIPTextModelWithProjection(text_config(config_dir, "text_encoder_2"))
-    want = sgm_state({"unet": unet, "vae": vae, "text_encoder": te1, "text_encoder_2": te2})
-    have = header_shapes(path)
+def single_file_configs(path: Path, header: Header, config_dir: Path | None) -> SDXLConfigs:
+    """config_dir's configs, else the file's kohaku metadata, else SDXL 1.0's."""
+    if config_dir is not None:
+        return folder_configs(config_dir)
+    if META_CONFIGS in header.metadata:
+        try:
+            return SDXLConfigs.from_json(header.metadata[META_CONFIGS])
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{path}: unreadable {META_CONFIGS} metadata ({e})") from e
+    return SDXLConfigs.builtin()
+
+
+def folder_configs(folder: Path) -> SDXLConfigs:
+    try:
+        return SDXLConfigs.from_folder(folder)
+    except (OSError, ValueError, TypeError) as e:
+        raise InputError(f"cannot read the configs of {folder}: {e}") from e
+
+
+def schedule_prediction(configs: SDXLConfigs) -> tuple[Prediction, bool]:
+    s = configs.scheduler
+    return s.get("prediction_type", "epsilon"), bool(s.get("rescale_betas_zero_snr", False))
+
+
+def file_prediction(header: Header, configs: SDXLConfigs) -> tuple[Prediction, bool]:
+    """ComfyUI's reading: a `v_pred` key makes a v-prediction model, `ztsnr` beside it a
+    zero-terminal-SNR one; without them, what the configs' schedule says."""
+    if "v_pred" in header.specs:
+        return "v_prediction", "ztsnr" in header.specs
+    return schedule_prediction(configs)
+
+
+def check_shapes(path: Path, header: Header, configs: SDXLConfigs, config_dir: Path | None):
+    """Every tensor the configs' models need is in the file, in that shape (compared
+    through the SGM name table)."""
+    want = sgm_shapes(configs.to_json())
+    have = {k: spec.shape for k, spec in header.specs.items()}
     missing = [k for k in want if k not in have]
+    builtin = config_dir is None and META_CONFIGS not in header.metadata
+    hint = " (SDXL 1.0's; set config_dir to a diffusers folder that describes it)"
     if missing:
-        raise InputError(f"{path} lacks {len(missing)} SDXL tensors, e.g. {missing[:3]}")
-    wrong = [f"{k} {have[k]} (config_dir: {tuple(v.shape)})" for k, v in want.items()
-             if squeeze(have[k]) != squeeze(tuple(v.shape))]  # fmt: skip
-    if wrong:
+        raise InputError(f"{path} lacks {len(missing)} SDXL tensors{hint if builtin else ''}, "
+                         f"e.g. {missing[:3]}")  # fmt: skip
+    wrong = [f"{k} {have[k]} (expected {tuple(v)})" for k, v in want.items()
+             if squeeze(have[k]) != squeeze(tuple(v))]  # fmt: skip
+    if not wrong:
+        return
+    if config_dir is not None:
         raise InputError(f"config_dir {config_dir} does not describe {path}: {wrong[:3]}")
+    if not builtin:
+        raise InputError(f"{path}: its {META_CONFIGS} metadata does not describe its "
+                         f"tensors: {wrong[:3]}")  # fmt: skip
+    raise InputError(
+        f"{path} is not shaped like SDXL 1.0 ({len(wrong)} tensors differ, e.g. "
+        f"{wrong[0]}): set config_dir to a diffusers folder that describes it"
+    )
 
 
-def load_config(cls: Any, folder: Path, subfolder: str) -> dict[str, Any]:
-    return cls.load_config(folder, subfolder=subfolder, local_files_only=True)
-
-
-def text_config(folder: Path, subfolder: str) -> CLIPTextConfig:
-    return CLIPTextConfig.from_pretrained(folder, subfolder=subfolder, local_files_only=True)
+@functools.lru_cache(maxsize=4)
+def sgm_shapes(configs_json: str) -> dict[str, tuple[int, ...]]:
+    """SGM name -> shape of the models the configs describe, built on the meta device
+    (nothing allocated; about a second at full size, so once per configs)."""
+    models = empty_models(SDXLConfigs.from_json(configs_json))
+    states = {name: model.state_dict() for name, model in models.items()}
+    return {key: tuple(layout.to_sgm(p, [states[p.model][n] for n in p.names]).shape)
+            for key, p in sgm_plan(models).items()}  # fmt: skip
 
 
 def squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -226,305 +287,66 @@ def squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
+def source_configs(source: ModelSource) -> SDXLConfigs:
+    """The configs check_model_path resolved, with the schedule of what the model predicts."""
+    configs = source.configs
+    if configs is None:  # a ModelSource made by hand
+        configs = check_model_path(source.path, source.allow_pickle, source.config_dir).configs
+    assert configs is not None
+    return configs.with_prediction(source.prediction, source.zero_snr)
+
+
 # ---------------------------------------------------------------------------- loading
 
 
-def load_sdxl(source: ModelSource, dtype: torch.dtype = torch.float32) -> SDXLParts:
-    """Load a checked source in `dtype` (float8 files are upcast); modules are in eval mode."""
+def vae_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """The training VAE: SDXL 1.0's VAE overflows (NaN) in fp16, so it stays fp32 under
+    fp16; bf16 has fp32's range and halves the encode's activations."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+def load_sdxl(source: ModelSource, dtype: torch.dtype = torch.float32,
+              device: torch.device | str | None = None,
+              vae_dtype: torch.dtype | None = None) -> SDXLParts:  # fmt: skip
+    """Load a checked source: UNet and text encoders in `dtype`, the VAE in `vae_dtype`
+    (default `dtype`), straight onto `device` (default CPU); eval mode, weights frozen."""
+    from diffusers import DDPMScheduler
+
+    device = torch.device(device or "cpu")
+    dtypes = {name: dtype for name in MODELS} | {"vae": vae_dtype or dtype}
+    configs = source_configs(source)
     if source.kind == "diffusers":
-        return load_diffusers(source.path, dtype, source.allow_pickle)
-    assert source.config_dir is not None, "check_model_path sets config_dir for single files"
-    pipe = StableDiffusionXLPipeline.from_single_file(
-        str(source.path), config=str(source.config_dir), local_files_only=True, torch_dtype=dtype
-    )
-    return SDXLParts(
-        **{name: getattr(pipe, name) for name in (*MODELS, "tokenizer", "tokenizer_2")},
-        noise_scheduler=DDPMScheduler.from_pretrained(
-            source.config_dir, subfolder="scheduler", local_files_only=True
-        ),
-    )
-
-
-def load_diffusers(path: Path, dtype: torch.dtype, allow_pickle: bool) -> SDXLParts:
-    # torch_dtype upcasts float8 files; transformers 5 also takes it (as an alias of `dtype`)
-    kw: dict[str, Any] = {"local_files_only": True, "torch_dtype": dtype}
-    kw["use_safetensors"] = None if allow_pickle else True
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
-    te1 = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw)
-    te2 = CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw)
-    return SDXLParts(
-        unet=unet.eval(),
-        vae=vae.eval(),
-        text_encoder=te1.eval(),
-        text_encoder_2=te2.eval(),
-        tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True),
-        tokenizer_2=CLIPTokenizer.from_pretrained(
-            path, subfolder="tokenizer_2", local_files_only=True
-        ),
-        noise_scheduler=DDPMScheduler.from_pretrained(
-            path, subfolder="scheduler", local_files_only=True
-        ),
-    )
-
-
-def text_embeddings(model: torch.nn.Module) -> torch.nn.Module:
-    """The token + position embedding module, wherever this transformers version puts it."""
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] == "embeddings" and hasattr(module, "token_embedding"):
-            return module
-    raise ValueError(f"{type(model).__name__} has no text embeddings module")
-
-
-@torch.no_grad()
-def restore_embeddings(parts: SDXLParts, reference: SDXLParts) -> None:
-    """Copy both text encoders' token and position embeddings from `reference`, in place."""
-    for name in ("text_encoder", "text_encoder_2"):
-        dst, src = text_embeddings(getattr(parts, name)), text_embeddings(getattr(reference, name))
-        for table in ("token_embedding", "position_embedding"):
-            d, s = getattr(dst, table).weight, getattr(src, table).weight
-            if d.shape != s.shape:
-                raise InputError(f"{name} {table}: reference {tuple(s.shape)} != {tuple(d.shape)}")
-            d.copy_(s.to(device=d.device, dtype=d.dtype))
-
-
-# ---------------------------------------------------------------------------- saving
-
-
-def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Float tensors to `dtype` (clamped into float8's range); others unchanged."""
-    if not tensor.is_floating_point():
-        return tensor.contiguous()
-    if dtype == torch.float8_e4m3fn:
-        tensor = tensor.float().clamp(-FP8_MAX, FP8_MAX)
-    return tensor.detach().to("cpu", dtype).contiguous()
-
-
-def save_tensors(
-    tensors: dict[str, torch.Tensor], path: Path, dtype: torch.dtype, meta: dict[str, str]
-) -> None:
-    """One safetensors file, written under a temporary name and renamed into place."""
-    if dtype not in SAVE_DTYPES:
-        raise ValueError(f"cannot save in {dtype}; choose one of {SAVE_DTYPES}")
-    with atomic_path(path) as tmp:
-        save_file({k: cast(v, dtype) for k, v in tensors.items()}, str(tmp), metadata=meta)
-
-
-def with_text_model(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Transformers 5 flattened CLIPTextModel; files keep the `text_model.` keys everyone reads."""
-    keep = ("text_model.", "text_projection.")
-    return {k if k.startswith(keep) else f"text_model.{k}": v for k, v in state.items()}
-
-
-def save_diffusers(parts: SDXLParts, out_dir: Path, dtype: torch.dtype) -> Path:
-    """Write a diffusers SDXL folder (safetensors in `dtype`); replaces `out_dir` atomically."""
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir) as tmp:
-        for name in MODELS:
-            save_model(getattr(parts, name), tmp / name, dtype)
-        for name in ("tokenizer", "tokenizer_2"):
-            save_tokenizer(getattr(parts, name), tmp / name)
-        # SDXL 1.0's inference default; training reads the same config as a DDPMScheduler
-        scheduler = EulerDiscreteScheduler.from_config(parts.noise_scheduler.config)
-        scheduler.save_config(tmp / "scheduler")
-        (tmp / "model_index.json").write_text(json.dumps(model_index(parts), indent=2))
-    return out_dir
-
-
-def save_model(model: torch.nn.Module, folder: Path, dtype: torch.dtype) -> None:
-    """Config and weights under the names diffusers or transformers look for."""
-    meta = {"format": "pt"}
-    if hasattr(model, "save_config"):  # a diffusers model
-        model.save_config(folder)
-        save_tensors(
-            model.state_dict(), folder / "diffusion_pytorch_model.safetensors", dtype, meta
-        )
+        models = load_folder(source.path, configs, dtypes, device, source.allow_pickle)
     else:
-        model.config.save_pretrained(folder)
-        save_tensors(with_text_model(model.state_dict()), folder / "model.safetensors", dtype, meta)
+        models = empty_models(configs)
+        with open_tensors(source.path) as tensors:
+            fill(models, tensors, sgm_plan(models), dtypes, device)
+    for model in models.values():
+        model.to(device).eval().requires_grad_(False)  # buffers (position ids) follow
+    tokenizer, tokenizer_2 = source_tokenizers(source)
+    return SDXLParts(**models, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+                     noise_scheduler=DDPMScheduler.from_config(configs.scheduler))  # fmt: skip
 
 
-def save_tokenizer(tokenizer: CLIPTokenizer, out_dir: Path) -> None:
-    """save_pretrained, plus vocab.json + merges.txt where it writes only tokenizer.json
-    (transformers 5), so that transformers 4's CLIPTokenizer reads the folder too."""
-    tokenizer.save_pretrained(out_dir)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and not (out_dir / "vocab.json").exists():
-        backend.model.save(str(out_dir))
+def source_tokenizers(source: ModelSource) -> tuple[Any, Any]:
+    """A folder's own tokenizers; for a single file config_dir's, the ones its metadata
+    records, or CLIP's (built offline)."""
+    from transformers import CLIPTokenizer
+
+    from kohaku.train.tokenizers import sdxl_tokenizers, tokenizers_from_spec
+
+    folder = source.path if source.kind == "diffusers" else source.config_dir
+    if folder is not None:
+        return tuple(
+            CLIPTokenizer.from_pretrained(folder, subfolder=s, local_files_only=True)
+            for s in ("tokenizer", "tokenizer_2")
+        )  # type: ignore[return-value]
+    meta = read_header(source.path).metadata if source.path.suffix == ".safetensors" else {}
+    if META_TOKENIZERS in meta:
+        return tokenizers_from_spec(json.loads(meta[META_TOKENIZERS]))
+    return sdxl_tokenizers()
 
 
-def model_index(parts: SDXLParts) -> dict[str, Any]:
-    import diffusers
-
-    def entry(obj: object) -> list[str]:
-        return [type(obj).__module__.split(".")[0], type(obj).__name__]
-
-    index: dict[str, Any] = {
-        "_class_name": "StableDiffusionXLPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "force_zeros_for_empty_prompt": True,
-        "feature_extractor": [None, None],
-        "image_encoder": [None, None],
-        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-    }
-    for name in (*MODELS, "tokenizer", "tokenizer_2"):
-        index[name] = entry(getattr(parts, name))
-    return index
-
-
-def save_single_file(parts: SDXLParts, path: Path, dtype: torch.dtype) -> Path:
-    """Write an SGM-layout SDXL `.safetensors` (what A1111/ComfyUI/kohya load), atomically."""
-    path = Path(path)
-    meta = {
-        "format": "pt",
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-xl-v1-base",
-        "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
-    }
-    save_tensors(sgm_state({name: getattr(parts, name) for name in MODELS}), path, dtype, meta)
-    return path
-
-
-def sgm_state(models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    """The four models' tensors (`MODELS` -> module) under their SGM single-file names."""
-    state = {}
-    for prefix, name, convert in (
-        ("model.diffusion_model.", "unet", unet_to_sgm),
-        ("first_stage_model.", "vae", vae_to_sgm),
-        ("conditioner.embedders.0.transformer.", "text_encoder", lambda s, c: with_text_model(s)),
-        ("conditioner.embedders.1.model.", "text_encoder_2", openclip_to_sgm),
-    ):
-        model = models[name]
-        state |= {prefix + k: v for k, v in convert(model.state_dict(), model.config).items()}
-    return state
-
-
-# ------------------------------------------------------- diffusers -> SGM key layout
-# After diffusers' scripts/convert_diffusers_to_original_sdxl.py, but derived from the
-# config (any number of blocks and layers_per_block) instead of SDXL's hard-coded counts,
-# and strict: a key with no mapping raises instead of being written under its old name.
-
-UNET_TOP = {
-    "time_embedding.linear_1.": "time_embed.0.",
-    "time_embedding.linear_2.": "time_embed.2.",
-    "add_embedding.linear_1.": "label_emb.0.0.",
-    "add_embedding.linear_2.": "label_emb.0.2.",
-    "conv_in.": "input_blocks.0.0.",
-    "conv_norm_out.": "out.0.",
-    "conv_out.": "out.2.",
-}
-UNET_RESNET = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "time_emb_proj": "emb_layers.1",
-    "conv_shortcut": "skip_connection",
-}
-VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-
-def unet_prefixes(config: Any) -> dict[str, str]:
-    """diffusers block prefix -> SGM prefix (`input_blocks.N.M.`, `output_blocks.N.M.`)."""
-    per, n = config.layers_per_block, len(config.block_out_channels)
-    out = dict(UNET_TOP)
-    for i in range(n):
-        for j in range(per):
-            k = 1 + i * (per + 1) + j
-            out[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{k}.0."
-            out[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{k}.1."
-        for j in range(per + 1):
-            out[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{i * (per + 1) + j}.0."
-            out[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{i * (per + 1) + j}.1."
-        if i < n - 1:
-            out[f"down_blocks.{i}.downsamplers.0.conv."] = (
-                f"input_blocks.{(i + 1) * (per + 1)}.0.op."
-            )
-            slot = 2 if config.up_block_types[i].startswith("CrossAttn") else 1
-            out[f"up_blocks.{i}.upsamplers.0."] = f"output_blocks.{i * (per + 1) + per}.{slot}."
-    out |= {"mid_block.resnets.0.": "middle_block.0.", "mid_block.attentions.0.": "middle_block.1."}
-    out["mid_block.resnets.1."] = "middle_block.2."
-    return out
-
-
-def rename(key: str, prefixes: dict[str, str], inner: dict[str, str]) -> str:
-    """Swap the longest matching block prefix, then rename whole names inside via `inner`."""
-    match = max((p for p in prefixes if key.startswith(p)), key=len, default=None)
-    if match is None:
-        raise ValueError(f"no SGM name for {key!r}")
-    rest = "." + key[len(match) :]
-    for old, new in inner.items():
-        rest = rest.replace(f".{old}.", f".{new}.", 1)
-    return prefixes[match] + rest[1:]
-
-
-def unet_to_sgm(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
-    prefixes = unet_prefixes(config)
-    resnet = tuple(p for p in prefixes if ".resnets." in p)
-    return {rename(k, prefixes, UNET_RESNET if k.startswith(resnet) else {}): v
-            for k, v in state.items()}  # fmt: skip
-
-
-def vae_prefixes(config: Any) -> dict[str, str]:
-    n = len(config.block_out_channels)
-    out = {f"{side}.{name}.": f"{side}.{name}." for side in ("encoder", "decoder")
-           for name in ("conv_in", "conv_out")}  # fmt: skip
-    out |= {f"{s}.conv_norm_out.": f"{s}.norm_out." for s in ("encoder", "decoder")}
-    out |= {"quant_conv.": "quant_conv.", "post_quant_conv.": "post_quant_conv."}
-    for side in ("encoder", "decoder"):
-        out[f"{side}.mid_block.attentions.0."] = f"{side}.mid.attn_1."
-        for k in range(2):
-            out[f"{side}.mid_block.resnets.{k}."] = f"{side}.mid.block_{k + 1}."
-    for i in range(n):
-        out[f"encoder.down_blocks.{i}.resnets."] = f"encoder.down.{i}.block."
-        out[f"encoder.down_blocks.{i}.downsamplers.0."] = f"encoder.down.{i}.downsample."
-        out[f"decoder.up_blocks.{i}.resnets."] = f"decoder.up.{n - 1 - i}.block."
-        out[f"decoder.up_blocks.{i}.upsamplers.0."] = f"decoder.up.{n - 1 - i}.upsample."
-    return out
-
-
-def vae_to_sgm(vae_state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
-    """SGM's VAE attention is 1x1 convolutions where diffusers has linear layers."""
-    prefixes, state = vae_prefixes(config), {}
-    for key, value in vae_state.items():
-        if ".attentions." in key:
-            key = rename(key, prefixes, VAE_ATTN)
-            value = value[..., None, None] if value.ndim == 2 else value
-        else:
-            key = rename(key, prefixes, {"conv_shortcut": "nin_shortcut"})
-        state[key] = value
-    return state
-
-
-OPENCLIP_INNER = {
-    "self_attn.out_proj": "attn.out_proj",
-    "layer_norm1": "ln_1",
-    "layer_norm2": "ln_2",
-    "mlp.fc1": "mlp.c_fc",
-    "mlp.fc2": "mlp.c_proj",
-}
-
-
-def openclip_to_sgm(te_state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
-    """TE2 in OpenCLIP names: fused q/k/v `in_proj`, `text_projection` stored transposed."""
-    state = with_text_model(te_state)
-    out = {
-        "token_embedding.weight": state.pop("text_model.embeddings.token_embedding.weight"),
-        "positional_embedding": state.pop("text_model.embeddings.position_embedding.weight"),
-        "ln_final.weight": state.pop("text_model.final_layer_norm.weight"),
-        "ln_final.bias": state.pop("text_model.final_layer_norm.bias"),
-        "text_projection": state.pop("text_projection.weight").T,
-    }
-    layers = config.num_hidden_layers
-    prefixes = {
-        f"text_model.encoder.layers.{i}.": f"transformer.resblocks.{i}." for i in range(layers)
-    }
-    for i in range(layers):
-        pre = f"text_model.encoder.layers.{i}.self_attn."
-        for kind in ("weight", "bias"):
-            qkv = [state.pop(f"{pre}{p}_proj.{kind}") for p in "qkv"]
-            out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(qkv)
-    for key, value in state.items():
-        if not key.endswith("position_ids"):
-            out[rename(key, prefixes, OPENCLIP_INNER)] = value
-    return out
+def meta_models(source: ModelSource, names: tuple[str, ...]) -> dict[str, torch.nn.Module]:
+    """The models `names` of a checked source with empty weights (for preset checks)."""
+    return empty_models(source_configs(source), names)

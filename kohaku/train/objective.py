@@ -73,10 +73,11 @@ def draw(gens: list[torch.Generator], latent_shape: tuple[int, ...], cfg: LossCo
 
 
 def to_latents(vae, pixels: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Sample the VAE posterior with the given standard normal draws."""
-    with torch.no_grad():
+    """Sample the VAE posterior with the given standard normal draws, in float32. The
+    encode runs in the VAE's own dtype with autocast off: SDXL's VAE overflows in fp16."""
+    with torch.no_grad(), torch.autocast(pixels.device.type, enabled=False):
         dist = vae.encode(pixels.to(vae.dtype)).latent_dist
-        latents = dist.mean + dist.std * eps.to(dist.mean)
+        latents = dist.mean.float() + dist.std.float() * eps.float()
     return latents * vae.config.scaling_factor
 
 

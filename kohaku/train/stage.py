@@ -26,9 +26,11 @@ from kohaku.stage import read_manifest as read_stage
 from kohaku.train import lokr
 from kohaku.train.config import TRAIN_VERSION, TrainConfig
 from kohaku.train.data import BucketBatches, load_items
+from kohaku.train.embeddings import locate_embeddings
 from kohaku.train.launch import command, launch
 from kohaku.train.loop import STOPPED
 from kohaku.train.model import ModelSource, check_model_path
+from kohaku.train.model import meta_models as model_meta_models
 
 STAGE = "train"
 
@@ -44,9 +46,12 @@ def check_inputs(cfg: TrainConfig, run_dir: Path) -> ModelSource:
         if read_stage(run_dir / stage) is None:
             raise InputError(f"{run_dir / stage} is not finished: build {what} first")
     source = check_model_path(cfg.model.path, cfg.model.allow_pickle, cfg.model.config_dir)
+    if source.prediction != cfg.loss.prediction:
+        raise ConfigError(f"{source.path} is a {source.prediction} model but "
+                          f'train.loss.prediction is "{cfg.loss.prediction}": set '
+                          f'train.loss.prediction = "{source.prediction}"')  # fmt: skip
     if cfg.model.restore_embeddings_from is not None:
-        check_model_path(cfg.model.restore_embeddings_from, cfg.model.allow_pickle,
-                         cfg.model.config_dir)  # fmt: skip
+        locate_embeddings(cfg.model.restore_embeddings_from, cfg.model.allow_pickle)
     lokr.check_preset(lokr.load_preset(cfg.adapter.preset), meta_models(source, cfg))
     items = load_items(run_dir / "buckets" / "manifest.parquet",
                        run_dir / "tag" / "captions.parquet", cfg.layout)  # fmt: skip
@@ -59,18 +64,8 @@ def check_inputs(cfg: TrainConfig, run_dir: Path) -> ModelSource:
 
 def meta_models(source: ModelSource, cfg: TrainConfig) -> dict[str, torch.nn.Module]:
     """The models the preset targets, built from their configs on the meta device."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    folder = source.config_dir or source.path
-    with torch.device("meta"):
-        models = {"unet": UNet2DConditionModel.from_config(
-            UNet2DConditionModel.load_config(folder / "unet"))}  # fmt: skip
-        if cfg.adapter.train_text_encoders:
-            for name, cls in (("text_encoder", CLIPTextModel),
-                              ("text_encoder_2", CLIPTextModelWithProjection)):  # fmt: skip
-                models[name] = cls(CLIPTextConfig.from_pretrained(folder / name))
-    return models
+    text = ("text_encoder", "text_encoder_2") if cfg.adapter.train_text_encoders else ()
+    return model_meta_models(source, ("unet", *text))
 
 
 def run_train(cfg: TrainConfig, run_dir: Path, on_line: Callable[[str], None] = print,

@@ -165,7 +165,8 @@ def tiny_config(**over):
     base = {"characters": 2, "styles": 1, "character_references": 2, "seeds": [0, 1],
             "steps": 2, "width": 64, "height": 64, "batch_size": 3, "cfg_scale": 5.0,
             "reference_images": 8, "kid_subsets": 5, "kid_subset_size": 4, "grid_cell": 32,
-            "device": "cpu"}  # fmt: skip
+            # fp32: hooked and merged pictures are compared pixel for pixel (auto is bf16 on CPU)
+            "device": "cpu", "precision": "fp32"}  # fmt: skip
     return EvaluateConfig(**(base | over))
 
 

@@ -9,14 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
-from diffusers.loaders.single_file_utils import (
-    convert_ldm_unet_checkpoint,
-    convert_ldm_vae_checkpoint,
-)
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from kohaku.errors import InputError
 from kohaku.train import model as m
@@ -218,69 +213,6 @@ def test_a_config_dir_of_other_shapes_is_refused(
         m.check_model_path(path, config_dir=configs)
 
 
-SDXL_UNET = dict(
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    use_linear_projection=True,
-    cross_attention_dim=2048,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
-
-
-def test_sgm_names_of_full_size_sdxl_match_the_original_layout():
-    """SDXL 1.0's shapes on the meta device (nothing allocated): names a real checkpoint
-    has, and diffusers' own single-file converter maps every name back."""
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**SDXL_UNET)
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-        )
-    names = m.unet_to_sgm(unet.state_dict(), unet.config)
-    assert len(names) == len(unet.state_dict()) == 1680
-    assert {
-        "input_blocks.3.0.op.weight", "input_blocks.7.1.transformer_blocks.9.attn1.to_q.weight",
-        "middle_block.1.transformer_blocks.9.ff.net.2.weight", "output_blocks.2.2.conv.weight",
-        "output_blocks.5.2.conv.weight", "output_blocks.8.0.skip_connection.weight",
-        "label_emb.0.0.weight", "time_embed.2.bias", "out.2.weight",
-    } <= set(names)  # fmt: skip
-    back = convert_ldm_unet_checkpoint(
-        {f"model.diffusion_model.{k}": v for k, v in names.items()}, dict(unet.config)
-    )
-    assert set(back) == set(unet.state_dict())
-    vae_names = m.vae_to_sgm(vae.state_dict(), vae.config)
-    assert {"decoder.up.1.upsample.conv.weight", "encoder.mid.attn_1.q.weight"} <= set(vae_names)
-    assert vae_names["encoder.mid.attn_1.q.weight"].shape == (512, 512, 1, 1)
-    back = convert_ldm_vae_checkpoint(
-        {f"first_stage_model.{k}": v for k, v in vae_names.items()}, dict(vae.config)
-    )
-    assert set(back) == set(vae.state_dict())
-
-
-def test_openclip_names_of_full_size_te2():
-    config = CLIPTextConfig(
-        hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
-        projection_dim=1280, hidden_act="gelu", vocab_size=49408,
-    )  # fmt: skip
-    with torch.device("meta"):
-        te2 = CLIPTextModelWithProjection(config)
-    names = m.openclip_to_sgm(te2.state_dict(), config)
-    assert {
-        "positional_embedding", "text_projection", "token_embedding.weight", "ln_final.bias",
-        "transformer.resblocks.31.attn.in_proj_weight", "transformer.resblocks.0.ln_2.weight",
-        "transformer.resblocks.9.mlp.c_proj.bias",  # diffusers' SDXL detection key
-    } <= set(names)  # fmt: skip
-    assert names["transformer.resblocks.0.attn.in_proj_weight"].shape == (3 * 1280, 1280)
-
-
 # ---------------------------------------------------------------- embeddings
 
 
@@ -288,7 +220,7 @@ def test_restore_embeddings_copies_both_tables_of_both_encoders_exactly(parts: m
     target, ref = tiny_sdxl_components(seed=2), tiny_sdxl_components(seed=3)
     layer = "text_model.encoder.layers.0.mlp.fc1.weight"
     kept = m.with_text_model(target.text_encoder.state_dict())[layer].clone()
-    m.restore_embeddings(target, ref)
+    m.restore_embeddings(target, m.embeddings_of(ref))
     for name in ("text_encoder", "text_encoder_2"):
         got, want = m.text_embeddings(getattr(target, name)), m.text_embeddings(getattr(ref, name))
         assert torch.equal(got.token_embedding.weight, want.token_embedding.weight)
@@ -301,7 +233,7 @@ def test_restore_embeddings_refuses_another_vocabulary():
     target, ref = tiny_sdxl_components(seed=0), tiny_sdxl_components(seed=1)
     ref.text_encoder.resize_token_embeddings(100)
     with pytest.raises(InputError, match="text_encoder token_embedding"):
-        m.restore_embeddings(target, ref)
+        m.restore_embeddings(target, m.embeddings_of(ref))
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -363,10 +295,8 @@ def test_other_suffixes_are_refused(tmp_path: Path):
         m.check_model_path(tmp_path / "model.gguf")
 
 
-def test_single_file_needs_config_dir(tmp_path: Path, parts: m.SDXLParts):
+def test_single_file_config_dir_must_be_a_folder(tmp_path: Path, parts: m.SDXLParts):
     path = m.save_single_file(parts, tmp_path / "model.safetensors", torch.float16)
-    with pytest.raises(InputError, match="single-file checkpoint: set config_dir"):
-        m.check_model_path(path)
     with pytest.raises(InputError, match="is not a folder"):
         m.check_model_path(path, config_dir=tmp_path / "absent")
 
