@@ -9,7 +9,8 @@ sample stage writes it) or from a table given in the config, and rank a post amo
   pooled oldest first into bins of at least `min_posts_per_bin` posts (`year_spans`);
 - `rating_decay`: the posts of its rating, each fav_count first multiplied by
   `decay_per_year ** age` (age: snapshot year - upload year), NoobAI-XL's idea.
-In the last two, a post without an upload year gets no quality tag.
+In the last two, a post without an upload year (or of a year the histogram lacks) gets
+no quality tag. README "Tag stage" says which published models did what.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from kohaku.errors import ConfigError, InputError
 from kohaku.sample.config import RATINGS
 from kohaku.tagging.config import QualityConfig
 
-# fav_count in `rating_decay` is a float (fav_count x weight); the others compare integers
+# the value compared with the thresholds: `rating_decay` compares the decayed fav_count
 VALUE = {"rating": "fav_count", "rating_year": "fav_count", "rating_decay": "score"}
 
 
@@ -160,7 +161,8 @@ def compute_thresholds(
     if "year" not in hist.columns:
         raise InputError(
             f"tag.quality.normalize = {q.normalize!r} needs the upload year in the sample "
-            "stage's fav_hist.parquet (older kohaku wrote none): rebuild the sample stage"
+            "stage's fav_hist.parquet (older kohaku wrote none): rebuild the sample stage "
+            "(delete <run>/sample, then `kohaku sample`)"
         )
     if q.normalize == "rating_year":
         table = thresholds_by_year(hist, q.percentiles, q.min_posts_per_bin)
