@@ -4,7 +4,7 @@ Reads: the metadata source named in `SampleConfig.source`.
 Writes `<run>/sample/`: `posts.parquet` (chosen posts and the columns later stages
 need), `post_tags.parquet` (their tag rows: post_id, tag_id, ord), `tags.parquet`
 (the tag dictionary of those rows), `fav_hist.parquet` (fav_count histogram per rating
-over the whole metadata, for percentile quality tags) and `manifest.json`.
+and upload year over the whole metadata, for percentile quality tags) and `manifest.json`.
 """
 
 from __future__ import annotations
@@ -145,6 +145,14 @@ def _write_outputs(con: duckdb.DuckDBPyConnection, build: StageBuild, source_for
         con.execute(f"""COPY (SELECT t.id, t.name, t.category FROM tag() t WHERE t.id IN ({used})
             ORDER BY t.id) TO '{out / OUTPUTS["tags"]}' (FORMAT parquet)""")
     with build.timed("write_fav_hist"):
-        con.execute(f"""COPY (SELECT rating, fav_count, count(*) AS n FROM post()
-            WHERE rating IS NOT NULL AND fav_count IS NOT NULL GROUP BY ALL ORDER BY ALL)
-            TO '{out / OUTPUTS["fav_hist"]}' (FORMAT parquet)""")
+        write_fav_hist(con, out / OUTPUTS["fav_hist"])
+
+
+def write_fav_hist(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """fav_count histogram of the whole metadata: rating, upload year (as the posts'
+    `year`: null when created_at is malformed), fav_count, n. The tag stage ranks a post
+    within its rating (pooling the years) or within its rating and year."""
+    con.execute(f"""COPY (SELECT rating, TRY_CAST(substr(created_at, 1, 4) AS INT) AS year,
+        fav_count, count(*) AS n FROM post()
+        WHERE rating IS NOT NULL AND fav_count IS NOT NULL GROUP BY ALL ORDER BY ALL)
+        TO '{path}' (FORMAT parquet)""")

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from kohaku.sample.config import Rating
 
 Layout = Literal["delta", "epsilon", "hakubooru"]
+Normalize = Literal["rating", "rating_year", "rating_decay"]
 QUALITY_TAGS = [
     "masterpiece", "best quality", "great quality", "good quality",
     "normal quality", "low quality", "worst quality",
@@ -47,7 +48,8 @@ DATE_TAGS = [
 
 
 class QualityConfig(_Model):
-    """Quality tags from the percentile of fav_count within each rating."""
+    """Quality tags from the percentile of fav_count within each rating (and, optionally,
+    upload year or an age decay; README "Tag stage" says which models did what)."""
 
     enabled: bool = Field(True, description="add quality tags")
     percentiles: list[float] = Field(
@@ -59,6 +61,25 @@ class QualityConfig(_Model):
         None,
         description="fav_count thresholds per rating, one per percentile (high to low); "
         "empty = computed over the whole metadata population",
+    )
+    normalize: Normalize = Field(
+        "rating",
+        description="rank fav_count within each rating (the Kohaku XL recipes), within "
+        "rating x upload year (rating_year), or within each rating after multiplying it by "
+        "decay_per_year per year of age (rating_decay, NoobAI-XL's way)",
+    )
+    min_posts_per_bin: int = Field(
+        1000,
+        ge=1,
+        description="rating_year: a rating's years are pooled, oldest first, until a bin "
+        "holds this many posts; a short last bin joins the one before it",
+    )
+    decay_per_year: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="rating_decay: fav_count x decay_per_year ** (snapshot year - upload "
+        "year); required there (NoobAI-XL published no value)",
     )
     min_age_days: float | None = Field(
         None, ge=0, description="posts younger than this at the metadata snapshot get none"
@@ -76,6 +97,16 @@ class QualityConfig(_Model):
             raise ValueError(f"tag.quality.percentiles {p} must be strictly descending")
         if len(self.tags) != len(p) + 1:
             raise ValueError(f"tag.quality.tags needs {len(p) + 1} tags for {len(p)} thresholds")
+        if self.table is not None and self.normalize != "rating":
+            raise ValueError(
+                f"tag.quality.table gives thresholds per rating only; normalize = "
+                f"{self.normalize!r} computes them from the histogram: drop one of the two"
+            )
+        if self.normalize == "rating_decay" and self.decay_per_year is None:
+            raise ValueError(
+                "tag.quality.normalize = 'rating_decay' needs tag.quality.decay_per_year "
+                "in (0, 1], e.g. 0.9"
+            )
         for rating, values in (self.table or {}).items():
             if len(values) != len(p):
                 raise ValueError(f"tag.quality.table[{rating}] needs {len(p)} thresholds")

@@ -82,14 +82,20 @@ def write_captions(
         # one batch: the in-memory engine runs it about twice as fast as the streaming default
         frame = query.collect(engine="in-memory")
         frame.write_parquet(out, compression="zstd", compression_level=1)
-        return caption_counts(frame.lazy())
+        return caption_counts(frame.lazy()) | _threshold_counts(cfg, shared)
 
     # several batches: the streaming engine runs them one after the other into one file
     # and overlaps computing with writing (faster here than in-memory batches)
     batches = [build_captions(cfg, sample_dir, sample, b, shared) for b in bounds]
     log.info("tag: %d posts in %d batches", len(ids), len(bounds))
     pl.concat(batches, parallel=False).sink_parquet(out, compression="zstd", compression_level=1)
-    return caption_counts(pl.scan_parquet(out))
+    return caption_counts(pl.scan_parquet(out)) | _threshold_counts(cfg, shared)
+
+
+def _threshold_counts(cfg: TagConfig, shared: Prepared) -> dict:
+    if shared.thresholds is None:
+        return {}
+    return {"quality_thresholds": quality.report(shared.thresholds, cfg.quality.percentiles)}
 
 
 @dataclass(frozen=True)
@@ -97,17 +103,19 @@ class Prepared:
     """What every batch shares: the tag dictionary and the quality thresholds."""
 
     dictionary: pl.DataFrame
-    thresholds: pl.DataFrame | None
+    thresholds: quality.Thresholds | None
 
 
 def prepare(cfg: TagConfig, sample_dir: Path, sample: Manifest) -> Prepared:
     q = cfg.quality
     thresholds = None
-    if q.enabled and q.table is not None:
-        thresholds = quality.thresholds_from_table(q.table, len(q.percentiles))
-    elif q.enabled:
-        hist = pl.read_parquet(sample_dir / sample.outputs["fav_hist"])
-        thresholds = quality.thresholds_from_hist(hist, q.percentiles)
+    if q.enabled:
+        hist = None
+        if q.table is None:
+            hist = pl.read_parquet(sample_dir / sample.outputs["fav_hist"])
+        snapshot = sample.counts.get("metadata_snapshot_at")
+        year = datetime.fromisoformat(snapshot).year if snapshot else None
+        thresholds = quality.compute_thresholds(q, hist, year)
     tags = pl.read_parquet(sample_dir / sample.outputs["tags"])
     return Prepared(captions.tag_dictionary(tags, cfg), thresholds)
 
@@ -140,7 +148,7 @@ def build_captions(
         df = df.with_columns(quality=pl.lit(None, pl.String))
     else:
         eligible = _quality_eligible(cfg, sample)
-        df = quality.add_quality(df, shared.thresholds.lazy(), cfg.quality.tags, eligible)
+        df = quality.add_quality(df, shared.thresholds, cfg.quality.tags, eligible)
     df = df.with_columns(caption=captions.caption_expr(cfg.layout))
     return df.select(CAPTION_COLUMNS)  # posts are sorted by id
 

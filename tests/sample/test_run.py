@@ -113,12 +113,13 @@ def test_tag_dictionary_covers_the_used_tags(built, meta: Metadata) -> None:
 def test_fav_hist_covers_the_whole_metadata(built, meta: Metadata) -> None:
     stage, _, _ = built
     hist = read(stage, "fav_hist")
-    assert hist.columns == ["rating", "fav_count", "n"]
+    assert hist.columns == ["rating", "year", "fav_count", "n"]  # year: issue 14
     assert hist["n"].sum() == len(meta.ids) == 3000
+    years = [int(s[:4]) for s in meta.posts["created_at"]]
     expected = Counter(
-        zip(meta.posts["rating"].tolist(), meta.posts["fav_count"].tolist(), strict=True)
+        zip(meta.posts["rating"].tolist(), years, meta.posts["fav_count"].tolist(), strict=True)
     )
-    assert {(r, f): n for r, f, n in hist.rows()} == dict(expected)
+    assert {(r, y, f): n for r, y, f, n in hist.rows()} == dict(expected)
     assert hist.rows() == sorted(hist.rows())
 
 

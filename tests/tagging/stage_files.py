@@ -23,12 +23,13 @@ def write_sample_stage(
     posts: list[dict],
     tags: list[tuple[int, str, int]],
     post_tags: list[tuple[int, int]],
-    fav_hist: list[tuple[int, int, int]] = (),
+    fav_hist: list[tuple[int, ...]] = (),
     snapshot: str | None = "2024-06-01 00:00:00+00",
 ) -> Manifest:
     """posts: dicts with id, created_at (ISO string), rating (0..3), fav_count;
     post_tags: (post_id, tag_id) in relation order (ord = position); fav_hist: (rating,
-    fav_count, n)."""
+    year, fav_count, n), or (rating, fav_count, n) as the sample stage wrote it before
+    issue 14 (no year column)."""
     rows = []
     for p in posts:
         created = datetime.fromisoformat(p["created_at"])
@@ -61,10 +62,12 @@ def write_sample_stage(
             [{"id": i, "name": n, "category": c} for i, n, c in tags],
             schema={"id": pl.Int64, "name": pl.String, "category": pl.Int32},
         ).write_parquet(build.dir / OUTPUTS["tags"])
-        pl.DataFrame(
-            [{"rating": r, "fav_count": f, "n": n} for r, f, n in fav_hist],
-            schema={"rating": pl.Int32, "fav_count": pl.Int64, "n": pl.Int64},
-        ).write_parquet(build.dir / OUTPUTS["fav_hist"])
+        hist_schema = {"rating": pl.Int32, "year": pl.Int32, "fav_count": pl.Int64, "n": pl.Int64}
+        if fav_hist and len(fav_hist[0]) == 3:
+            hist_schema.pop("year")
+        pl.DataFrame(fav_hist, schema=hist_schema, orient="row").write_parquet(
+            build.dir / OUTPUTS["fav_hist"]
+        )
         counts = {"posts": len(posts), "metadata_snapshot_at": snapshot}
         return write_manifest(
             build,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from kohaku.config import load_config
+from kohaku.errors import ConfigError
 from kohaku.tagging.config import QUALITY_TAGS, QualityConfig, TagConfig
 
 
@@ -134,3 +136,35 @@ def test_count_tags_per_layout() -> None:
 def test_tag_config_is_frozen() -> None:
     with pytest.raises(ValidationError):
         TagConfig().layout = "delta"  # type: ignore[misc]
+
+
+def test_normalize_defaults_to_rating() -> None:
+    """The recipes rank within each rating; the date-aware options are opt-in (issue 14)."""
+    q = QualityConfig()
+    assert q.normalize == "rating" and q.min_posts_per_bin == 1000 and q.decay_per_year is None
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"normalize": "year"}, "normalize"),
+        ({"normalize": "rating_year", "min_posts_per_bin": 0}, "min_posts_per_bin"),
+        ({"min_posts_per_bin": -5}, "min_posts_per_bin"),
+        ({"normalize": "rating_decay"}, r"needs tag.quality.decay_per_year in \(0, 1\]"),
+        ({"normalize": "rating_decay", "decay_per_year": 0}, "decay_per_year"),
+        ({"normalize": "rating_decay", "decay_per_year": 1.5}, "decay_per_year"),
+        (
+            {"normalize": "rating_year", "table": {"general": [6, 5, 4, 3, 2, 1]}},
+            "table gives thresholds per rating only; normalize = 'rating_year'",
+        ),
+    ],
+)
+def test_bad_normalize_fields(fields: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        QualityConfig(**fields)
+
+
+def test_bad_normalize_is_one_line_from_a_config_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=['sample.source="x.db"', 'tag.quality.normalize="date"'])
+    assert "\n" not in str(info.value) and "tag.quality.normalize" in str(info.value)

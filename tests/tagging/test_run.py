@@ -11,11 +11,13 @@ import numpy as np
 import polars as pl
 import pytest
 
+from kohaku.config import preset_dict
 from kohaku.errors import ConfigError, InputError
 from kohaku.sample import SampleConfig, run_sample
 from kohaku.stage import read_manifest
 from kohaku.tagging import TAG_VERSION, TagConfig, run_tag
 from kohaku.tagging.captions import lay_out
+from kohaku.tagging.quality import year_spans
 from tests.sample.reference import Metadata, read_metadata
 from tests.tagging.stage_files import write_sample_stage
 
@@ -344,3 +346,99 @@ def test_batches_do_not_change_the_output(run_dir: Path, tmp_path: Path, batch_p
     assert batched.equals(whole)
     assert manifest.counts == read_manifest(run_dir / "tag").counts
     assert not list((other / "tag").glob(".part-*"))
+
+
+# --- issue 14: quality by rating and upload year, or after an age decay ---------------
+
+
+def with_posts(run_dir: Path) -> pl.DataFrame:
+    posts = pl.read_parquet(run_dir / "sample" / "posts.parquet")
+    return captions(run_dir).join(posts.select("id", "rating", "year", "fav_count"), on="id")
+
+
+def level(fav: float, thresholds) -> int:
+    return len(thresholds) - sum(fav > t for t in thresholds)
+
+
+@pytest.mark.parametrize("preset", ["delta", "epsilon"])
+def test_presets_keep_the_per_rating_ranking(run_dir: Path, meta: Metadata, preset: str) -> None:
+    """The recipes' quality tags are today's: each post ranked within its rating over the
+    whole metadata (recomputed from the SQLite rows), whatever years the posts have."""
+    cfg = TagConfig(**preset_dict(preset)["tag"])
+    assert cfg.quality.normalize == "rating"
+    manifest = run_tag(cfg, run_dir)
+    p = cfg.quality.percentiles
+    rating, fav = meta.posts["rating"], meta.posts["fav_count"]
+    want = {r: np.percentile(fav[rating == r], p, method="inverted_cdf") for r in range(4)}
+    for r, f, tag in with_posts(run_dir).select("rating", "fav_count", "quality").rows():
+        assert tag == cfg.quality.tags[level(f, want[r])]
+    bins = manifest.counts["quality_thresholds"]["bins"]
+    assert [b["thresholds"] for b in bins] == [want[r].astype(int).tolist() for r in range(4)]
+    assert [b["posts"] for b in bins] == [int((rating == r).sum()) for r in range(4)]
+
+
+def test_rating_year_ranks_within_rating_and_year_bins(run_dir: Path, meta: Metadata) -> None:
+    """Recomputed from the SQLite rows: each rating's years pooled oldest first into bins
+    of >= 100 posts, NumPy inverted_cdf percentiles within the bin; the manifest lists
+    every (rating, year) with its bin and thresholds."""
+    q = {"normalize": "rating_year", "min_posts_per_bin": 100}
+    manifest = run_tag(TagConfig(quality=q), run_dir)
+    rating, fav = meta.posts["rating"], meta.posts["fav_count"]
+    year = np.array([int(s[:4]) for s in meta.posts["created_at"]])
+    want, bins = {}, []
+    for r in range(4):
+        years = sorted(set(year[rating == r].tolist()))
+        sizes = [int(((rating == r) & (year == y)).sum()) for y in years]
+        for span in year_spans(years, sizes, 100):
+            pooled = fav[(rating == r) & np.isin(year, span)]
+            cuts = np.percentile(pooled, PERCENTILES, method="inverted_cdf").astype(int).tolist()
+            want |= {(r, y): cuts for y in span}
+            bins += [(r, y, span[0], span[-1], len(pooled), cuts) for y in span]
+    assert 8 < len({b[2:4] for b in bins}) < len(bins)  # some years pooled, not all
+    got = with_posts(run_dir)
+    for r, y, f, tag in got.select("rating", "year", "fav_count", "quality").rows():
+        assert tag == QUALITY[level(f, want[(r, y)])]
+    report = manifest.counts["quality_thresholds"]
+    assert report["normalize"] == "rating_year"
+    names = ["general", "sensitive", "questionable", "explicit"]
+    assert [(names.index(b["rating"]), b["year"], b["first_year"], b["last_year"], b["posts"],
+             b["thresholds"]) for b in report["bins"]] == bins  # fmt: skip
+    # the same fav_count ranks differently across years: rating_year differs from rating
+    assert got["quality"].to_list() != run_and_read(TagConfig(), run_dir)["quality"].to_list()
+
+
+def run_and_read(cfg: TagConfig, run_dir: Path) -> pl.DataFrame:
+    run_tag(cfg, run_dir)
+    return with_posts(run_dir)
+
+
+def test_rating_decay_ranks_decayed_fav_counts(run_dir: Path, meta: Metadata) -> None:
+    """fav_count x 0.8 ** (snapshot year - upload year), ranked within each rating over the
+    whole metadata (recomputed from the SQLite rows)."""
+    q = {"normalize": "rating_decay", "decay_per_year": 0.8}
+    manifest = run_tag(TagConfig(quality=q), run_dir)
+    snapshot_year = max(datetime.fromisoformat(s) for s in meta.posts["created_at"]).year
+    rating = meta.posts["rating"]
+    year = np.array([int(s[:4]) for s in meta.posts["created_at"]])
+    score = meta.posts["fav_count"] * 0.8 ** (snapshot_year - year).astype(float)
+    want = {r: np.percentile(score[rating == r], PERCENTILES, method="inverted_cdf")
+            for r in range(4)}  # fmt: skip
+    for r, y, f, tag in with_posts(run_dir).select("rating", "year", "fav_count", "quality").rows():
+        assert tag == QUALITY[level(f * 0.8 ** (snapshot_year - y), want[r])]
+    report = manifest.counts["quality_thresholds"]
+    assert report["year_weights"][str(snapshot_year)] == 1.0
+    got = [b["thresholds"] for b in report["bins"]]
+    np.testing.assert_allclose(got, [want[r] for r in range(4)], rtol=1e-12)
+
+
+@pytest.mark.parametrize("normalize", ["rating_year", "rating_decay"])
+def test_sample_stage_without_years_fails_and_writes_nothing(tmp_path: Path, normalize: str):
+    """A sample stage written before issue 14 (fav_hist without a year) works for `rating`
+    and is one clear error for the date-aware rankings."""
+    posts = [{"id": 1, "created_at": "2012-01-01T00:00:00+00:00", "rating": 0, "fav_count": 3}]
+    write_sample_stage(tmp_path, posts, [(1, "solo", 0)], [(1, 1)], fav_hist=[(0, 3, 1)])
+    q = {"normalize": normalize, "decay_per_year": 0.9}
+    with pytest.raises(InputError, match="needs the upload year .* rebuild the sample stage"):
+        run_tag(TagConfig(quality=q), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample"]
+    run_tag(TagConfig(quality={"decay_per_year": 0.9}), tmp_path)  # `rating` still works
