@@ -46,7 +46,7 @@ def test_caption_tokens_match_the_tokenizer_and_report(tokenizer) -> None:
 
 
 def test_a_separator_without_a_space_counts_whole_captions(tokenizer) -> None:
-    """"^_^" + "," + ":)" is one punctuation run: sums would be estimates there."""
+    """With "," alone "^_^,:)" is one punctuation run: sums would be estimates there."""
     rows = [(["^_^"], [":)", "!?"], ["x-ray"])]
     lengths = TagLengths(tokenizer, ",")
     assert not lengths.additive
