@@ -15,6 +15,7 @@ With any other separator the sum is only an estimate, and the cut checks the rea
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -31,6 +32,13 @@ class TagLengths:
 
     def __init__(self, tokenizer, separator: str = ", ") -> None:
         self.tokenizer, self.separator = tokenizer, separator
+        # the Rust tokenizer itself counts about twice as fast as the transformers call; a
+        # copy, since a caller's truncation or padding settings stay on the shared one
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._backend = copy.deepcopy(backend) if backend is not None else None
+        if self._backend is not None:
+            self._backend.no_truncation()
+            self._backend.no_padding()
         self.glue = separator.rstrip()  # what sticks to a tag before the next one
         self.additive = separator != self.glue  # separator ends in whitespace: sums are exact
         self._glued: dict[str, int] = {}  # tokens of tag + glue
@@ -49,6 +57,8 @@ class TagLengths:
         """The tokenizer's own counts (verbose off: no warning for texts over 77 tokens)."""
         if not texts:
             return []
+        if self._backend is not None:
+            return [len(e.ids) for e in self._backend.encode_batch(texts, add_special_tokens=False)]
         ids = self.tokenizer(texts, add_special_tokens=False, verbose=False).input_ids
         return [len(i) for i in ids]
 
