@@ -12,14 +12,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kohaku.tagging.config import Layout
-from kohaku.train.config import ModelConfig
+from kohaku.train.config import DEFAULT_MAX_TOKENS, MaxTokens, ModelConfig
 
 Checkpoints = Literal["final", "all"] | list[int]
 
 
 # the evaluate stage's version (part of its manifest and cache key); here, not in
 # stage.py, so that a cache key needs no torch
-EVALUATE_VERSION = "1"
+EVALUATE_VERSION = "2"  # 2: prompts over 75 tokens are encoded whole (issue 12)
 
 
 class EvaluateConfig(BaseModel):
@@ -69,6 +69,10 @@ class EvaluateConfig(BaseModel):
     width: int = Field(832, ge=64, description="picture width in pixels (multiple of 8)")
     height: int = Field(1216, ge=64, description="picture height in pixels (multiple of 8)")
     negative_prompt: str = Field("", description="negative prompt of every picture")
+    max_tokens: MaxTokens = Field(
+        DEFAULT_MAX_TOKENS, description="prompt tokens the text encoders see, in chunks of 75 "
+        "(75, 150 or 225, as in training); a longer prompt is cut there",
+    )  # fmt: skip
     batch_size: int = Field(4, ge=1, description="pictures per sampling batch")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="sampling dtype; auto = fp16 on a GPU (the VAE decodes in fp32), "

@@ -10,6 +10,9 @@ as PIL images.
 Seeds: each picture's initial latents are drawn on the CPU from its own seed and handed to
 the pipeline, so a picture depends on its prompt and seed only: not on the batch it is in,
 the device or the checkpoint (every checkpoint starts from the same noise).
+
+Prompts: encoded here as in training (`kohaku.train.text`: chunks of 75 tokens up to
+`max_tokens`) and handed to the pipeline as embeddings, so diffusers never cuts one at 77.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from kohaku.train import lokr
 from kohaku.train.checkpoint import META
 from kohaku.train.config import TrainConfig
 from kohaku.train.model import MODELS, ModelSource, SDXLParts, load_sdxl
+from kohaku.train.text import encode_text
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -243,20 +247,39 @@ class Sampler:
         """The pictures of `jobs`, in order, `batch_size` at a time."""
         assert self.pipe is not None, "call use(checkpoint) first"
         cfg, size = self.cfg, (self.cfg.height, self.cfg.width)
-        negative = cfg.negative_prompt or None  # None: SDXL's zeroed negative conditioning
         for start in range(0, len(jobs), cfg.batch_size):
             batch = jobs[start : start + cfg.batch_size]
             latents = torch.stack([initial_latents(j.seed, self.latent_shape(size))
                                    for j in batch])  # fmt: skip
             out = self.pipe(
-                prompt=[j.prompt for j in batch],
-                negative_prompt=None if negative is None else [negative] * len(batch),
+                **self.conditioning([j.prompt for j in batch]),
                 latents=latents.to(self.device, self.dtype),
                 generator=[torch.Generator().manual_seed(j.seed) for j in batch],
                 num_inference_steps=cfg.steps, guidance_scale=cfg.cfg_scale,
                 width=cfg.width, height=cfg.height, output_type="pil",
             )  # fmt: skip
             yield from out.images
+
+    def conditioning(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The pipeline's prompt and negative embeddings, encoded as in training (chunks of 75
+        tokens up to `max_tokens`, `kohaku.train.text`): the pipeline tokenizes nothing, so
+        nothing is cut at 77 tokens. The negative prompt is encoded with the prompts (the
+        same number of chunks); an empty one gives SDXL's zeroed negative conditioning."""
+        assert self.parts is not None
+        negative, n = self.cfg.negative_prompt, len(prompts)
+        text = encode_text(self.parts, prompts + ([negative] if negative else []),
+                           self.cfg.max_tokens, self.device)  # fmt: skip
+        if text.truncated:
+            log.warning("evaluate: %d prompts longer than max_tokens = %d tokens were cut",
+                        text.truncated, self.cfg.max_tokens)  # fmt: skip
+        hidden, pooled = text.hidden[:n], text.pooled[:n]
+        if negative:
+            neg = (text.hidden[n:].expand_as(hidden), text.pooled[n:].expand_as(pooled))
+        else:
+            neg = (torch.zeros_like(hidden), torch.zeros_like(pooled))
+        return {"prompt_embeds": hidden, "pooled_prompt_embeds": pooled,
+                "negative_prompt_embeds": neg[0],
+                "negative_pooled_prompt_embeds": neg[1]}  # fmt: skip
 
     def latent_shape(self, size: tuple[int, int]) -> tuple[int, int, int]:
         assert self.parts is not None

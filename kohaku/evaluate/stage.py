@@ -106,7 +106,8 @@ def plan(cfg: EvaluateConfig, run_dir: Path) -> Plan:
                                image_ids=bucket_images(run_dir)["id"].to_list())  # fmt: skip
     if prompts.frame.is_empty():
         raise InputError(f"{captions} gives no prompt (no character, artist or quality tag)")
-    jobs = [Job(pid, prompt, seed) for pid, prompt in prompts.frame.select("prompt_id", "prompt")
+    # `text`: the prompt without the layout's keep separator, which no text encoder sees
+    jobs = [Job(pid, prompt, seed) for pid, prompt in prompts.frame.select("prompt_id", "text")
             .iter_rows() for seed in cfg.seeds]  # fmt: skip
     return Plan(cfg, run_dir, source, checkpoints, prompts, jobs,
                 fingerprint(source.path).model_dump())  # fmt: skip
@@ -153,7 +154,7 @@ def settings(p: Plan, sampler: Sampler, checkpoint: Checkpoint | None = None) ->
         "version": EVALUATE_VERSION, "model": p.model_key,
         "prompts": p.prompts.digest, "seeds": cfg.seeds, "device": sampler.device.type,
         "dtype": str(sampler.dtype), "sampling": cfg.model_dump(
-            include={"cfg_scale", "steps", "width", "height", "negative_prompt"}),
+            include={"cfg_scale", "steps", "width", "height", "negative_prompt", "max_tokens"}),
     }  # fmt: skip
     if checkpoint is None or checkpoint.path is not None:
         parts |= {"lokr_weight": cfg.lokr_weight, "apply": cfg.apply}

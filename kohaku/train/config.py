@@ -7,13 +7,31 @@ Reads and writes nothing; `kohaku.train.lokr` reads the LoKr preset a config nam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 # the train stage's version (part of its manifest and cache key); here, not in stage.py,
 # so that a cache key needs no torch
 TRAIN_VERSION = "1"
+# Captions reach the text encoders in chunks of 75 tokens (77 with the start and end token,
+# CLIP's context); kohya sd-scripts' --max_token_length takes 75, 150 or 225. Issue 14 raises
+# the ceiling: MAX_TOKENS_LIMIT is the one number to change.
+CHUNK_TOKENS = 75
+MAX_TOKENS_LIMIT = 225
+DEFAULT_MAX_TOKENS = 225  # kohya's SDXL runs
+
+
+def check_max_tokens(value: int) -> int:
+    """`value` when it is a positive multiple of CHUNK_TOKENS up to MAX_TOKENS_LIMIT."""
+    if value < 1 or value % CHUNK_TOKENS or value > MAX_TOKENS_LIMIT:
+        allowed = ", ".join(str(n) for n in range(CHUNK_TOKENS, MAX_TOKENS_LIMIT + 1, CHUNK_TOKENS))
+        raise ValueError(f"max_tokens {value} must be a positive multiple of {CHUNK_TOKENS} up "
+                         f"to {MAX_TOKENS_LIMIT} ({allowed})")  # fmt: skip
+    return value
+
+
+MaxTokens = Annotated[int, AfterValidator(check_max_tokens)]  # train and evaluate configs
 
 
 class _Frozen(BaseModel):
@@ -31,6 +49,11 @@ class CaptionConfig(_Frozen):
         0.0, ge=0, lt=1, description="chance that a step's whole caption is empty"
     )
     separator: str = Field(", ", description="text between tags")
+    max_tokens: MaxTokens = Field(
+        DEFAULT_MAX_TOKENS, description="caption tokens the text encoders see, in chunks of "
+        "75 (75, 150 or 225); a longer caption loses body tags from its end, never its head "
+        "or tail tags",
+    )  # fmt: skip
 
 
 class ModelConfig(_Frozen):

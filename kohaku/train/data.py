@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ from PIL import Image
 from kohaku.errors import ConfigError, InputError
 from kohaku.tagging.captions import LAYOUTS, lay_out
 from kohaku.train.config import CaptionConfig
+from kohaku.train.tokens import TagBudget
 
 if TYPE_CHECKING:
     import torch
@@ -60,7 +61,8 @@ class BucketItems:
     crop: np.ndarray  # int64 [N, 2] (left, top)
     paths: pl.Series  # relative to the run dir
     parts: pl.DataFrame  # head, body, tail lists of caption text
-    keep_separator: str | None = None  # the layout's (hakubooru: "|||")
+    keep_separator: str | None = None  # the layout's (hakubooru: "|||"); never in a caption
+    budget: TagBudget | None = None  # max caption tokens; the trainer sets it (tokenizer)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -101,6 +103,12 @@ def load_items(
         crop=_pairs(frame, "crop_left", "crop_top"), paths=frame["path"], parts=parts,
         keep_separator=LAYOUTS[layout].keep_separator if captions is not None else None,
     )  # fmt: skip
+
+
+def with_budget(items: BucketItems, tokenizer, cfg: CaptionConfig) -> BucketItems:
+    """`items` whose captions are cut to `cfg.max_tokens` tokens of `tokenizer` (SDXL's two
+    tokenizers share one BPE, so the first one counts for both)."""
+    return replace(items, budget=TagBudget.of(tokenizer, cfg))
 
 
 def _pairs(frame: pl.DataFrame, first: str, second: str) -> np.ndarray:
@@ -318,28 +326,63 @@ def caption_rng(seed: int, epoch: int, post_id: int) -> np.random.Generator:
 # ---------------------------------------------------------------- captions
 
 
+@dataclass(frozen=True)
+class Caption:
+    """One step's caption text, and whether the token budget cut body tags from it."""
+
+    text: str
+    cut: bool = False
+
+
 def make_caption(
     head: Sequence[str],
     body: Sequence[str],
     tail: Sequence[str],
     cfg: CaptionConfig,
     rng: np.random.Generator,
-    keep_separator: str | None = None,
+    budget: TagBudget | None = None,
 ) -> str:
+    """One step's caption text (`draw_caption`)."""
+    return draw_caption(head, body, tail, cfg, rng, budget).text
+
+
+def draw_caption(
+    head: Sequence[str],
+    body: Sequence[str],
+    tail: Sequence[str],
+    cfg: CaptionConfig,
+    rng: np.random.Generator,
+    budget: TagBudget | None = None,
+) -> Caption:
     """One step's caption: head and tail tags in place and always kept, body tags shuffled
-    and each dropped with `tag_dropout`; "" with `caption_dropout`. With a `keep_separator`
-    (hakubooru layout) the text is `<head><sep><keep_separator><rest>`. The draws are the
-    same whatever the config, so changing one setting does not reshuffle the others."""
+    and each dropped with `tag_dropout`; "" with `caption_dropout`. With a `budget`, body
+    tags then go from the end until the caption fits `max_tokens`. The draws are the same
+    whatever the config, so changing one setting does not reshuffle the others.
+
+    The tags are joined by `separator` and nothing else: a layout's keep separator (hakubooru
+    `|||`) only says where the kept head ends, which `head` already says. It is no token, and
+    kohya sd-scripts strips it too, so it never reaches a text encoder."""
     draws = _uniform(rng, 1 + 2 * len(body))
     blank, keys, drop = draws[0], draws[1 : 1 + len(body)], draws[1 + len(body) :]
     if blank < cfg.caption_dropout:
-        return ""
+        return Caption("")
     order = np.argsort(keys, kind="stable") if cfg.shuffle else range(len(body))
     kept = [body[i] for i in order if drop[i] >= cfg.tag_dropout]
-    sep = cfg.separator
-    if keep_separator is None:
-        return sep.join([*head, *kept, *tail])
-    return sep.join(head) + sep + keep_separator + sep.join([*kept, *tail])
+    cut = False
+    if budget is not None:
+        fitted = budget.fit(head, kept, tail)
+        kept, cut = fitted.body, fitted.cut
+    return Caption(cfg.separator.join([*head, *kept, *tail]), cut)
+
+
+def draw_captions(
+    items: BucketItems, rows: np.ndarray, batch: Batch, cfg: CaptionConfig, seed: int
+) -> list[Caption]:
+    """The captions of a micro-batch, each from its post's generator of the epoch, cut to
+    the items' token budget when they have one."""
+    parts = items.parts[rows].rows()
+    return [draw_caption(*p, cfg, caption_rng(seed, batch.epoch, i), items.budget)
+            for p, i in zip(parts, batch.ids, strict=True)]  # fmt: skip
 
 
 # ---------------------------------------------------------------- tensors
@@ -356,6 +399,7 @@ class TrainBatch:
     original_size: torch.Tensor  # int64 [B, 2]
     crop_top_left: torch.Tensor  # int64 [B, 2]
     target_size: torch.Tensor  # int64 [B, 2]
+    captions_cut: int = 0  # captions the token budget cut (`draw_caption`)
 
     def time_ids(self) -> torch.Tensor:
         """SDXL's add_time_ids, int64 [B, 6]."""
@@ -373,14 +417,11 @@ def load_batch(
     rows = items.rows(batch.ids)
     pictures = [_read_image(Path(run_dir) / p, batch.bucket) for p in items.paths.gather(rows)]
     pixels = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    parts = items.parts[rows].rows()
-    captions = [
-        make_caption(*p, cfg, caption_rng(seed, batch.epoch, i), items.keep_separator)
-        for p, i in zip(parts, batch.ids, strict=True)
-    ]
+    captions = draw_captions(items, rows, batch, cfg, seed)
     target = np.broadcast_to([batch.bucket[1], batch.bucket[0]], (len(rows), 2))
     return TrainBatch(
-        ids=batch.ids, pixels=pixels.contiguous(), captions=captions,
+        ids=batch.ids, pixels=pixels.contiguous(), captions=[c.text for c in captions],
+        captions_cut=sum(c.cut for c in captions),
         original_size=torch.from_numpy(items.original_size[rows][:, ::-1].copy()),
         crop_top_left=torch.from_numpy(items.crop[rows][:, ::-1].copy()),
         target_size=torch.tensor(target, dtype=torch.int64),

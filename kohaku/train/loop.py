@@ -24,10 +24,11 @@ import torch.distributed as dist
 from kohaku.train import checkpoint as ckpt
 from kohaku.train import lokr, objective
 from kohaku.train.config import TrainConfig, check_bitsandbytes
-from kohaku.train.data import BucketBatches, DataPosition, load_batch, load_items
+from kohaku.train.data import BucketBatches, DataPosition, load_batch, load_items, with_budget
 from kohaku.train.embeddings import read_embeddings, restore_embeddings
 from kohaku.train.latents import LatentCache, cache_latents, latents_from_cache, vae_key
 from kohaku.train.model import check_model_path, load_sdxl, vae_dtype_for
+from kohaku.train.tokens import token_stats
 
 STOPPED = 75  # exit code after a SIGTERM: checkpoint written, run again to resume
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -79,7 +80,8 @@ class Denoiser(torch.nn.Module):
         ids = objective.time_ids(batch.original_size, batch.crop_top_left, batch.target_size)
         text_grad = self.cfg.adapter.train_text_encoders
         with nullcontext() if text_grad else torch.no_grad():
-            cond = objective.encode_prompts(self.parts, batch.captions, ids.to(device))
+            cond = objective.encode_prompts(self.parts, batch.captions, ids.to(device),
+                                            self.cfg.captions.max_tokens)  # fmt: skip
         return objective.sample_losses(self.parts, latents, cond, draws, self.cfg.loss)
 
     def _latents(self, batch, pixels: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -131,6 +133,11 @@ class Trainer:
                                 cfg.layout or "epsilon")  # fmt: skip
         self.batches = BucketBatches(self.items, cfg.batch_size, d.world, d.rank, cfg.seed)
         self.parts, self.adapters = self._model()
+        self.items = with_budget(self.items, self.parts.tokenizer, cfg.captions)
+        lengths = self.items.budget.lengths  # rank 0 counts the full captions once
+        self.token_stats = (token_stats(self.items.parts, lengths, cfg.captions.max_tokens)
+                            if d.rank == 0 else None)  # fmt: skip
+        self.captions = [0, 0]  # cut by the token budget, drawn (since this process started)
         self.cache = self._latent_cache()
         self.model = self._wrap(Denoiser(self.parts, self.adapters, cfg, self.cache))
         self.optimizer = build_optimizer(cfg, self.adapters)
@@ -205,6 +212,8 @@ class Trainer:
             gens = [objective.sample_generator(self.cfg.seed, batch.epoch, pid)
                     for pid in batch.ids]  # fmt: skip
             data = load_batch(batch, self.items, self.run_dir, self.cfg.captions, self.cfg.seed)
+            self.captions = [self.captions[0] + data.captions_cut,
+                             self.captions[1] + len(data.captions)]  # fmt: skip
             with self._autocast(), nullcontext() if sync else self.model.no_sync():
                 loss = self.model(data, gens).mean() / len(batches)
                 self.scaler.scale(loss).backward()
@@ -222,6 +231,13 @@ class Trainer:
         t = torch.tensor([value], dtype=torch.float64, device=self.d.device)
         dist.all_reduce(t)
         return t.item() / self.d.world
+
+    def _sum_over_ranks(self, values: list[int]) -> list[int]:
+        if self.d.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.int64, device=self.d.device)
+        dist.all_reduce(t)
+        return [int(v) for v in t.tolist()]
 
     def _autocast(self):
         if self.cfg.precision == "fp32":
@@ -299,10 +315,13 @@ class Trainer:
     def _finish(self, step: int) -> dict:
         if self.writer is not None:
             self.writer.close()
+        cut, drawn = self._sum_over_ranks(self.captions)
         if self.d.rank == 0:
             lokr.save(self.adapters, self.out / "lokr.safetensors", torch.float16,
                       prediction=self.cfg.loss.prediction, title=self.run_dir.name)  # fmt: skip
-            result = {"status": "done", "step": step, "lokr": "lokr.safetensors"}
+            result = {"status": "done", "step": step, "lokr": "lokr.safetensors",
+                      "captions_cut": cut, "captions_drawn": drawn,
+                      "caption_tokens": self.token_stats.as_counts()}  # fmt: skip
             (self.out / "result.json").write_text(json.dumps(result))
         self.d.barrier()
         return {"status": "done", "step": step}

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from kohaku.train.config import LossConfig
+from kohaku.train.config import DEFAULT_MAX_TOKENS, LossConfig
+from kohaku.train.text import encode_text
 
 
 @dataclass
 class Conditioning:
-    hidden: torch.Tensor  # [B, 77, TE1 hidden + TE2 hidden], both penultimate layers
+    hidden: torch.Tensor  # [B, 77 * chunks, TE1 hidden + TE2 hidden], both penultimate layers
     pooled: torch.Tensor  # [B, TE2 projection]
     time_ids: torch.Tensor  # [B, 6]: original h, w, crop top, left, target h, w
 
@@ -28,22 +29,13 @@ def sample_generator(seed: int, epoch: int, post_id: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
 
 
-def tokenize(tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids  # fmt: skip
-    return ids.to(device)
-
-
-def encode_prompts(parts, captions: list[str], time_ids: torch.Tensor) -> Conditioning:
-    """SDXL conditioning: both encoders' penultimate hidden states side by side, TE2's
-    pooled projection, and the size/crop micro-conditioning."""
-    device = time_ids.device
-    out1 = parts.text_encoder(tokenize(parts.tokenizer, captions, device),
-                              output_hidden_states=True)  # fmt: skip
-    out2 = parts.text_encoder_2(tokenize(parts.tokenizer_2, captions, device),
-                                output_hidden_states=True)  # fmt: skip
-    hidden = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
-    return Conditioning(hidden, out2.text_embeds, time_ids)
+def encode_prompts(parts, captions: list[str], time_ids: torch.Tensor,
+                   max_tokens: int = DEFAULT_MAX_TOKENS) -> Conditioning:  # fmt: skip
+    """SDXL conditioning: both encoders' penultimate hidden states side by side over as many
+    chunks of 75 tokens as the batch's longest caption needs (`kohaku.train.text`), TE2's
+    pooled projection of the first chunk, and the size/crop micro-conditioning."""
+    text = encode_text(parts, captions, max_tokens, time_ids.device)
+    return Conditioning(text.hidden, text.pooled, time_ids)
 
 
 def time_ids(original: torch.Tensor, crop: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

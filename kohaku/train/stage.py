@@ -115,6 +115,13 @@ def export(cfg: TrainConfig, run_dir: Path) -> dict[str, str]:
     return {f"merged_{kind}": names[kind] for kind in cfg.export.formats}
 
 
+def caption_counts(result: dict) -> dict:
+    """The trainer's caption figures: token counts of the full captions (the model's own
+    tokenizer) and how many drawn captions the `max_tokens` budget cut."""
+    keys = ("captions_cut", "captions_drawn")
+    return {**result.get("caption_tokens", {}), **{k: result[k] for k in keys if k in result}}
+
+
 def _write_manifest(cfg: TrainConfig, run_dir: Path, metrics: dict, merged: dict[str, str],
                     seconds: float) -> Manifest:  # fmt: skip
     result = json.loads((run_dir / STAGE / "result.json").read_text())
@@ -125,7 +132,7 @@ def _write_manifest(cfg: TrainConfig, run_dir: Path, metrics: dict, merged: dict
                 "model": str(cfg.model.path)},
         outputs={"lokr": result["lokr"], "metrics": "metrics.jsonl", **merged},
         counts={"steps": result["step"], "final_loss": metrics.get("loss"),
-                "images_per_s": metrics.get("images_per_s")},
+                "images_per_s": metrics.get("images_per_s"), **caption_counts(result)},
         timings={"total": round(seconds, 3)},
         versions=library_versions("torch", "diffusers", "transformers", "lycoris-lora",
                                   "bitsandbytes", "safetensors"),

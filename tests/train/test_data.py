@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,14 @@ from kohaku.train.data import (
     CaptionConfig,
     DataPosition,
     caption_rng,
+    draw_caption,
     load_batch,
     load_items,
     make_caption,
+    with_budget,
 )
+from kohaku.train.tiny import tiny_tokenizers
+from kohaku.train.tokens import TagBudget
 
 # bucket (width, height) -> images; sizes chosen so that remainders are dropped
 SIZES = {(8, 16): 11, (16, 16): 17, (16, 8): 6, (24, 8): 2}
@@ -234,11 +239,61 @@ def test_caption_dropout_rate() -> None:
     assert all(make_caption(HEAD, [], TAIL, never, caption_rng(0, 0, p)) for p in range(200))
 
 
-def test_keep_separator_and_separator() -> None:
+def test_separator_and_no_keep_separator_in_the_text() -> None:
+    """hakubooru's `|||` only marks where the kept head ends; it is no token, kohya strips
+    it, and the text encoders never see it (issue 12; it used to be "1girl,|||smile,safe")."""
     cfg = CaptionConfig(shuffle=False, tag_dropout=0.0, separator=",")
-    got = make_caption(["1girl"], ["smile"], ["safe"], cfg, caption_rng(0, 0, 0), "|||")
-    assert got == "1girl,|||smile,safe"  # HakuBooru's "<keep>, |||<rest>"
+    assert make_caption(["1girl"], ["smile"], ["safe"], cfg, caption_rng(0, 0, 0)) == (
+        "1girl,smile,safe"
+    )
+    assert make_caption([], ["smile"], ["safe"], cfg, caption_rng(0, 0, 0)) == "smile,safe"
     assert make_caption([], [], [], CaptionConfig(), caption_rng(0, 0, 0)) == ""
+
+
+def test_the_token_budget_cuts_body_tags_from_the_end_at_tag_boundaries() -> None:
+    """A caption over max_tokens keeps its head and tail, loses body tags from the end of
+    the shuffled body (never part of a tag), and fits; the draws are unchanged."""
+    cfg = CaptionConfig(tag_dropout=0.1, max_tokens=75)
+    head, tail = ["1girl", "miku", "vocaloid"], ["best", "new", "safe"]
+    body = [f"t{i}" for i in range(40)]  # 3-4 tiny-BPE tokens each: far over 75
+    budget = TagBudget.of(tiny_tokenizers()[0], cfg)
+    for post in range(20):
+        whole = make_caption(head, body, tail, cfg, caption_rng(0, 0, post)).split(", ")
+        got = draw_caption(head, body, tail, cfg, caption_rng(0, 0, post), budget)
+        tags = got.text.split(", ")
+        assert got.cut and tags[:3] == head and tags[-3:] == tail
+        assert tags[3:-3] == whole[3:-3][: len(tags) - 6]  # a prefix of the uncut body
+        count = budget.lengths.count_texts([got.text])[0]
+        assert count <= 75  # and one more body tag would not have fit:
+        assert budget.lengths.count_texts([", ".join(tags + [whole[len(tags) - 3]])])[0] > 75
+    short = draw_caption(head, body[:3], tail, cfg, caption_rng(0, 0, 1), budget)
+    assert not short.cut and short.text == make_caption(head, body[:3], tail, cfg,
+                                                        caption_rng(0, 0, 1))  # fmt: skip
+
+
+def test_head_and_tail_alone_over_the_budget_are_kept_and_counted() -> None:
+    budget = TagBudget.of(tiny_tokenizers()[0], CaptionConfig(max_tokens=75))
+    long_head = [f"character {i}" for i in range(30)]
+    got = draw_caption(long_head, ["smile"], ["safe"], CaptionConfig(), caption_rng(0, 0, 0),
+                       budget)  # fmt: skip
+    assert got.cut and got.text == ", ".join([*long_head, "safe"])
+
+
+def test_the_cut_with_a_separator_without_a_space_checks_real_counts() -> None:
+    """Tags that end and start in punctuation merge across "," into one BPE run: the sums are
+    estimates there, and the cut still fits."""
+    cfg = CaptionConfig(shuffle=False, tag_dropout=0.0, separator=",", max_tokens=75)
+    budget = TagBudget.of(tiny_tokenizers()[0], cfg)
+    body = [f"^_^{i}:)" for i in range(60)]
+    got = draw_caption(["1girl"], body, ["safe"], cfg, caption_rng(0, 0, 0), budget)
+    tags = got.text.split(",")
+    assert (
+        got.cut
+        and tags[0] == "1girl"
+        and tags[-1] == "safe"
+        and tags[1:-1] == body[: len(tags) - 2]
+    )
+    assert budget.lengths.count_texts([got.text])[0] <= 75
 
 
 def test_caption_config_is_strict() -> None:
@@ -357,6 +412,27 @@ def test_load_batch_captions_follow_seed_epoch_and_post(tmp_path: Path) -> None:
     assert load_batch(batch, items, tmp_path, cfg, seed=7).captions == first.captions
     rng = caption_rng(7, 0, 11)
     assert first.captions[1] == make_caption(*items.parts.row(1), cfg, rng)
+
+
+def test_load_batch_hakubooru_captions_and_cut_count(tmp_path: Path) -> None:
+    """The keep separator stays out of the captions; the budget's cuts are counted."""
+    write_run(tmp_path)
+    items = load_items(tmp_path / "buckets/manifest.parquet", tmp_path / "tag/captions.parquet",
+                       "hakubooru")  # fmt: skip
+    batch = Batch(ids=(10, 11, 13), bucket=(16, 8), epoch=0, index=0)
+    got = load_batch(batch, items, tmp_path, CaptionConfig(), seed=0)
+    assert got.captions_cut == 0 and all("|||" not in c for c in got.captions)
+    assert got.captions[0].startswith("count10, character10, copyright10, ")
+    long = items.parts.with_columns(  # post 11 gets 40 more body tags: over 75 tokens
+        body=pl.when(pl.int_range(pl.len()) == 1)
+        .then(pl.col("body").list.concat(pl.lit([f"tag number {i}" for i in range(40)])))
+        .otherwise(pl.col("body"))
+    )  # fmt: skip
+    cfg = CaptionConfig(max_tokens=75)
+    tight = with_budget(replace(items, parts=long), tiny_tokenizers()[0], cfg)
+    cut = load_batch(batch, tight, tmp_path, cfg, seed=0)
+    assert cut.captions_cut == 1 and cut.captions[::2] == got.captions[::2]
+    assert cut.captions[1].endswith(", safe, masterpiece")  # hakubooru tail: rating, quality
 
 
 def test_load_batch_refuses_an_image_of_the_wrong_size(tmp_path: Path) -> None:

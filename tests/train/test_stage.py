@@ -70,6 +70,14 @@ def test_run_train_launches_the_trainer_and_writes_the_manifest(tiny_sdxl_dir, t
                  export={"formats": ["single_file", "diffusers"], "storage": "fp16"})  # fmt: skip
     manifest = run_train(cfg, run, lines.append, env={"OMP_NUM_THREADS": "1"})
     assert manifest.counts["steps"] == 2 and manifest.counts["final_loss"] > 0
+    tokenizer = load_sdxl(check_model_path(tiny_sdxl_dir)).tokenizer
+    full = [f"count{i}, character{i}, copyright{i}, a{i}, b{i}, c{i}, masterpiece, highres, safe"
+            for i in range(100, 104)]  # the epsilon layout of tests/train/rundir.py  # fmt: skip
+    most = max(len(ids) for ids in tokenizer(full, add_special_tokens=False).input_ids)
+    assert {k: manifest.counts[k] for k in ("captions", "caption_tokens_max", "captions_cut",
+            "captions_drawn", "captions_over_max_tokens")} == {  # fmt: skip
+        "captions": 4, "caption_tokens_max": most, "captions_cut": 0, "captions_drawn": 4,
+        "captions_over_max_tokens": 0}  # fmt: skip
     assert read_manifest(run / "train") == manifest
     assert any(line.startswith("kohaku-train ") for line in lines)
     lokr_file = run / "train" / manifest.outputs["lokr"]
