@@ -41,7 +41,7 @@ OUTPUTS = {
     "fav_hist": "fav_hist.parquet",
 }
 # a malformed created_at gives no date (and no date tag) instead of failing the stage
-POST_OUTPUT_COLUMNS = """p.id, c.range_idx, c.subset, c.repeats,
+POST_OUTPUT_COLUMNS = """p.id, c.range_idx, r.name AS subset, r.repeats,
     TRY_CAST(created_at AS TIMESTAMPTZ) AS created_at,
     TRY_CAST(substr(created_at, 1, 4) AS INT) AS year, rating, fav_count, score, md5,
     file_ext, file_url, file_size, image_width, image_height"""
@@ -87,7 +87,7 @@ def _select(
         flags = select.build_candidates(con, cfg, tag_ids)
         select.choose(con, cfg, flags)
         per_range = select.range_counts(con, cfg, flags)
-        totals = subsets.totals(con, cfg.has_subsets)
+        totals = subsets.totals(con, per_range, cfg.has_subsets)
     short = select.check_shortfall(cfg, per_range)
     total = totals["posts"]
     if total == 0:
@@ -143,7 +143,8 @@ def _write_outputs(con: duckdb.DuckDBPyConnection, build: StageBuild, source_for
     out = build.dir
     with build.timed("write_posts"):
         con.execute(f"""COPY (SELECT {POST_OUTPUT_COLUMNS} FROM post() p JOIN chosen c USING (id)
-            ORDER BY id) TO '{out / OUTPUTS["posts"]}' ({POSTS_PARQUET})""")
+            JOIN ranges r ON r.idx = c.range_idx ORDER BY id)
+            TO '{out / OUTPUTS["posts"]}' ({POSTS_PARQUET})""")
     with build.timed("write_post_tags"):
         write_post_tags(con, out / OUTPUTS["post_tags"], source_format)
     with build.timed("write_tags"):

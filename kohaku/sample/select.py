@@ -2,8 +2,8 @@
 
 Reads the views defined by `kohaku.sample.source`; writes temp tables `ranges`,
 `cand` (id, range, sample key and one boolean per filter of every post of every range),
-`picks` (each range's draw) and `chosen` (each chosen post once, with its subset and
-repeats).
+`picks` (each range's draw) and `chosen` (each chosen post once, with the range it is
+written under).
 """
 
 from __future__ import annotations
@@ -121,22 +121,28 @@ def _plain_ranges(cfg: SampleConfig) -> str:
 def _drawn(where: str) -> str:
     """SQL: per range, the `n` posts of `cand` matching `where` with the smallest keys."""
     rank = "row_number() OVER (PARTITION BY range_idx ORDER BY sample_key, id)"
-    return f"""SELECT x.id, x.range_idx, r.name AS subset, r.repeats FROM (SELECT id,
-               range_idx, {rank} AS rn FROM cand WHERE {where}) x
-               JOIN ranges r ON r.idx = x.range_idx WHERE r.n IS NULL OR x.rn <= r.n"""
+    return f"""SELECT x.id, x.range_idx FROM (SELECT id, range_idx, {rank} AS rn FROM cand
+               WHERE {where}) x JOIN ranges r ON r.idx = x.range_idx
+               WHERE r.n IS NULL OR x.rn <= r.n"""
+
+
+def _cand_key(cfg: SampleConfig) -> str:
+    """What identifies a row of `cand`: the post, and with subsets also the range (a post
+    can be a candidate of several); a two-column join measurably slows the default path."""
+    return "id, range_idx" if cfg.has_subsets else "id"
 
 
 def choose(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, flags: list[str]) -> None:
-    """Create `picks(id, range_idx, subset, repeats)`, each range's draw from `cand`
-    following `cfg.filter_timing` (after_sampling also keeps the drawn posts as `sampled`),
-    and `chosen`, the same with each post once."""
+    """Create `picks(id, range_idx)`, each range's draw from `cand` following
+    `cfg.filter_timing` (after_sampling also keeps the drawn posts as `sampled`), and
+    `chosen(id, range_idx)`, each post once."""
     rejected = " OR ".join(f"f_{n}" for n in flags) or "false"
     if cfg.filter_timing == "before_sampling":
         con.execute(f"CREATE OR REPLACE TEMP TABLE picks AS {_drawn(f'NOT ({rejected})')}")
     else:
         con.execute(f"CREATE OR REPLACE TEMP TABLE sampled AS {_drawn('true')}")
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE picks AS SELECT s.*
-            FROM sampled s JOIN cand c USING (id, range_idx) WHERE NOT ({rejected})""")
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE picks AS SELECT s.id, s.range_idx
+            FROM sampled s JOIN cand c USING ({_cand_key(cfg)}) WHERE NOT ({rejected})""")
     subsets.dedupe(con, cfg.has_subsets)
 
 
@@ -151,7 +157,7 @@ def range_counts(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, flags: list[
     # the drawn ones), like `filtered_pool` and `eligible`
     drawn = "true" if cfg.filter_timing == "before_sampling" else "s.id IS NOT NULL"
     joined = "cand c" if cfg.filter_timing == "before_sampling" else \
-        "cand c LEFT JOIN sampled s USING (id, range_idx)"  # fmt: skip
+        f"cand c LEFT JOIN sampled s USING ({_cand_key(cfg)})"  # fmt: skip
     per_flag = "".join(f", count(*) FILTER (WHERE {drawn} AND f_{n}) AS {n}" for n in flags)
     rows = con.execute(f"""WITH per_range AS (SELECT c.range_idx, count(*) AS in_range,
             count(*) FILTER (WHERE {drawn}) AS filtered_pool {per_flag},
