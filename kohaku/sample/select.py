@@ -88,8 +88,11 @@ def build_candidates(
     """Create `cand`: one row per (post, range) with the range index, the post's key in
     that range and the filter flags. Plain ranges are disjoint (one row per post, keyed by
     the seed); each subset adds its own rows, keyed by the seed and its name."""
-    con.execute("""CREATE OR REPLACE TEMP TABLE ranges (idx INT, start BIGINT, stop BIGINT,
-        n BIGINT, name VARCHAR, repeats INT)""")
+    # names as an ENUM: posts.parquet's `subset` is then written dictionary-encoded, as
+    # cheap as no column at all (VARCHAR cost ~20 % of the posts write on 200k posts)
+    names = ", ".join("'" + r.key.replace("'", "''") + "'" for r in cfg.ranges)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE ranges (idx INT, start BIGINT, stop BIGINT,
+        n BIGINT, name ENUM({names}), repeats INT)""")
     con.executemany("INSERT INTO ranges VALUES (?, ?, ?, ?, ?, ?)", [
         (i, r.start, r.stop, None if r.count == "all" else r.count, r.key, r.repeats)
         for i, r in enumerate(cfg.ranges)

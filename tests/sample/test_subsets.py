@@ -165,7 +165,7 @@ def test_tag_queries(small: Path, tmp_path: Path, query: dict, members: set[int]
 def test_overlaps_go_to_the_most_repeated_subset(small: Path, tmp_path: Path) -> None:
     cfg = SampleConfig(source=small, ranges=[
         {"start": 0, "end": 100},
-        {"name": "artist", "any_tags": ["artist_a"], "repeats": 2},
+        {"name": "artist's", "any_tags": ["artist_a"], "repeats": 2},  # a quote in a name
         {"name": "series", "any_tags": ["series_b"], "repeats": 3},
         {"name": "girls", "any_tags": ["1girl"], "repeats": 3},  # ties with series: listed later
     ])  # fmt: skip
@@ -173,10 +173,10 @@ def test_overlaps_go_to_the_most_repeated_subset(small: Path, tmp_path: Path) ->
     posts = pl.read_parquet(tmp_path / "run" / "sample" / "posts.parquet")
     assert dict(posts.select("id", "subset").iter_rows()) == {
         1: "girls", 2: "series", 3: "girls", 4: "series", 5: "series", 6: "[0, 100)",
-        7: "girls", 8: "artist", 9: "series"}  # fmt: skip
+        7: "girls", 8: "artist's", 9: "series"}  # fmt: skip
     counts = {r["name"]: (r["chosen"], r["overlap"], r["written"], r["images_per_epoch"])
               for r in manifest.counts["ranges"]}  # fmt: skip
-    assert counts == {"[0, 100)": (9, 8, 1, 9), "artist": (4, 4, 1, 8),
+    assert counts == {"[0, 100)": (9, 8, 1, 9), "artist's": (4, 4, 1, 8),
                       "series": (4, 4, 4, 12), "girls": (4, 4, 3, 12)}  # fmt: skip
     assert manifest.counts["overlap_posts"] == 8
     assert manifest.counts["images_per_epoch"] == posts["repeats"].sum() == 1 + 2 + 3 * 7
