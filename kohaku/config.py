@@ -1,7 +1,7 @@
 """The run config: one pydantic model composed of the stage configs, loaded from TOML.
 
 Reads: a user TOML file, the built-in presets in `kohaku/presets/` (`delta`, `epsilon`,
-`gamma`) and `--set key=value` overrides. Writes nothing.
+`epsilon-rev2`, `gamma`) and `--set key=value` overrides. Writes nothing.
 A user file may start from a preset (`preset = "delta"`) and override any field.
 
 A config loaded for one stage (`load_config(..., stage="train")`, as `kohaku train` and the
@@ -28,7 +28,9 @@ from kohaku.sample.config import SampleConfig
 from kohaku.tagging.config import TagConfig
 from kohaku.train.config import TrainConfig
 
-PRESETS = ("delta", "epsilon", "gamma")
+# a preset is `kohaku/presets/<name>.toml`; epsilon-rev2 also sets [train] (so a config
+# from it must name train.model.path) and no sample ranges (the selection is the user's)
+PRESETS = ("delta", "epsilon", "epsilon-rev2", "gamma")
 # paths that a config file may give relative to itself
 PATH_FIELDS = ("run_dir", "sample.source", "download.source_path", "train.model.path",
                "train.model.config_dir", "train.model.restore_embeddings_from",

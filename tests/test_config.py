@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,14 @@ def test_parse_override(item, expected):
          "overlap"),
         ({"sample": {"source": "x", "ranges": [{"start": 10, "end": 10}]}}, "end must be > start"),
         ({"sample": {"source": "x", "ranges": [{"count": 0}]}}, "count 0 must be >= 1"),
+        ({"sample": {"source": "x", "ranges": [{}, {"name": "a", "any_tags": []}]}},
+         "sample.ranges.1.any_tags: an empty tag list"),
+        ({"sample": {"source": "x", "ranges": [{"name": "a", "excluded_tags": ["x"],
+                                                "repeats": 0}]}},
+         "sample.ranges.0.repeats: Input should be greater than or equal to 1"),
+        ({"sample": {"source": "x", "ranges": [{"name": "a", "any_tags": ["x"]},
+                                               {"name": "a", "any_tags": ["y"]}]}},
+         "range names given more than once: ['a']"),
         ({"sample": {"source": "x", "filters": {"min_pixels": 10, "max_pixels": 5}}},
          "min_pixels"),
         ({"sample": {"source": "x"}, "tag": {"quality": {"percentiles": [10, 50]}}},
@@ -118,7 +127,50 @@ def test_unknown_preset_and_missing_file(tmp_path):
 
 
 def test_all_presets_are_listed():
-    assert set(PRESETS) == {"delta", "epsilon", "gamma"}
+    assert set(PRESETS) == {"delta", "epsilon", "epsilon-rev2", "gamma"}
+    shipped = resources.files("kohaku.presets").iterdir()
+    assert {p.name.removesuffix(".toml") for p in shipped if p.name.endswith(".toml")} == set(
+        PRESETS
+    )
+
+
+def readme_rev2_example() -> str:
+    """The TOML block of the README's rev2 example."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("<!-- rev2-example")[1].split("```toml\n")[1]
+    return block.split("```")[0]
+
+
+def test_epsilon_rev2_preset_carries_the_card_numbers(tmp_path):
+    cfg = load_config(write(tmp_path / "rev2.toml", readme_rev2_example()))
+    assert cfg.preset == "epsilon-rev2"
+    assert cfg.tag.layout == "epsilon"
+    assert cfg.tag.quality.percentiles == [90, 75, 60, 45, 30, 10]
+    t = cfg.train
+    assert (t.batch_size, t.grad_accum, t.dist.world_size, t.global_batch) == (4, 32, 4, 512)
+    assert (t.optim.kind, t.optim.lr_unet, t.optim.lr_text) == ("lion8bit", 1e-5, 2e-6)
+    assert (t.optim.schedule, t.optim.warmup_steps) == ("cosine", 1000)
+    assert (t.optim.weight_decay, t.optim.betas) == (0.1, (0.9, 0.95))
+    assert (t.loss.noise_offset, t.loss.min_snr_gamma) == (0.0357, 5.0)
+    assert (t.epochs, t.max_steps, t.precision, t.captions.tag_dropout) == (5, None, "fp16", 0.15)
+    assert t.model.path == Path("/models/kohaku-xl-epsilon-rev1.safetensors")
+    # the README's selection: two subsets and a plain range, with their counts and repeats
+    ranges = cfg.sample.ranges
+    assert [(r.key, r.count, r.repeats, r.tagged) for r in ranges] == [
+        ("artists", "all", 3, True), ("series", 300_000, 2, True),
+        ("[6000000, end)", 500_000, 1, False)]  # fmt: skip
+    assert ranges[1].excluded_tags == ["comic"] and "ask_(askzy)" in ranges[0].any_tags
+
+
+def test_epsilon_rev2_needs_a_selection_and_a_base():
+    with pytest.raises(ConfigError) as err:
+        load_config(preset="epsilon-rev2", overrides=['sample.source="x"'])
+    assert "sample: sample.ranges is empty" in str(err.value)
+    assert "train.model: Field required" in str(err.value)
+    cfg = load_config(preset="epsilon-rev2", overrides=[
+        'sample.source="x"', 'sample.ranges=[{name = "a", any_tags = ["wlop"]}]',
+        'train.model.path="/models/rev1.safetensors"'])  # fmt: skip
+    assert cfg.sample.ranges[0].any_tags == ["wlop"] and cfg.train.epochs == 5
 
 
 @pytest.mark.parametrize("limit", ["6GB", "512MiB", "1.5 GB"])

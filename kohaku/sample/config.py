@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Rating = Literal["general", "sensitive", "questionable", "explicit"]
 RATINGS: tuple[Rating, ...] = ("general", "sensitive", "questionable", "explicit")
@@ -16,14 +16,47 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class IdRange(_Model):
-    """Posts with start <= id < end; `count` of them are drawn at random (or all)."""
+TAG_QUERY = ("any_tags", "required_tags", "excluded_tags")
 
+
+class IdRange(_Model):
+    """Posts with start <= id < end; `count` of them are drawn at random (or all).
+
+    A range with a tag query (`any_tags`, `required_tags`, `excluded_tags`) is a subset:
+    its candidates are the posts of the id range that match the query, it needs a `name`
+    (which keys its draw, so adding another subset never changes it), and it may overlap
+    any other range. Plain ranges (no query) are drawn by the seed alone and must not
+    overlap each other. `sample.filters` apply to every range."""
+
+    name: str | None = Field(
+        None, min_length=1, max_length=100, description="name of the range in the manifest and "
+        "posts.parquet (`subset`); needed with a tag query; empty = its id range, e.g. [0, 10)",
+    )  # fmt: skip
     start: int = Field(0, ge=0, le=MAX_ID, description="first post id of the range")
     end: int | None = Field(
         None, ge=1, le=MAX_ID + 1, description="end of the range, exclusive; empty = no end"
     )
     count: int | Literal["all"] = Field("all", description="posts to draw, or 'all'")
+    repeats: int = Field(
+        1, ge=1, description="times each chosen post is shown per epoch (the train stage)"
+    )
+    any_tags: list[str] | None = Field(
+        None, description="danbooru tag names (artists, series, characters or any tag): "
+        "candidates have at least one of them; empty = no such constraint",
+    )  # fmt: skip
+    required_tags: list[str] | None = Field(
+        None, description="danbooru tag names candidates must all have; empty = none"
+    )
+    excluded_tags: list[str] | None = Field(
+        None, description="danbooru tag names candidates must not have; empty = none"
+    )
+
+    @field_validator(*TAG_QUERY)
+    @classmethod
+    def _not_empty(cls, tags: list[str] | None) -> list[str] | None:
+        if tags is not None and not tags:
+            raise ValueError("an empty tag list: give at least one tag, or leave the field out")
+        return tags
 
     @model_validator(mode="after")
     def _check(self) -> IdRange:
@@ -31,14 +64,36 @@ class IdRange(_Model):
             raise ValueError(f"id range [{self.start}, {self.end}) is empty: end must be > start")
         if isinstance(self.count, int) and self.count < 1:
             raise ValueError(f"count {self.count} must be >= 1 or 'all'")
+        if self.tagged and self.name is None:
+            raise ValueError(f"range {self.label()} has a tag query: give it a `name` (it names "
+                             "the subset in the manifest and keys its draw)")  # fmt: skip
+        excluded = set(self.excluded_tags or ())
+        both = excluded & set((self.required_tags or []) + (self.any_tags or []))
+        if both:
+            raise ValueError(f"tags both wanted and excluded: {sorted(both)}")
         return self
+
+    @property
+    def tagged(self) -> bool:
+        """True for a subset: a range with a tag query."""
+        return any(getattr(self, f) is not None for f in TAG_QUERY)
 
     @property
     def stop(self) -> int:
         return MAX_ID + 1 if self.end is None else self.end
 
+    @property
+    def key(self) -> str:
+        """The range's name, or its id range: the `subset` of its posts."""
+        return self.name if self.name is not None else self.label()
+
     def label(self) -> str:
         return f"[{self.start}, {'end' if self.end is None else self.end})"
+
+    def describe(self) -> str:
+        """How messages name the range: `range [0, 10)` or `subset 'artists' [0, end)`."""
+        return f"range {self.label()}" if self.name is None else \
+            f"subset {self.name!r} {self.label()}"  # fmt: skip
 
 
 class FilterConfig(_Model):
@@ -93,8 +148,10 @@ class SampleConfig(_Model):
     )
     seed: int = Field(0, ge=0, lt=2**63, description="seed of the random selection")
     ranges: list[IdRange] = Field(
-        [IdRange()], min_length=1, description="id ranges, each with a count of posts to draw"
-    )
+        [IdRange()], description="id ranges and subsets, each with a count of posts to draw "
+        "and its repeats per epoch; plain ranges must not overlap, subsets (ranges with a tag "
+        "query) may: a post drawn by several is written once, with the largest repeats",
+    )  # fmt: skip
     filters: FilterConfig = Field(FilterConfig(), description="post filters")
     filter_timing: Literal["before_sampling", "after_sampling"] = Field(
         "before_sampling",
@@ -106,9 +163,21 @@ class SampleConfig(_Model):
     )
 
     @model_validator(mode="after")
-    def _ranges_disjoint(self) -> SampleConfig:
-        ordered = sorted(self.ranges, key=lambda r: r.start)
-        for a, b in zip(ordered, ordered[1:], strict=False):
+    def _check_ranges(self) -> SampleConfig:
+        if not self.ranges:
+            raise ValueError("sample.ranges is empty: give at least one [[sample.ranges]] "
+                             "(an id range, or a subset with a tag query)")  # fmt: skip
+        plain = sorted((r for r in self.ranges if not r.tagged), key=lambda r: r.start)
+        for a, b in zip(plain, plain[1:], strict=False):
             if b.start < a.stop:
                 raise ValueError(f"id ranges {a.label()} and {b.label()} overlap")
+        keys = [r.key for r in self.ranges]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"range names given more than once: {twice}")
         return self
+
+    @property
+    def has_subsets(self) -> bool:
+        """Whether some range has a tag query (and so ranges may overlap)."""
+        return any(r.tagged for r in self.ranges)

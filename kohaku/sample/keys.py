@@ -1,11 +1,14 @@
 """The seeded sampling key: a bijective 32-bit integer mix of the post id.
 
 Written as plain integer arithmetic so that the order of posts depends only on the
-seed and the id: not on thread count, row order on disk or the DuckDB version (whose
-own `hash()` may change). The SQL and the NumPy versions give identical keys.
+seed (for a subset, the seed and its name) and the id: not on thread count, row order on
+disk or the DuckDB version (whose own `hash()` may change). The SQL and the NumPy
+versions give identical keys.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -29,6 +32,14 @@ def seed_words(seed: int) -> tuple[int, int]:
     s1 = mix32(lo ^ 0x9E3779B9)
     s2 = mix32(hi ^ mix32(s1 + 0x85EBCA6B))
     return s1, s2
+
+
+def subset_seed(seed: int, name: str) -> int:
+    """The seed of a subset's draw: (seed, name) hashed to 63 bits, so that subsets over
+    the same posts draw independently and adding one never changes another's draw.
+    SHA-256, not Python's `hash()`, which is salted per process."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def sample_key(ids: np.ndarray, seed: int) -> np.ndarray:

@@ -1,10 +1,11 @@
 """Run the sample stage.
 
 Reads: the metadata source named in `SampleConfig.source`.
-Writes `<run>/sample/`: `posts.parquet` (chosen posts and the columns later stages
-need), `post_tags.parquet` (their tag rows: post_id, tag_id, ord), `tags.parquet`
-(the tag dictionary of those rows), `fav_hist.parquet` (fav_count histogram per rating
-and upload year over the whole metadata, for percentile quality tags) and `manifest.json`.
+Writes `<run>/sample/`: `posts.parquet` (chosen posts, each once, with its range or
+subset and its repeats per epoch, and the columns later stages need), `post_tags.parquet`
+(their tag rows: post_id, tag_id, ord), `tags.parquet` (the tag dictionary of those
+rows), `fav_hist.parquet` (fav_count histogram per rating and upload year over the whole
+metadata, for percentile quality tags) and `manifest.json`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import duckdb
 import polars as pl
 
 from kohaku.errors import ConfigError
-from kohaku.sample import select
+from kohaku.sample import select, subsets
 from kohaku.sample.config import SampleConfig
 from kohaku.sample.source import Source, connect, detect_format, materialize_posts, open_source
 from kohaku.stage import (
@@ -31,7 +32,7 @@ from kohaku.stage import (
 )
 
 log = logging.getLogger(__name__)
-SAMPLE_VERSION = "1"
+SAMPLE_VERSION = "2"  # 2: posts.parquet gained `subset` and `repeats`
 STAGE = "sample"
 OUTPUTS = {
     "posts": "posts.parquet",
@@ -40,7 +41,8 @@ OUTPUTS = {
     "fav_hist": "fav_hist.parquet",
 }
 # a malformed created_at gives no date (and no date tag) instead of failing the stage
-POST_OUTPUT_COLUMNS = """p.id, c.range_idx, TRY_CAST(created_at AS TIMESTAMPTZ) AS created_at,
+POST_OUTPUT_COLUMNS = """p.id, c.range_idx, r.name AS subset, r.repeats,
+    TRY_CAST(created_at AS TIMESTAMPTZ) AS created_at,
     TRY_CAST(substr(created_at, 1, 4) AS INT) AS year, rating, fav_count, score, md5,
     file_ext, file_url, file_size, image_width, image_height"""
 
@@ -68,8 +70,9 @@ def run_sample(
     with build_stage(run_dir, STAGE) as build:
         with build.timed("open"):
             open_source(con, src)
+            tag_ids = select.resolve_tags(con, cfg)  # unknown tags fail before posts are read
             materialize_posts(con)
-        counts = _select(con, cfg, build)
+        counts = _select(con, cfg, tag_ids, build)
         _write_outputs(con, build, src.format)
         return write_manifest(
             build, stage_version=SAMPLE_VERSION, config_hash=chash, inputs=inputs,
@@ -77,13 +80,16 @@ def run_sample(
         )  # fmt: skip
 
 
-def _select(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, build: StageBuild) -> dict:
+def _select(
+    con: duckdb.DuckDBPyConnection, cfg: SampleConfig, tag_ids: dict, build: StageBuild
+) -> dict:
     with build.timed("select"):
-        flags = select.build_candidates(con, cfg)
+        flags = select.build_candidates(con, cfg, tag_ids)
         select.choose(con, cfg, flags)
         per_range = select.range_counts(con, cfg, flags)
+        totals = subsets.totals(con, per_range, cfg.has_subsets)
     short = select.check_shortfall(cfg, per_range)
-    total = sum(r["chosen"] for r in per_range)
+    total = totals["posts"]
     if total == 0:
         raise ConfigError(
             f"the selection from {cfg.source} is empty: no post passes the "
@@ -92,7 +98,7 @@ def _select(con: duckdb.DuckDBPyConnection, cfg: SampleConfig, build: StageBuild
     newest = "SELECT max(TRY_CAST(created_at AS TIMESTAMPTZ))::VARCHAR FROM post()"
     snapshot = con.execute(newest).fetchone()[0]
     log.info("sample: chose %d posts over %d ranges", total, len(per_range))
-    return {"posts": total, "ranges": per_range, "short_ranges": short,
+    return {**totals, "ranges": per_range, "short_ranges": short,
             "metadata_snapshot_at": snapshot}  # fmt: skip
 
 
@@ -137,7 +143,8 @@ def _write_outputs(con: duckdb.DuckDBPyConnection, build: StageBuild, source_for
     out = build.dir
     with build.timed("write_posts"):
         con.execute(f"""COPY (SELECT {POST_OUTPUT_COLUMNS} FROM post() p JOIN chosen c USING (id)
-            ORDER BY id) TO '{out / OUTPUTS["posts"]}' ({POSTS_PARQUET})""")
+            JOIN ranges r ON r.idx = c.range_idx ORDER BY id)
+            TO '{out / OUTPUTS["posts"]}' ({POSTS_PARQUET})""")
     with build.timed("write_post_tags"):
         write_post_tags(con, out / OUTPUTS["post_tags"], source_format)
     with build.timed("write_tags"):

@@ -4,6 +4,7 @@ function `sample_key` comes from kohaku), and small hand-made metadata folders."
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from kohaku.sample.config import SampleConfig
+from kohaku.sample.config import IdRange, SampleConfig
 from kohaku.sample.keys import sample_key
 
 # danbooru2023 `post.rating` numbering (shared/danbooru_schema.md)
@@ -128,19 +129,40 @@ class RangeResult:
     rejected_by: dict[str, int]
 
 
+def range_seed(seed: int, r: IdRange) -> int:
+    """Plain ranges draw by the seed; a subset by the seed and its name (documented as
+    the first 63 bits of sha256("<seed>:<name>"))."""
+    if not r.tagged:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{r.name}".encode()).digest()[:8], "big") >> 1
+
+
+def query_match(meta: Metadata, r: IdRange) -> np.ndarray:
+    """Per post: does it match the range's tag query (all required, one of any, no excluded)."""
+    if not r.tagged:
+        return np.ones(len(meta.ids), dtype=bool)
+    need = {meta.tag_ids[n] for n in r.required_tags or ()}
+    some = {meta.tag_ids[n] for n in r.any_tags or ()}
+    bad = {meta.tag_ids[n] for n in r.excluded_tags or ()}
+    return np.array([
+        need <= meta.tags_of[i] and (not some or bool(some & meta.tags_of[i]))
+        and not bad & meta.tags_of[i] for i in meta.ids
+    ])  # fmt: skip
+
+
 def expected_selection(meta: Metadata, cfg: SampleConfig) -> list[RangeResult]:
     """Per range: the `count` eligible posts with the smallest keys (before_sampling), or
     the `count` smallest-key posts of the range that pass the filters (after_sampling)."""
     ids = meta.ids
-    keys = sample_key(ids, cfg.seed)
     flags = reject_flags(meta, cfg)
     rejected = np.zeros(len(ids), dtype=bool)
     for flag in flags.values():
         rejected |= flag
     out = []
     for r in cfg.ranges:
+        keys = sample_key(ids, range_seed(cfg.seed, r))
         stop = 2**32 if r.end is None else r.end
-        members = np.flatnonzero((ids >= r.start) & (ids < stop))
+        members = np.flatnonzero((ids >= r.start) & (ids < stop) & query_match(meta, r))
         ordered = members[np.lexsort((ids[members], keys[members]))]
         if cfg.filter_timing == "before_sampling":
             scope = ordered
@@ -157,6 +179,18 @@ def expected_selection(meta: Metadata, cfg: SampleConfig) -> list[RangeResult]:
                 rejected_by={name: int(flag[scope].sum()) for name, flag in flags.items()},
             )
         )
+    return out
+
+
+def written_under(cfg: SampleConfig, results: list[RangeResult]) -> dict[int, int]:
+    """Post id -> index of the range it is written under: of the ranges that drew it, the
+    one with the largest repeats, the first listed among equals."""
+    out: dict[int, int] = {}
+    for i, res in enumerate(results):
+        for post in res.chosen:
+            j = out.get(post)
+            if j is None or cfg.ranges[i].repeats > cfg.ranges[j].repeats:
+                out[post] = i
     return out
 
 

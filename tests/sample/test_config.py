@@ -131,11 +131,6 @@ def test_seed_above_32_bits_accepted() -> None:
     assert config(seed=2**40 + 1).seed == 2**40 + 1
 
 
-def test_no_ranges_rejected() -> None:
-    with pytest.raises(ValidationError, match="ranges"):
-        config(ranges=[])
-
-
 @pytest.mark.parametrize(
     "make",
     [
@@ -163,3 +158,71 @@ def test_config_is_frozen() -> None:
     cfg = config()
     with pytest.raises(ValidationError):
         cfg.seed = 3  # type: ignore[misc]
+
+
+# --- subsets: ranges with a tag query ---------------------------------------------------
+
+SUBSET = {"name": "artists", "any_tags": ["wlop", "ask_(askzy)"]}
+
+
+def test_range_defaults_and_subset_properties() -> None:
+    plain, subset = IdRange(start=5, end=9), IdRange(**SUBSET, repeats=3, count=10)
+    assert (plain.repeats, plain.any_tags, plain.required_tags, plain.excluded_tags) == (
+        1, None, None, None)  # fmt: skip
+    assert not plain.tagged and plain.key == "[5, 9)"
+    assert subset.tagged and subset.key == "artists" and subset.repeats == 3
+    assert not config().has_subsets and config(ranges=[SUBSET]).has_subsets
+
+
+@pytest.mark.parametrize("field", ["any_tags", "required_tags", "excluded_tags"])
+def test_empty_tag_list_rejected(field: str) -> None:
+    with pytest.raises(ValidationError, match=f"{field}\n.*an empty tag list"):
+        config(ranges=[{"name": "x", field: []}])
+
+
+def test_tag_query_needs_a_name() -> None:
+    with pytest.raises(ValidationError, match=r"range \[0, end\) has a tag query: give it a"):
+        IdRange(any_tags=["touhou"])
+
+
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        [SUBSET, {**SUBSET, "any_tags": ["touhou"]}],
+        [{"start": 0, "end": 10}, {**SUBSET, "name": "[0, 10)"}],  # a plain range's label
+        [{"start": 0, "end": 10, "name": "a"}, {"start": 10, "name": "a"}],
+    ],
+)
+def test_duplicate_range_names_rejected(ranges: list[dict]) -> None:
+    with pytest.raises(ValidationError, match="range names given more than once"):
+        config(ranges=ranges)
+
+
+@pytest.mark.parametrize("repeats", [0, -2])
+def test_repeats_below_one_rejected(repeats: int) -> None:
+    with pytest.raises(ValidationError, match="repeats"):
+        IdRange(**SUBSET, repeats=repeats)
+
+
+def test_subset_count_below_one_rejected() -> None:
+    with pytest.raises(ValidationError, match="count 0 must be >= 1"):
+        IdRange(**SUBSET, count=0)
+
+
+def test_subsets_may_overlap_anything_plain_ranges_may_not() -> None:
+    ok = config(ranges=[{"start": 0, "end": 100}, {"start": 100}, SUBSET,
+                        {**SUBSET, "name": "more", "start": 50, "end": 60}])  # fmt: skip
+    assert len(ok.ranges) == 4
+    with pytest.raises(ValidationError, match=r"id ranges \[0, 100\) and \[50, end\) overlap"):
+        config(ranges=[SUBSET, {"start": 0, "end": 100}, {"start": 50}])
+
+
+@pytest.mark.parametrize("query", [{"any_tags": ["solo"]}, {"required_tags": ["1girl", "solo"]}])
+def test_tag_both_wanted_and_excluded_in_a_subset_rejected(query: dict) -> None:
+    with pytest.raises(ValidationError, match=r"wanted and excluded: \['solo'\]"):
+        IdRange(name="x", excluded_tags=["solo"], **query)
+
+
+def test_no_ranges_rejected_with_a_hint() -> None:
+    with pytest.raises(ValidationError, match=r"sample.ranges is empty.*\[\[sample.ranges\]\]"):
+        config(ranges=[])

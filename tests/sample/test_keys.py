@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kohaku.sample.keys import keyed_sql, mix32, sample_key, seed_words
+from kohaku.sample.keys import keyed_sql, mix32, sample_key, seed_words, subset_seed
 
 SEEDS = [0, 1, 7, 123_456_789, 2**32 - 1, 2**32, 2**32 + 1, 2**40 + 5, 2**63 - 1]
 M32 = 2**32 - 1
@@ -106,3 +106,13 @@ def test_key_of_an_id_does_not_depend_on_the_others() -> None:
     full = sample_key(ids, 17)
     np.testing.assert_array_equal(sample_key(ids[::-1], 17), full[::-1])
     np.testing.assert_array_equal(sample_key(ids[500:], 17), full[500:])
+
+
+def test_subset_seed_is_pinned_and_name_dependent() -> None:
+    """sha256("<seed>:<name>"), first 63 bits: pinned so a subset's draw never moves."""
+    import hashlib
+
+    digest = hashlib.sha256(b"0:artists").digest()
+    assert subset_seed(0, "artists") == int.from_bytes(digest[:8], "big") >> 1
+    seeds = {subset_seed(s, n) for s in (0, 1) for n in ("artists", "series", "Artists")}
+    assert len(seeds) == 6 and all(0 <= s < 2**63 for s in seeds)

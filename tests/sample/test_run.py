@@ -26,6 +26,8 @@ from tests.sample.reference import Metadata, expected_selection, write_metadata
 POST_COLUMNS = [
     "id",
     "range_idx",
+    "subset",
+    "repeats",
     "created_at",
     "year",
     "rating",
@@ -70,6 +72,10 @@ def test_posts_columns_order_and_values(built, meta: Metadata) -> None:
     assert posts.columns == POST_COLUMNS
     assert posts["id"].is_sorted() and posts["id"].is_unique().all()
     assert posts["range_idx"].to_list() == [0 if i < 1600 else 1 for i in posts["id"]]
+    # plain ranges: named by their id range, shown once per epoch
+    assert posts["subset"].to_list() == ["[100, 1600)" if i < 1600 else "[2000, end)"
+                                         for i in posts["id"]]  # fmt: skip
+    assert set(posts["repeats"]) == {1}
     index = {int(i): k for k, i in enumerate(meta.ids)}
     for row in posts.iter_rows(named=True):
         k = index[row["id"]]
