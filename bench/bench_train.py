@@ -48,9 +48,10 @@ from kohaku.train.model import SDXLParts  # noqa: E402
 from kohaku.train.sdxl import SDXL_UNET, SDXL_VAE  # noqa: E402
 from kohaku.train.tiny import (  # noqa: E402
     SCHEDULER_CONFIG,
-    bpe_vocab,
     tiny_sdxl_components,
-    tiny_tokenizers,
+)
+from kohaku.train.tokenizers import (  # noqa: E402
+    sdxl_tokenizers,
 )
 
 UNET_TFLOP_1024 = 20.2  # the issue's figure: plain SDXL UNet forward + backward, 1024 px
@@ -59,18 +60,27 @@ PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989
 CAPTION = ("1girl, solo, long hair, looking at viewer, smile, blue eyes, blonde hair, dress, "
            "holding, standing, outdoors, sky, day, cloud, white dress, flower, masterpiece, "
            "newest, safe, absurdres")  # fmt: skip
+# an epsilon-layout caption as danbooru posts have them (~30 tags): 106 tokens with SDXL's
+# CLIP tokenizer, so two 77-token chunks through both text encoders (the demo's median is
+# 95 tokens, its 90th percentile 141)
+LONG_CAPTION = ("1girl, hatsune miku, vocaloid, kuro (kuroi-nekoneko), long hair, twintails, "
+                "aqua hair, aqua eyes, looking at viewer, smile, open mouth, detached sleeves, "
+                "necktie, skirt, pleated skirt, thighhighs, zettai ryouiki, holding microphone, "
+                "standing, one leg raised, outdoors, night sky, city lights, star (sky), "
+                "confetti, stage lights, cowboy shot, from side, masterpiece, newest, "
+                "absurdres, highres, safe")  # fmt: skip
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def clip_config(hidden: int, layers: int, heads: int, act: str) -> CLIPTextConfig:
     """SDXL's text encoder shapes with the 49408-token vocabulary; the tiny tokenizers'
     ids (all < 524) index into it and their end token marks the pooled position."""
-    vocab = bpe_vocab()
+    bos, eos = 49406, 49407  # SDXL's CLIP vocabulary (kohaku.train.tokenizers)
     return CLIPTextConfig(
         vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
         num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
-        hidden_act=act, projection_dim=hidden, bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+        hidden_act=act, projection_dim=hidden, bos_token_id=bos,
+        eos_token_id=eos, pad_token_id=eos,
     )  # fmt: skip
 
 
@@ -86,7 +96,7 @@ def default_dtype(dtype: torch.dtype):
 
 def full_sdxl(device: torch.device, dtype: torch.dtype) -> SDXLParts:
     """SDXL 1.0's shapes with random weights, created on `device` in `dtype` (no CPU copy)."""
-    tokenizer, tokenizer_2 = tiny_tokenizers()
+    tokenizer, tokenizer_2 = sdxl_tokenizers()  # CLIP's own, built offline
     with torch.device(device), default_dtype(dtype):
         unet = UNet2DConditionModel.from_config(SDXL_UNET)
         vae = AutoencoderKL.from_config(SDXL_VAE)
@@ -168,13 +178,15 @@ class Run:
     optimizer: torch.optim.Optimizer | None
     scaler: torch.amp.GradScaler
     seed: int = 0
+    max_tokens: int = 225
 
     def inputs(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         b, r = self.batch, self.resolution
         size = torch.tensor([[r, r]] * b)
         ids = objective.time_ids(size, torch.zeros(b, 2, dtype=torch.long), size)
         pixels = torch.rand(b, 3, r, r, device=self.device) * 2 - 1
-        return [CAPTION] * b, ids.to(self.device), pixels
+        caption = CAPTION if self.max_tokens == 75 else LONG_CAPTION
+        return [caption] * b, ids.to(self.device), pixels
 
     def losses(self, step: int, latents_given: bool) -> torch.Tensor:
         """Per-sample losses of one micro-batch, as `loop.Denoiser.forward` computes them."""
@@ -190,9 +202,8 @@ class Run:
         else:
             latents = objective.to_latents(self.parts.vae, pixels, eps)
         with nullcontext() if self.train_te else torch.no_grad():
-            # one 77-token chunk, as the figures below were measured: the tiny tokenizers make
-            # CAPTION 150 tokens (SDXL's own: about 45), which would take two chunks
-            cond = objective.encode_prompts(self.parts, captions, ids, max_tokens=75)
+            cond = objective.encode_prompts(self.parts, captions, ids,
+                                            max_tokens=self.max_tokens)  # fmt: skip
         return objective.sample_losses(self.parts, latents, cond, draws, self.loss)
 
     def autocast(self):
@@ -246,7 +257,7 @@ def build_run(args: argparse.Namespace, device: torch.device) -> Run:
     optimizer = None if device.type == "meta" else build_optimizer(args.optimizer, adapters)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     return Run(parts, adapters, device, amp, not args.no_te, args.batch, args.resolution,
-               LossConfig(), optimizer, scaler, args.seed)  # fmt: skip
+               LossConfig(), optimizer, scaler, args.seed, args.max_tokens)  # fmt: skip
 
 
 def sync(device: torch.device) -> None:
@@ -350,6 +361,13 @@ def main() -> None:
     ap.add_argument("--count-flops", action="store_true",
                     help="cuda: also count the step's executed FLOPs on meta and report the "
                     "utilisation they give")  # fmt: skip
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="caption tokens (cpu: 75 with the short caption, as the tiny "
+                    "figures were measured; else 225 with a ~106-token epsilon caption: two "
+                    "chunks through both text encoders)")  # fmt: skip
+    ap.add_argument("--memory-fraction-gib", type=float, default=None,
+                    help="cuda: cap this process's GPU memory (24 = an RTX 3090/4090) with "
+                    "torch.cuda.set_per_process_memory_fraction")  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="torch threads (cpu: 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -360,6 +378,10 @@ def main() -> None:
     args.precision = args.precision or ("bf16" if gpu_like else "fp32")
     args.resolution = args.resolution or (1024 if gpu_like else 64)
     args.steps = args.steps or (20 if device.type == "cuda" else 30)
+    args.max_tokens = args.max_tokens or (225 if gpu_like else 75)
+    if device.type == "cuda" and args.memory_fraction_gib:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(args.memory_fraction_gib * 2**30 / total, device)
     if args.threads or device.type == "cpu":
         torch.set_num_threads(args.threads or 1)
     if device.type == "cuda" and args.peak_tflops is None:
