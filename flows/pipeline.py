@@ -8,8 +8,19 @@ Run it: `python -m flows.pipeline --config run.toml`."""
 from __future__ import annotations
 
 import time
+from uuid import UUID
 
 from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+    TaskRunFilter,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 
 from flows.build_dataset import build_dataset
 from flows.evaluate import evaluate
@@ -21,6 +32,8 @@ from kohaku.cli.common import one_line_errors
 from kohaku.config import RunConfig, stage_section
 from kohaku.stage import read_manifest
 
+RUNNING = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+UNFINISHED = TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(any_=RUNNING)))
 STAGES = {"build-dataset": ("sample", "tag"), "images": ("download", "buckets"),
           "train": ("train",), "evaluate": ("evaluate",)}  # fmt: skip
 
@@ -74,10 +87,31 @@ def _failure_rows(config: RunConfig, parts: list[str], part: str, state, started
     return [*done, failed, *(stage_row(s, "not run") for s in stages[at + 1 :])]
 
 
+def wait_recorded(flow_run_id: UUID, timeout: float = 30.0, poll: float = 0.5) -> bool:
+    """Waits until no task run of the flow run or its subflows is shown unfinished twice in
+    a row; False after `timeout`. The server records task runs from events, behind the flow
+    on a busy machine; a temporary server stopped before it has caught up loses the last
+    states and logs the recorder's cancelled flush as an ERROR with its traceback."""
+    deadline, quiet = time.monotonic() + timeout, 0
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))  # fmt: skip
+            runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id, *(r.id for r in subflows)]))
+            busy = client.read_task_runs(flow_run_filter=runs, task_run_filter=UNFINISHED)
+            quiet = 0 if busy else quiet + 1
+            if quiet == 2:
+                return True
+            time.sleep(poll)
+    return False
+
+
 def main(argv: list[str] | None = None) -> None:
     args = config_parser(__doc__, shards=True).parse_args(argv)
     with one_line_errors("flows.pipeline"):
-        print(pipeline(config_from(args), args.shard_size))
+        state = pipeline(config_from(args), args.shard_size, return_state=True)
+        wait_recorded(state.state_details.flow_run_id)
+        print(state.result())
 
 
 if __name__ == "__main__":

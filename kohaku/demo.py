@@ -1,9 +1,11 @@
-"""The bundled demo: a small synthetic danbooru2023 database and a run config for it.
+"""The bundled demo: a small synthetic danbooru2023 database and a run config for it, and
+the closing summary of what the run made.
 
 Writes `<dir>/metadata/danbooru.db` (once; md5s stamped from the demo pictures that
 `kohaku.demo_images.ImageServer` serves), `<dir>/model/` (a tiny SDXL built in code,
-once) and `<dir>/demo.toml`. The image server's URL is
-only known once it runs, so it is passed as an override (`DEMO_URL_KEY`).
+once; the libraries' lines in `<dir>/run/logs/demo.log`) and `<dir>/demo.toml`. The image
+server's URL is only known once it runs, so it is passed as an override (`DEMO_URL_KEY`).
+`stage_summary` reads the stage manifests of a run dir.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kohaku.demo_images import stamp_md5s
+from kohaku.logs import library_logs
+from kohaku.stage import read_manifest
 from kohaku.synth import generate_danbooru_db
 
 DEMO_URL_KEY = "download.url_template"
@@ -102,10 +106,44 @@ def prepare_demo(root: Path, posts: int = 3000, seed: int = 0) -> Path:
         partial.replace(db)
     model = root / "model"
     if not (model / "model_index.json").is_file():
-        from kohaku.train.tiny import write_tiny_sdxl
+        with library_logs(root / "run" / "logs" / "demo.log"):
+            from kohaku.train.tiny import write_tiny_sdxl
 
-        write_tiny_sdxl(model, seed=seed)
+            write_tiny_sdxl(model, seed=seed)
     max_id = round(posts * 1.1)
     config = root / "demo.toml"
     config.write_text(DEMO_TOML.format(split=max_id // 2, first=posts // 4))
     return config
+
+
+# per stage: what it made (a template over its manifest's counts) and its main output
+MADE = {
+    "sample": ("{posts} posts", "posts.parquet"),
+    "tag": ("{captions} captions, {mean_tags:.1f} tags each", "captions.parquet"),
+    "download": ("{ok} of {posts} images, {failed} failed ({bytes:,} bytes)", "images/"),
+    "buckets": ("{images} images in {buckets} buckets", "manifest.parquet"),
+    "train": ("{steps} steps, final loss {final_loss:.3f}", "lokr.safetensors"),
+    "evaluate": (
+        "{checkpoints} checkpoints x {pictures_per_checkpoint} pictures, a grid each",
+        "comparison.png",
+    ),
+}
+
+
+def stage_summary(run_dir: Path) -> list[str]:
+    """A table, one line per finished stage of `run_dir`: its seconds, what it made and
+    where (paths relative to the run dir)."""
+    rows = [("stage", "seconds", "made", "where")]
+    for stage, (template, output) in MADE.items():
+        manifest = read_manifest(Path(run_dir) / stage)
+        if manifest is None:
+            continue
+        try:
+            made = template.format_map(manifest.counts)
+        except (KeyError, TypeError, ValueError):  # a manifest of another stage version
+            made = ", ".join(f"{k}={v}" for k, v in manifest.counts.items())[:80]
+        seconds = manifest.timings.get("total")
+        seconds = "-" if seconds is None else f"{seconds:.1f}"
+        rows.append((stage, seconds, made, f"{stage}/{output}"))
+    w = [max(len(row[i]) for row in rows) for i in range(3)]
+    return [f"{a:<{w[0]}}  {b:>{w[1]}}  {c:<{w[2]}}  {d}" for a, b, c, d in rows]

@@ -8,11 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from kohaku.evaluate.config import EvaluateConfig
+from kohaku.logs import library_logs
 from kohaku.stage import Manifest
 from tasks.policy import retryable, stage_policy
+from tasks.progress import Progress
 
 VERSION = "kohaku.evaluate.config:EVALUATE_VERSION"
 
@@ -20,11 +21,12 @@ VERSION = "kohaku.evaluate.config:EVALUATE_VERSION"
 @task(name="evaluate", cache_policy=stage_policy("evaluate", VERSION), persist_result=True,
       retries=1, retry_condition_fn=retryable, tags=["gpu"])  # fmt: skip
 def evaluate_task(cfg: EvaluateConfig, run_dir: Path, upstream: list[dict]) -> Manifest:
-    from kohaku.evaluate.stage import run_evaluate  # torch: only when the stage runs
-
-    progress = create_progress_artifact(0.0, description="evaluate: pictures of this checkpoint")
+    progress = Progress("evaluate: pictures of this checkpoint")
 
     def on_progress(label: str, done: int, total: int) -> None:
-        update_progress_artifact(progress, 100.0 * done / max(total, 1), description=label)
+        progress(100.0 * done / max(total, 1), description=label)
 
-    return run_evaluate(cfg, run_dir, progress=on_progress)
+    with library_logs(Path(run_dir) / "logs" / "evaluate.log"):
+        from kohaku.evaluate.stage import run_evaluate  # torch: only when the stage runs
+
+        return run_evaluate(cfg, run_dir, progress=on_progress)

@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from kohaku.logs import library_logs
 from kohaku.stage import FileFingerprint, Manifest
 from kohaku.train.config import TrainConfig
 from kohaku.train.launch import parse_metrics
 from tasks.policy import retryable, stage_policy
+from tasks.progress import Progress
 
 VERSION = "kohaku.train.config:TRAIN_VERSION"
 
@@ -24,15 +25,16 @@ VERSION = "kohaku.train.config:TRAIN_VERSION"
       retries=3, retry_delay_seconds=30, retry_condition_fn=retryable, tags=["gpu"])  # fmt: skip
 def train_task(cfg: TrainConfig, run_dir: Path, upstream: list[dict],
                model: FileFingerprint | None) -> Manifest:  # fmt: skip
-    from kohaku.train.stage import run_train  # torch: only when the stage runs
-
     logger = get_run_logger()
-    progress = create_progress_artifact(0.0, description="train: optimizer steps done")
+    progress = Progress("train: optimizer steps done")
 
     def on_line(line: str) -> None:
         logger.info(line)
         metrics = parse_metrics(line)
         if metrics:
-            update_progress_artifact(progress, 100.0 * metrics["step"] / metrics["total"])
+            progress(100.0 * metrics["step"] / metrics["total"])
 
-    return run_train(cfg, run_dir, on_line)
+    with library_logs(Path(run_dir) / "logs" / "train.log"):
+        from kohaku.train.stage import run_train  # torch: only when the stage runs
+
+        return run_train(cfg, run_dir, on_line)

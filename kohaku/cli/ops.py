@@ -32,8 +32,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
         if code != 0:
             raise SystemExit(code)
     _show_captions(root / "run" / "tag" / "captions.parquet")
-    print(f"images and bucket manifest: {root / 'run' / 'buckets' / 'manifest.parquet'}")
-    print(f"trained LoKr: {root / 'run' / 'train' / 'lokr.safetensors'}")
+    _show_stages(root)
+
+
+def _show_stages(root: Path) -> None:
+    from kohaku.demo import stage_summary
+
+    run = root / "run"
+    print(f"\nwhat each stage made, under {run}:")
+    for line in stage_summary(run):
+        print(f"  {line}")
+    print(f"the libraries' own messages (LyCORIS, transformers, ...): {run / 'logs'}")
+    print(f"the Prefect runs, artifacts and logs: PREFECT_HOME={root / 'prefect'} kohaku serve")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -1,6 +1,9 @@
 """What the evaluation shows a person: picture grids, the score table and the trend of each
-score across checkpoints (a line chart drawn with Pillow), and markdown that embeds a PNG
-as a data URI (the Prefect UI renders base64 pictures inside markdown artifacts).
+score across checkpoints (a line chart drawn with Pillow), and markdown that embeds a
+picture as a data URI (the Prefect UI renders base64 pictures inside markdown artifacts):
+the PNG itself when it is small, else a JPEG of at most `PICTURE_BYTES`, with the
+full-size file named beside it (an artifact travels in a server event, refused above
+1.5 MB: `PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES`, and is stored in the server's database).
 
 The drawing functions are pure: they take pictures and `Summary` objects and return PNG
 bytes, markdown and table rows (lists of dicts, what `create_table_artifact` takes); the
@@ -31,6 +34,8 @@ LOWER_IS_BETTER = {"ccip_difference", "fid", "kid"}
 LABEL_W, HEADER_H, PAD, LINE_H = 120, 30, 4, 13
 PANEL = (300, 170)
 LINE = (70, 110, 180)
+PICTURE_BYTES = 256 * 1024  # a picture in an artifact: the PNG up to this, else a JPEG under it
+PICTURE_SIDE = 2048  # the longest side of an embedded picture (a grid's rows stay legible)
 
 
 @cache
@@ -110,9 +115,34 @@ def grid_png(
     return png_bytes(img)
 
 
-def image_markdown(png: bytes, alt: str) -> str:
-    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    return f"![{alt}]({uri})"
+def image_markdown(png: bytes, alt: str, source: Path | None = None) -> str:
+    """The picture inline (`small_picture`), and the full-size file's path when given."""
+    mime, data = small_picture(png)
+    uri = f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+    return f"![{alt}]({uri})" + (f"\n\nfull size: `{source}`" if source else "")
+
+
+def small_picture(png: bytes) -> tuple[str, bytes]:
+    """`png` itself when it is at most `PICTURE_BYTES` and `PICTURE_SIDE`; else a JPEG
+    (quality 85) scaled down until it fits in `PICTURE_BYTES`. Returns (MIME type, bytes)."""
+    img = Image.open(io.BytesIO(png))
+    if len(png) <= PICTURE_BYTES and max(img.size) <= PICTURE_SIDE:
+        return "image/png", png
+    img = img.convert("RGB")
+    scale = min(1.0, PICTURE_SIDE / max(img.size))
+    while True:
+        data = _jpeg(img, scale)
+        if len(data) <= PICTURE_BYTES or scale < 0.05:
+            return "image/jpeg", data
+        scale *= 0.9 * math.sqrt(PICTURE_BYTES / len(data))  # bytes grow with the area
+
+
+def _jpeg(img: Image.Image, scale: float) -> bytes:
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    small = img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    small.save(buf, format="JPEG", quality=85, optimize=True)
+    return buf.getvalue()
 
 
 def _fmt(value: float | None) -> str:
@@ -226,16 +256,18 @@ def _cell(value: object) -> str:
     return "-" if value is None else str(value).replace("|", "\\|")
 
 
-def grid_markdown(png: bytes, summary: Summary) -> str:
+def grid_markdown(png: bytes, summary: Summary, source: Path | None = None) -> str:
     """A checkpoint's sample grid and its scores, for a markdown artifact."""
-    return "\n".join([f"### {summary.label}", "", image_markdown(png, f"{summary.label} samples"),
-                      "", table_markdown(scores_table([summary])), ""])  # fmt: skip
+    picture = image_markdown(png, f"{summary.label} samples", source)
+    return "\n".join([f"### {summary.label}", "", picture, "",
+                      table_markdown(scores_table([summary])), ""])  # fmt: skip
 
 
-def trend_markdown(png: bytes, summaries: Sequence[Summary]) -> str:
+def trend_markdown(png: bytes, summaries: Sequence[Summary], source: Path | None = None) -> str:
     """The trend chart and table across a run's checkpoints, for a markdown artifact."""
-    return "\n".join(["### scores across checkpoints", "", image_markdown(png, "score trend"),
-                      "", table_markdown(trend_table(summaries)), ""])  # fmt: skip
+    picture = image_markdown(png, "score trend", source)
+    return "\n".join(["### scores across checkpoints", "", picture, "",
+                      table_markdown(trend_table(summaries)), ""])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -262,15 +294,13 @@ def build_report(run_dir: Path) -> Report:
     """The UI's view of a finished evaluate stage."""
     out = Path(run_dir) / STAGE
     summaries = read_summaries(run_dir)
-    grids = {s.label: grid_markdown((out / s.label / "grid.png").read_bytes(), s)
-             for s in summaries}  # fmt: skip
-    comparison = "\n".join(
-        [
-            "### checkpoints side by side (first seed)",
-            "",
-            image_markdown((out / "comparison.png").read_bytes(), "checkpoints"),
-        ]
-    )
-    trend_md = trend_markdown((out / "trend.png").read_bytes(), summaries)
+    grids = {}
+    for s in summaries:
+        grid = out / s.label / "grid.png"
+        grids[s.label] = grid_markdown(grid.read_bytes(), s, grid)
+    side_by_side = image_markdown((out / "comparison.png").read_bytes(), "checkpoints",
+                                  out / "comparison.png")  # fmt: skip
+    comparison = "\n".join(["### checkpoints side by side (first seed)", "", side_by_side])
+    trend_md = trend_markdown((out / "trend.png").read_bytes(), summaries, out / "trend.png")
     return Report(grids, comparison, scores_table(summaries),
                   trend_table(summaries), trend_md)  # fmt: skip

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from kohaku.errors import ConfigError
+from kohaku.logs import library_logs
 from kohaku.train.config import TrainConfig
-from kohaku.train.loop import STOPPED, Trainer, init_dist
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
     args = parser.parse_args(argv)
+    with library_logs(args.run_dir / "logs" / "train.log"):  # LyCORIS' INFO lines and the like
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from kohaku.train.loop import STOPPED, Trainer, init_dist  # its imports log: after routing
+
     cfg = TrainConfig.model_validate(json.loads(args.config.read_text()))
     d = init_dist()
     if d.world != cfg.dist.world_size:

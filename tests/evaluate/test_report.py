@@ -64,3 +64,22 @@ def test_grid_markdown_has_the_picture_and_the_scores() -> None:
     markdown = report.grid_markdown(png, summaries()[1])
     assert markdown.startswith("### base") and "![base samples](data:image/png;base64," in markdown
     assert "| checkpoint | step | clip_score |" in markdown and "| base | 0 | 20 |" in markdown
+
+
+def test_a_large_picture_travels_as_a_small_jpeg_and_names_the_full_file(tmp_path) -> None:
+    """A grid of noisy pictures (what random weights draw) is megabytes of PNG; the
+    artifact carries a JPEG under `PICTURE_BYTES` (Prefect refuses events over 1.5 MB)."""
+    noise = np.random.default_rng(0).integers(0, 256, (1600, 400, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG", compress_level=1)
+    png, full = buf.getvalue(), tmp_path / "grid.png"
+    assert len(png) > 2 * report.PICTURE_BYTES
+    markdown = report.grid_markdown(png, summaries()[1], full)
+    data = base64.b64decode(markdown.split("data:image/jpeg;base64,")[1].split(")")[0])
+    assert len(data) <= report.PICTURE_BYTES
+    small = Image.open(io.BytesIO(data))
+    assert small.format == "JPEG" and max(small.size) <= report.PICTURE_SIDE
+    assert abs(small.width / small.height - 400 / 1600) < 0.01  # the grid's shape kept
+    assert f"full size: `{full}`" in markdown and "| base | 0 | 20 |" in markdown
+    tiny = report.png_bytes(Image.new("RGB", (16, 16), "red"))
+    assert report.small_picture(tiny) == ("image/png", tiny)  # a small PNG travels as it is

@@ -69,9 +69,18 @@ def test_pipeline_on_the_demo_config_trains_and_evaluates(ops_api):
     flow_run = run("pipeline/kohaku", {"config_file": str(config), "overrides": overrides})
     assert flow_run.state.is_completed(), flow_run.state.message
 
-    ledger = {r["stage"]: r["state"] for r in _rows(artifacts(flow_run.id)["pipeline-ledger"])}
+    found = artifacts(flow_run.id)
+    ledger = {r["stage"]: r["state"] for r in _rows(found["pipeline-ledger"])}
     stages = ["sample", "tag", "download", "buckets", "train", "evaluate"]
     assert ledger == dict.fromkeys(stages, "ran")
+    # every artifact travels in a server event, which Prefect refuses over 1.5 MB
+    sizes = {key: len(json.dumps(a.data)) for key, a in found.items()}
+    assert max(sizes.values()) < 500_000, sizes
+    assert f"full size: `{run_dir.resolve() / 'evaluate/final/grid.png'}`" in (
+        found["evaluate-grid-final"].data
+    )
+    server_log = (ops_api.demo.parent / "prefect" / "server.log").read_text()
+    assert "Refusing to publish event" not in server_log
     assert all((run_dir / s / "manifest.json").is_file() for s in stages)
     assert (run_dir / "train" / "lokr.safetensors").is_file()
     assert (run_dir / "evaluate" / "comparison.png").is_file()

@@ -34,6 +34,19 @@ def test_train_flow(prefect_api, tiny_sdxl_dir, tmp_path, monkeypatch):
     rows = found["train-metrics"].data
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert [row["step"] for row in rows] == [1, 2, 3]
+    assert "INFO LyCORIS: " in (run / "logs" / "train.log").read_text()  # not in the task log
+    lines = _log_lines(flow_run_id)  # the trainer's lines, streamed to the task's log
+    assert any("kohaku-train " in line for line in lines)
+    assert not [line for line in lines if "LyCORIS" in line]
+
+
+def _log_lines(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs]
 
 
 def test_a_wrong_model_path_fails_in_one_attempt(prefect_api, tmp_path):
