@@ -334,6 +334,16 @@ def plain_unet_tflop(resolution: int) -> float:
     return counter.get_total_flops() / 1e12
 
 
+def print_size(result: dict, args: argparse.Namespace) -> None:
+    size = result["lokr_full_sdxl"] = lokr_size(args.preset, not args.no_te)
+    per = ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in size["lokr_params"].items())
+    base = ", ".join(f"{k} {v / 1e9:.3f}B" for k, v in size["base_params"].items())
+    print(f"LoKr '{args.preset}' on full SDXL (meta device): "
+          f"{size['lokr_params_total'] / 1e6:.1f}M params ({per}), "
+          f"{sum(size['lokr_modules'].values())} modules, fp16 file "
+          f"{size['fp16_file_bytes'] / 1e6:.1f} MB; base params {base}")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cpu", "cuda", "meta"],
@@ -368,6 +378,8 @@ def main() -> None:
     ap.add_argument("--memory-fraction-gib", type=float, default=None,
                     help="cuda: cap this process's GPU memory (24 = an RTX 3090/4090) with "
                     "torch.cuda.set_per_process_memory_fraction")  # fmt: skip
+    ap.add_argument("--no-size", action="store_true",
+                    help="skip the full-size LoKr count on the meta device (~10 s)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="torch threads (cpu: 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -395,13 +407,8 @@ def main() -> None:
           + (f" ({result['gpu']})" if "gpu" in result else "")
 )  # fmt: skip
 
-    size = result["lokr_full_sdxl"] = lokr_size(args.preset, not args.no_te)
-    per = ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in size["lokr_params"].items())
-    base = ", ".join(f"{k} {v / 1e9:.3f}B" for k, v in size["base_params"].items())
-    print(f"LoKr '{args.preset}' on full SDXL (meta device): "
-          f"{size['lokr_params_total'] / 1e6:.1f}M params ({per}), "
-          f"{sum(size['lokr_modules'].values())} modules, fp16 file "
-          f"{size['fp16_file_bytes'] / 1e6:.1f} MB; base params {base}")  # fmt: skip
+    if not args.no_size:
+        print_size(result, args)
 
     modes = {"given": [True], "vae": [False], "both": [True, False]}[args.latents]
     t0 = time.perf_counter()
