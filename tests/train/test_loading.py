@@ -128,8 +128,9 @@ def test_v_prediction_files_are_recognised_and_a_mismatch_is_a_config_error(tmp_
     with pytest.raises(ConfigError, match='v_prediction model but train.loss.prediction is '
                        '"epsilon": set train.loss.prediction = "v_prediction"'):  # fmt: skip
         check_inputs(TrainConfig.model_validate(cfg), run)
-    with pytest.raises(ConfigError, match="has a zero-terminal-SNR schedule .* but train.loss."
-                       "zero_terminal_snr is false: set train.loss.zero_terminal_snr = true"):
+    zero = ("has a zero-terminal-SNR schedule .* but train.loss.zero_terminal_snr is false: "
+            "set train.loss.zero_terminal_snr = true")  # fmt: skip
+    with pytest.raises(ConfigError, match=zero):
         check_inputs(TrainConfig.model_validate(cfg | {"loss": {"prediction": "v_prediction"}}),
                      run)  # fmt: skip
     ztsnr = {"prediction": "v_prediction", "zero_terminal_snr": True}
