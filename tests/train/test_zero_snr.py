@@ -1,10 +1,12 @@
 """v-prediction on a zero-terminal-SNR schedule (arXiv 2305.08891) and the loss weightings:
 the rescaled schedule ends at SNR 0 exactly; min-SNR and debiased weights match their
 formulas and stay finite there, and so do the tiny UNet's losses and gradients at t = 999;
-the config's checks and its unchanged JSON form; the base's schedule against `train.loss`."""
+the config's checks and its unchanged JSON form; the base's schedule against `train.loss`;
+one training step on a zero-terminal-SNR base."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -12,14 +14,18 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 from pydantic import ValidationError
+from safetensors import safe_open
 
 from kohaku.errors import ConfigError
 from kohaku.stage import config_hash
 from kohaku.train import objective
 from kohaku.train.config import LossConfig, TrainConfig
+from kohaku.train.loop import Dist, Trainer
 from kohaku.train.model import ModelSource, save_single_file
 from kohaku.train.sdxl import SDXLConfigs
+from kohaku.train.stage import check_inputs
 from kohaku.train.tiny import tiny_sdxl_components
+from tests.train.rundir import write_training_run
 
 SDXL = SDXLConfigs.builtin()
 EPS = DDPMScheduler.from_config(SDXL.scheduler)
@@ -131,3 +137,27 @@ def test_the_base_schedule_against_train_loss(tmp_path):
     silent = ModelSource(source.path, "single_file", declared=False)  # no v_pred key, no configs
     taken = objective.schedule_source(silent, v_loss())
     assert (taken.prediction, taken.zero_snr) == ("v_prediction", True)
+
+
+def test_a_ztsnr_run_trains_on_the_rescaled_schedule_and_says_so(tmp_path):
+    """One optimizer step on a v-prediction zero-terminal-SNR base: the trainer's schedule
+    ends at SNR 0, the loss is finite, and the LoKr file records both."""
+    parts = tiny_sdxl_components(0)
+    parts.noise_scheduler = ZTSNR
+    base = save_single_file(parts, tmp_path / "ztsnr.safetensors", torch.float32)
+    run = write_training_run(tmp_path / "run", n=2, buckets=((64, 64),))
+    cfg = TrainConfig.model_validate({
+        "model": {"path": str(base)}, "batch_size": 2, "max_steps": 1, "layout": "epsilon",
+        "loss": {"prediction": "v_prediction", "zero_terminal_snr": True,
+                 "weighting": "debiased"},
+        "optim": {"kind": "adamw", "warmup_steps": 0}, "adapter": {"preset": "attn-only"},
+    })  # fmt: skip
+    assert check_inputs(cfg, run).zero_snr
+    trainer = Trainer(cfg, run, Dist(0, 1, torch.device("cpu")))
+    assert trainer.parts.noise_scheduler.alphas_cumprod[-1].item() == 0.0
+    assert trainer.train() == {"status": "done", "step": 1}
+    last = (run / "train" / "metrics.jsonl").read_text().splitlines()[-1]
+    assert math.isfinite(json.loads(last)["loss"])
+    with safe_open(str(run / "train" / "lokr.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert (meta["modelspec.prediction_type"], meta["ss_zero_terminal_snr"]) == ("v", "True")
