@@ -65,6 +65,12 @@ class EvaluateConfig(BaseModel):
         "every checkpoint",
     )  # fmt: skip
     cfg_scale: float = Field(5.0, ge=1, description="classifier-free guidance (recipes: 4-7)")
+    guidance_rescale: float | None = Field(
+        None, ge=0, le=1, description="CFG rescale (arXiv 2305.08891, eq. 16: the guided "
+        "prediction's spread brought back toward the conditional one's, against the over-"
+        "exposure of zero-terminal-SNR models); empty = 0.7 (the paper's) for a "
+        "zero-terminal-SNR model, 0 (off) otherwise",
+    )  # fmt: skip
     steps: int = Field(28, ge=1, description="Euler sampling steps")
     width: int = Field(832, ge=64, description="picture width in pixels (multiple of 8)")
     height: int = Field(1216, ge=64, description="picture height in pixels (multiple of 8)")

@@ -11,6 +11,12 @@ Seeds: each picture's initial latents are drawn on the CPU from its own seed and
 the pipeline, so a picture depends on its prompt and seed only: not on the batch it is in,
 the device or the checkpoint (every checkpoint starts from the same noise).
 
+Schedule: the base's own (a v-prediction / zero-terminal-SNR file's `v_pred` / `ztsnr` keys, a
+folder's scheduler), or, for a single file that says nothing, the run's `train.loss` (as the
+trainer resolves it, `kohaku.train.objective.schedule_source`). A zero-terminal-SNR model is
+sampled with trailing timesteps from its rescaled betas (the first step at t = 999, pure
+noise) and CFG rescale (`guidance_rescale`), as Lin et al. 2023 prescribe.
+
 Prompts: encoded here as in training (`kohaku.train.text`: chunks of 75 tokens up to
 `max_tokens`) and handed to the pipeline as embeddings, so diffusers never cuts one at 77.
 """
@@ -36,11 +42,13 @@ from kohaku.train import lokr
 from kohaku.train.checkpoint import META
 from kohaku.train.config import TrainConfig
 from kohaku.train.model import MODELS, ModelSource, SDXLParts, load_sdxl
+from kohaku.train.objective import schedule_source
 from kohaku.train.text import encode_text
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+ZERO_SNR_GUIDANCE_RESCALE = 0.7  # arXiv 2305.08891, section 3.4 (phi = 0.7)
 
 
 @dataclass(frozen=True)
@@ -163,9 +171,34 @@ def resolve_dtype(cfg: EvaluateConfig, device: torch.device) -> torch.dtype:
     return DTYPES[cfg.precision]
 
 
+def sampling_source(source: ModelSource, run_dir: Path) -> ModelSource:
+    """The base with the schedule it is sampled with: its own where it says (a base other
+    than the run's may differ from `train.loss`: logged), else the run's `train.loss`."""
+    train = read_train_config(run_dir)
+    if train is None:
+        return source
+    if source.declared:
+        if (source.prediction, source.zero_snr) != (train.loss.prediction,
+                                                    train.loss.zero_terminal_snr):  # fmt: skip
+            log.warning("evaluate: %s is sampled as %s (zero terminal SNR: %s), its own "
+                        "schedule, though the run trained %s (%s)", source.path,
+                        source.prediction, source.zero_snr, train.loss.prediction,
+                        train.loss.zero_terminal_snr)  # fmt: skip
+        return source
+    return schedule_source(source, train.loss)
+
+
+def guidance_rescale(cfg: EvaluateConfig, source: ModelSource) -> float:
+    """`cfg.guidance_rescale`, by default the paper's 0.7 for a zero-terminal-SNR model."""
+    if cfg.guidance_rescale is not None:
+        return cfg.guidance_rescale
+    return ZERO_SNR_GUIDANCE_RESCALE if source.zero_snr else 0.0
+
+
 def build_pipeline(parts: SDXLParts) -> StableDiffusionXLPipeline:
     """The SDXL pipeline from loaded parts, with Euler (SDXL 1.0's inference default) made
-    from the training schedule's config."""
+    from the training schedule's config: a zero-terminal-SNR schedule keeps its rescaled
+    betas and trailing spacing (diffusers' Euler caps the last sigma at 4096)."""
     pipe = StableDiffusionXLPipeline(
         vae=parts.vae, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
         tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2, unet=parts.unet,
@@ -186,7 +219,8 @@ class Sampler:
 
     def __init__(self, source: ModelSource, cfg: EvaluateConfig, run_dir: Path,
                  checkpoints: Sequence[Checkpoint]):  # fmt: skip
-        self.source, self.cfg, self.run_dir = source, cfg, Path(run_dir)
+        self.source, self.cfg, self.run_dir = sampling_source(source, run_dir), cfg, Path(run_dir)
+        self.guidance_rescale = guidance_rescale(cfg, self.source)
         self.device = resolve_device(cfg)
         self.dtype = resolve_dtype(cfg, self.device)
         self.recipe = (recipe(run_dir, checkpoints)
@@ -256,9 +290,20 @@ class Sampler:
                 latents=latents.to(self.device, self.dtype),
                 generator=[torch.Generator().manual_seed(j.seed) for j in batch],
                 num_inference_steps=cfg.steps, guidance_scale=cfg.cfg_scale,
+                guidance_rescale=self.guidance_rescale,
                 width=cfg.width, height=cfg.height, output_type="pil",
             )  # fmt: skip
             yield from out.images
+
+    def schedule_settings(self) -> dict:
+        """What pictures depend on in the schedule beyond the base file: nothing for SDXL's
+        own epsilon schedule (the keys of earlier evaluations hold), else the prediction,
+        zero terminal SNR and CFG rescale."""
+        s = self.source
+        if (s.prediction, s.zero_snr, self.guidance_rescale) == ("epsilon", False, 0.0):
+            return {}
+        return {"prediction": s.prediction, "zero_terminal_snr": s.zero_snr,
+                "guidance_rescale": self.guidance_rescale}  # fmt: skip
 
     def conditioning(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The pipeline's prompt and negative embeddings, encoded as in training (chunks of 75

@@ -154,7 +154,8 @@ def settings(p: Plan, sampler: Sampler, checkpoint: Checkpoint | None = None) ->
         "version": EVALUATE_VERSION, "model": p.model_key,
         "prompts": p.prompts.digest, "seeds": cfg.seeds, "device": sampler.device.type,
         "dtype": str(sampler.dtype), "sampling": cfg.model_dump(
-            include={"cfg_scale", "steps", "width", "height", "negative_prompt", "max_tokens"}),
+            include={"cfg_scale", "steps", "width", "height", "negative_prompt", "max_tokens"})
+        | sampler.schedule_settings(),
     }  # fmt: skip
     if checkpoint is None or checkpoint.path is not None:
         parts |= {"lokr_weight": cfg.lokr_weight, "apply": cfg.apply}

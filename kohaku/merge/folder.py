@@ -5,8 +5,9 @@ tokenizers, scheduler; `sources.open_components`) and a kohaku LoKr file. Writes
 folder (built under a temporary name, then renamed): each model's weights as one
 `diffusion_pytorch_model.safetensors` / `model.safetensors` with every key of the base (the
 LoKr's deltas added by `lokr.LokrDeltas`, the same code as a merge recipe's), everything
-else copied as it is, and the scheduler's `prediction_type` set to the LoKr's when it
-records one. No name is mapped to the SGM layout and back: the deltas are addressed in
+else copied as it is, and the scheduler's `prediction_type` (and zero-terminal-SNR
+settings) set to what the merge says (`run.merged_schedule`: the LoKr's when it records
+them). No name is mapped to the SGM layout and back: the deltas are addressed in
 diffusers names (`lokr.diffusers_targets`).
 """
 
@@ -18,9 +19,8 @@ from pathlib import Path
 
 import torch
 
-from kohaku.errors import InputError
 from kohaku.merge.lokr import LokrDeltas, diffusers_targets
-from kohaku.merge.run import TensorPlan, write_plan
+from kohaku.merge.run import Schedule, TensorPlan, merged_schedule, write_plan
 from kohaku.merge.sources import COMPONENTS, ModelTensors, diffusers_metadata, open_components
 from kohaku.merge.tensors import OutSpec
 from kohaku.stage import atomic_path
@@ -37,20 +37,21 @@ def merge_lokr_into_folder(
     """Write `out`: the folder `base` with the LoKr (times `weight`) in its weights, float
     tensors stored in `dtype`."""
     components, files = open_components("base", Path(base))
-    model = ModelTensors("base", Path(base), _namespaced(components), {}, files)
+    meta = diffusers_metadata(Path(base))
+    model = ModelTensors("base", Path(base), _namespaced(components), meta, files)
     deltas = None
     try:
         shapes = {k: v.shape for k, v in model.tensors.items()}
         layout = UnetLayout.from_config(vars(components["unet"].config))
         deltas = LokrDeltas(lokr_file, shapes, weight, diffusers_targets(shapes, layout))
-        prediction = _prediction(Path(base), deltas)
+        schedule = merged_schedule(model, deltas)  # refused as for single files
         with atomic_path(Path(out)) as tmp:
             _copy_files(Path(base), tmp)
             for component, weights in COMPONENTS.items():
                 plan = _plan(model, component, dtype)
                 meta = {"format": "pt"}
                 write_plan(tmp / component / weights, plan, {"base": model}, deltas, meta)
-            _set_prediction(tmp, prediction)
+            _set_schedule(tmp, schedule)
     finally:
         model.close()
         if deltas is not None:
@@ -88,22 +89,15 @@ def _copy_files(base: Path, out: Path) -> None:
         shutil.copytree(base / component, out / component, ignore=shutil.ignore_patterns(*WEIGHTS))
 
 
-def _prediction(base: Path, deltas: LokrDeltas) -> str | None:
-    """The LoKr's prediction type (None where it records none); an epsilon LoKr on a
-    v-prediction folder is refused, as for single files (`run.merged_prediction`)."""
-    own = diffusers_metadata(base).get("modelspec.prediction_type")
-    if own == "v" and deltas.prediction == "epsilon":
-        raise InputError(
-            f"LoKr {deltas.file.path} was trained for epsilon, but {base} is a "
-            "v-prediction model (its scheduler's prediction_type): merge it into an epsilon model"
-        )
-    return deltas.prediction
-
-
-def _set_prediction(folder: Path, prediction: str | None) -> None:
+def _set_schedule(folder: Path, schedule: Schedule) -> None:
+    """The scheduler config says what the merged weights predict; zero terminal SNR as
+    `kohaku.train.sdxl.SDXLConfigs.with_prediction` sets it (rescaled betas, trailing
+    timesteps)."""
     config = folder / "scheduler" / "scheduler_config.json"
-    if prediction is None or not config.is_file():
+    if not config.is_file():
         return
     data = json.loads(config.read_text())
-    data["prediction_type"] = SCHEDULER_PREDICTION[prediction]
+    data["prediction_type"] = SCHEDULER_PREDICTION[schedule.prediction]
+    if schedule.zero_snr:
+        data |= {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
     config.write_text(json.dumps(data, indent=2))

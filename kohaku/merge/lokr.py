@@ -23,6 +23,7 @@ import torch
 
 from kohaku.errors import InputError
 from kohaku.merge.tensors import TensorFile
+from kohaku.train.lokr import META_ZERO_SNR
 from kohaku.train.names import UnetLayout, sgm_module_path  # pure string functions
 
 UNET = "model.diffusion_model."
@@ -124,6 +125,13 @@ class LokrDeltas:
         """What the LoKr was trained to predict (`modelspec.prediction_type`: `epsilon`,
         `v`), when its metadata says."""
         return self.file.header.metadata.get("modelspec.prediction_type")
+
+    @property
+    def zero_snr(self) -> bool | None:
+        """Whether it was trained on a zero-terminal-SNR schedule (`ss_zero_terminal_snr`),
+        when its metadata says (LoKr files from before issue 14 do not)."""
+        value = self.file.header.metadata.get(META_ZERO_SNR)
+        return None if value is None else value.lower() == "true"
 
     def add_to(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` (float32) plus the deltas of the modules that target `key`, in place."""

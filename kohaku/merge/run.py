@@ -2,8 +2,9 @@
 
 Reads the recipe's models (SGM single files or diffusers folders, see `sources`) and its
 LoKr file. Writes `recipe.output`, an SGM single-file `.safetensors` (temporary name, then
-renamed) with every key of the anchor model (`position_ids`, `logit_scale`, `v_pred` markers
-included), ModelSpec metadata (the anchor's, SDXL's required keys where it has none, the
+renamed) with every key of the anchor model (`position_ids`, `logit_scale`, `v_pred` /
+`ztsnr` markers included; the markers a v-prediction or zero-terminal-SNR result lacks are
+added), ModelSpec metadata (the anchor's, SDXL's required keys where it has none, the
 prediction type) and the recipe (`kohaku_merge`).
 
 Per output tensor: the inputs are read, summed in float32 with the recipe's coefficients
@@ -28,6 +29,7 @@ from kohaku.merge.lokr import LokrDeltas
 from kohaku.merge.recipe import Coefficients, MbwWeights, MergeRecipe, blend
 from kohaku.merge.sources import ModelTensors, open_model
 from kohaku.merge.tensors import OutSpec, Scratch, write_safetensors
+from kohaku.train.lokr import META_ZERO_SNR
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,10 @@ SDXL_SPEC = {  # ModelSpec's required keys for an SDXL checkpoint, as SGM files 
     "modelspec.architecture": "stable-diffusion-xl-v1-base",
     "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
 }
-V_PRED = "v_pred"  # ComfyUI's marker key of a v-prediction checkpoint (an empty tensor)
+# the marker keys of a v-prediction and of a zero-terminal-SNR checkpoint (empty tensors):
+# ComfyUI reads `ztsnr` beside `v_pred` (supported_models.SDXL.model_type), A1111 (dev) and
+# Forge read both keys too
+V_PRED, ZTSNR = "v_pred", "ztsnr"
 BLOCK = re.compile(r"model\.diffusion_model\.(input_blocks|middle_block|output_blocks)\.(\d+)\.")
 
 
@@ -66,6 +71,14 @@ class TensorPlan:
     @property
     def key(self) -> str:
         return self.out.name if self.source is None else self.source
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a merged model predicts (ModelSpec's `epsilon` or `v`), and on which schedule."""
+
+    prediction: str
+    zero_snr: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,9 +108,9 @@ def merge(recipe: MergeRecipe, threads: int = 1) -> MergeResult:
             shapes = {p.out.name: p.out.shape for p in plan}
             deltas = LokrDeltas(recipe.lokr.file, shapes, recipe.lokr.weight)
         base = models[anchor(recipe)]
-        prediction = merged_prediction(base, deltas)
-        plan += marker(base, prediction, DTYPES[recipe.dtype])
-        write_plan(recipe.output, plan, models, deltas, metadata(recipe, base, prediction))
+        schedule = merged_schedule(base, deltas)
+        plan += markers(base, schedule, DTYPES[recipe.dtype])
+        write_plan(recipe.output, plan, models, deltas, metadata(recipe, base, schedule))
     finally:
         torch.set_num_threads(before)
         for m in models.values():
@@ -343,31 +356,48 @@ def base_prediction(model: ModelTensors) -> str | None:
     return model.metadata.get("modelspec.prediction_type")
 
 
-def merged_prediction(base: ModelTensors, deltas: LokrDeltas | None) -> str:
-    """The LoKr's prediction type where it records one (it was trained for it), else the
-    base model's, else epsilon. A v-prediction base under an epsilon LoKr is refused: the
-    result would be neither."""
+def base_zero_snr(model: ModelTensors) -> bool:
+    """A zero-terminal-SNR model: its `ztsnr` key, or a diffusers folder's scheduler config."""
+    return ZTSNR in model.tensors or model.metadata.get(META_ZERO_SNR) == "True"
+
+
+def merged_schedule(base: ModelTensors, deltas: LokrDeltas | None) -> Schedule:
+    """The LoKr's prediction type and schedule where it records them (it was trained for
+    them), else the base model's, else epsilon: a v-prediction (zero-terminal-SNR) LoKr on a
+    base that does not say so marks the result. A base that says v-prediction (zero terminal
+    SNR) under a LoKr that says it was trained without is refused: the result would be
+    neither."""
     own, trained = base_prediction(base), deltas.prediction if deltas else None
     if own == "v" and trained == "epsilon":
         raise InputError(
             f"LoKr {deltas.file.path} was trained for epsilon, but model {base.name} "
             f"({base.path}) is a v-prediction model: merge it into an epsilon model"
         )
-    return trained or own or "epsilon"
+    own_zero, trained_zero = base_zero_snr(base), deltas.zero_snr if deltas else None
+    if own_zero and trained_zero is False:
+        raise InputError(
+            f"LoKr {deltas.file.path} was trained without zero terminal SNR, but model "
+            f"{base.name} ({base.path}) has a zero-terminal-SNR schedule (its ztsnr key or "
+            "scheduler config): merge it into a model without one"
+        )
+    prediction = trained or own or "epsilon"
+    zero = own_zero if trained_zero is None else trained_zero
+    return Schedule(prediction, zero and prediction == "v")
 
 
-def marker(base: ModelTensors, prediction: str, dtype: torch.dtype) -> list[TensorPlan]:
-    """The `v_pred` key ComfyUI reads, for a v-prediction result whose base lacks it."""
-    if prediction != "v" or V_PRED in base.tensors:
-        return []
-    return [TensorPlan(OutSpec(V_PRED, dtype, (0,)), (), True)]
+def markers(base: ModelTensors, schedule: Schedule, dtype: torch.dtype) -> list[TensorPlan]:
+    """The `v_pred` and `ztsnr` keys clients read, where the result needs them and its base
+    lacks them."""
+    keys = [V_PRED] if schedule.prediction == "v" else []
+    keys += [ZTSNR] if schedule.zero_snr else []
+    return [TensorPlan(OutSpec(k, dtype, (0,)), (), True) for k in keys if k not in base.tensors]
 
 
-def metadata(recipe: MergeRecipe, base: ModelTensors, prediction: str) -> dict[str, str]:
+def metadata(recipe: MergeRecipe, base: ModelTensors, schedule: Schedule) -> dict[str, str]:
     """ModelSpec: the anchor's entries (SDXL's required ones where it has none), the output's
     title, the prediction type; and the recipe that made this file."""
     own = {k: v for k, v in base.metadata.items() if k.startswith("modelspec.")}
     own.pop("modelspec.hash_sha256", None)  # the anchor's content hash, not this file's
     spec = {**SDXL_SPEC, **own, "modelspec.title": recipe.output.stem,
-            "modelspec.prediction_type": prediction}  # fmt: skip
+            "modelspec.prediction_type": schedule.prediction}  # fmt: skip
     return {"format": "pt", **spec, "kohaku_merge": json.dumps(recipe.model_dump(mode="json"))}

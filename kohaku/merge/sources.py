@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 from kohaku.errors import InputError
 from kohaku.merge.tensors import Lazy, TensorFile
+from kohaku.train.lokr import META_ZERO_SNR
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".bin", ".pth"}
 COMPONENTS = {  # diffusers folder -> the weights file its loader looks for first
@@ -117,13 +118,15 @@ def open_components(name: str, path: Path) -> tuple[dict[str, Component], list[T
 
 
 def diffusers_metadata(path: Path) -> dict[str, str]:
-    """What a folder says in ModelSpec terms: its scheduler's prediction type, if set."""
+    """What a folder says in ModelSpec terms: its scheduler's prediction type, if set; and
+    under sd-scripts' name whether its betas are rescaled to zero terminal SNR."""
     scheduler = path / "scheduler" / "scheduler_config.json"
     if not scheduler.is_file():
         return {}
-    kind = json.loads(scheduler.read_text()).get("prediction_type")
-    spec = {"epsilon": "epsilon", "v_prediction": "v"}.get(kind or "")
-    return {"modelspec.prediction_type": spec} if spec else {}
+    config = json.loads(scheduler.read_text())
+    spec = {"epsilon": "epsilon", "v_prediction": "v"}.get(config.get("prediction_type") or "")
+    zero = {META_ZERO_SNR: "True"} if config.get("rescale_betas_zero_snr") else {}
+    return ({"modelspec.prediction_type": spec} if spec else {}) | zero
 
 
 def _open_component(name: str, folder: Path, files: list[TensorFile]) -> Component:

@@ -7,9 +7,17 @@ Reads and writes nothing; `kohaku.train.lokr` reads the LoKr preset a config nam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 # the train stage's version (part of its manifest and cache key); here, not in stage.py,
 # so that a cache key needs no torch
@@ -89,10 +97,60 @@ class OptimConfig(_Frozen):
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip; empty = no clipping")
 
 
+Weighting = Literal["min_snr", "debiased", "none"]
+
+
 class LossConfig(_Frozen):
+    """What the UNet learns to predict on which noise schedule, and how each timestep's loss
+    is weighted (`kohaku.train.objective.loss_weights`)."""
+
     prediction: Literal["epsilon", "v_prediction"] = Field("epsilon", description="target")
-    min_snr_gamma: float | None = Field(5.0, gt=0, description="min-SNR weighting; empty = off")
+    zero_terminal_snr: bool = Field(
+        False, description="rescale the schedule's betas so that the last timestep is pure "
+        "noise (zero terminal SNR, Lin et al. 2023, arXiv 2305.08891; NoobAI-XL v-pred); "
+        "needs prediction = v_prediction. Evaluation then samples with trailing timesteps",
+    )  # fmt: skip
+    weighting: Weighting | None = Field(
+        None, description="per-timestep loss weight: min_snr (min-SNR, arXiv 2303.09556, with "
+        "min_snr_gamma), debiased (debiased estimation, arXiv 2310.08442), none; empty = "
+        "min_snr when min_snr_gamma is set, else none",
+    )  # fmt: skip
+    min_snr_gamma: float | None = Field(
+        5.0, gt=0, description="min-SNR's gamma; empty = no min-SNR weighting"
+    )
     noise_offset: float = Field(0.0, ge=0, description="offset noise strength (0.0357 in epsilon)")
+
+    @property
+    def weights(self) -> Weighting:
+        """The weighting in effect (an empty `weighting` follows `min_snr_gamma`)."""
+        if self.weighting is not None:
+            return self.weighting
+        return "none" if self.min_snr_gamma is None else "min_snr"
+
+    @model_validator(mode="after")
+    def _check(self) -> LossConfig:
+        if self.zero_terminal_snr and self.prediction == "epsilon":
+            raise ValueError("train.loss.zero_terminal_snr needs prediction = \"v_prediction\": "
+                             "at the last step the noisy latent is the noise itself, so an "
+                             "epsilon model cannot say anything about the image there")  # fmt: skip
+        if self.weighting == "min_snr" and self.min_snr_gamma is None:
+            raise ValueError("train.loss.weighting = \"min_snr\" needs min_snr_gamma (5 in the "
+                             "paper and the recipes)")  # fmt: skip
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Fields added after the first release are left out while at their default, so that
+        a config written before them keeps its JSON form and config hash (the train stage's
+        resume key and cache key)."""
+        data = handler(self)
+        for name, default in ADDED_LOSS_FIELDS.items():
+            if data.get(name, default) == default:
+                data.pop(name, None)
+        return data
+
+
+ADDED_LOSS_FIELDS = {"zero_terminal_snr": False, "weighting": None}  # issue 14
 
 
 class ExportConfig(_Frozen):

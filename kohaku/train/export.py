@@ -4,8 +4,9 @@ layout) checkpoint or a diffusers folder, in fp32, fp16, bf16 or fp8 (e4m3fn) st
 Reads the base model (an SGM single-file `.safetensors` or a diffusers folder) tensor by
 tensor and a kohaku LoKr file. Writes the merged model atomically through `kohaku.merge`,
 the one implementation of folding a LoKr into weights: a single file by the streamed merge
-(every key of the base kept: `position_ids`, `logit_scale`, `v_pred` markers; ModelSpec
-metadata with the prediction type), a diffusers folder from a diffusers base in the
+(every key of the base kept: `position_ids`, `logit_scale`, `v_pred` / `ztsnr` markers, and
+those a v-prediction or zero-terminal-SNR LoKr needs added; ModelSpec metadata with the
+prediction type), a diffusers folder from a diffusers base in the
 folder's own names (`kohaku.merge.folder`). Memory holds a few tensors at a time, except
 on the one path marked MINIMAL below.
 """
@@ -55,14 +56,15 @@ def _folder_from_single_file(
     the merge is streamed into a single file beside `out`, which diffusers' single-file
     loader then reads whole (about the model's size in memory, plus the loader's own copy)
     and `save_diffusers` writes as a folder. The merge itself is the streamed one."""
-    from kohaku.train.model import ModelSource, load_sdxl, save_diffusers
+    from kohaku.train.model import check_model_path, load_sdxl, save_diffusers
 
     log.warning("diffusers export from a single file loads the merged model whole")
     held = "fp16" if storage == "fp8" else storage  # fp8 is cast when the folder is written
     merged = out.with_name(f".{out.name}.merged.safetensors")
     try:
         merged_single_file(Path(source.path), lokr_file, merged, held)
-        single = ModelSource(merged, "single_file", source.config_dir, source.allow_pickle)
+        # checked, not made by hand: its v_pred / ztsnr keys give the folder its schedule
+        single = check_model_path(merged, source.allow_pickle, source.config_dir)
         return save_diffusers(load_sdxl(single, DTYPES[held]), out, DTYPES[storage])
     finally:
         merged.unlink(missing_ok=True)

@@ -35,6 +35,9 @@ LINEAR_DIM, LINEAR_ALPHA = 100_000, 1.0
 SDXL_BASE_VERSION = "sdxl_base_v1-0"
 # `loss.prediction` -> ModelSpec's `modelspec.prediction_type` (the spec and kohya write `v`)
 SPEC_PREDICTION = {"epsilon": "epsilon", "v_prediction": "v"}
+# `loss.zero_terminal_snr`, under sd-scripts' name (train_network.py writes str(bool)); ModelSpec
+# has no such key. Merges and exports read it (`kohaku.merge.lokr.LokrDeltas.zero_snr`)
+META_ZERO_SNR = "ss_zero_terminal_snr"
 
 
 class Targets(BaseModel):
@@ -174,15 +177,17 @@ def state_dict(adapters: Adapters) -> dict[str, torch.Tensor]:
 
 def save(adapters: Adapters, path: Path, dtype: torch.dtype = torch.float16,
          extra: dict | None = None, prediction: str = "epsilon",
-         title: str | None = None) -> Path:  # fmt: skip
+         title: str | None = None, zero_snr: bool = False) -> Path:  # fmt: skip
     """The LoKr as safetensors (kohya names, kohya/LyCORIS metadata), written atomically.
-    `prediction`: what it was trained to predict (`epsilon`, `v_prediction`); `title`: its
-    name in clients' lists (default: the file's stem)."""
+    `prediction`: what it was trained to predict (`epsilon`, `v_prediction`), `zero_snr`: on
+    a zero-terminal-SNR schedule; `title`: its name in clients' lists (default: the file's
+    stem)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = file_tensors(adapters, dtype)
-    meta = metadata(adapters.preset, list(adapters.networks), prediction, title or path.stem)
+    meta = metadata(adapters.preset, list(adapters.networks), prediction, title or path.stem,
+                    zero_snr)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={**meta, **(extra or {})})
@@ -209,7 +214,7 @@ def file_tensors(adapters: Adapters, dtype: torch.dtype) -> dict[str, torch.Tens
 
 
 def metadata(preset: LokrPreset, components: list[str], prediction: str,
-             title: str) -> dict[str, str]:  # fmt: skip
+             title: str, zero_snr: bool = False) -> dict[str, str]:  # fmt: skip
     """The header of a kohya-trained LyCORIS SDXL network (sd-scripts train_network.py and
     library/sai_model_spec.py): the `ss_*` keys A1111 and Forge read to tell SDXL from SD1
     and to name the file, ModelSpec 1.0.0 (`modelspec.architecture` is the exact string
@@ -226,6 +231,7 @@ def metadata(preset: LokrPreset, components: list[str], prediction: str,
         "modelspec.date": datetime.now(UTC).replace(microsecond=0).isoformat(),
         "modelspec.resolution": "1024x1024",
         "modelspec.prediction_type": SPEC_PREDICTION[prediction],
+        META_ZERO_SNR: str(zero_snr),
         "kohaku_preset": preset.model_dump_json(), "kohaku_components": json.dumps(components),
     }  # fmt: skip
 

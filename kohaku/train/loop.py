@@ -152,7 +152,9 @@ class Trainer:
         precision, the VAE in `vae_dtype_for` it; then the LoKr (fp32 parameters)."""
         cfg = self.cfg.model
         dtype = DTYPES[self.cfg.precision]
-        source = check_model_path(cfg.path, cfg.allow_pickle, cfg.config_dir)
+        source = objective.schedule_source(
+            check_model_path(cfg.path, cfg.allow_pickle, cfg.config_dir), self.cfg.loss
+        )
         parts = load_sdxl(source, dtype, self.d.device, vae_dtype_for(dtype))
         if cfg.restore_embeddings_from is not None:
             restore_embeddings(parts, read_embeddings(cfg.restore_embeddings_from,
@@ -318,7 +320,8 @@ class Trainer:
         cut, drawn = self._sum_over_ranks(self.captions)
         if self.d.rank == 0:
             lokr.save(self.adapters, self.out / "lokr.safetensors", torch.float16,
-                      prediction=self.cfg.loss.prediction, title=self.run_dir.name)  # fmt: skip
+                      prediction=self.cfg.loss.prediction, title=self.run_dir.name,
+                      zero_snr=self.cfg.loss.zero_terminal_snr)  # fmt: skip
             result = {"status": "done", "step": step, "lokr": "lokr.safetensors",
                       "captions_cut": cut, "captions_drawn": drawn,
                       "caption_tokens": self.token_stats.as_counts()}  # fmt: skip

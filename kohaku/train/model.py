@@ -8,9 +8,11 @@ local diffusers folder, for non-standard models), else from the file's own kohak
 else SDXL 1.0's built-in configs (`kohaku.train.sdxl`), checked against the file's tensor
 shapes; its tokenizers are CLIP's, built from the merges shipped in the package. A
 v-prediction file (ComfyUI's `v_pred` key, `ztsnr` for zero-terminal SNR) gets a
-v-prediction schedule. Pickle checkpoints (`.ckpt`, `.pt`, `.bin`, `.pth`) are refused
-unless asked for, since unpickling runs code. `check_model_path` reads only configs and
-headers, so a wrong path fails before any tensor is allocated.
+v-prediction schedule; a file that says nothing of its schedule (no such key, no kohaku
+configs, no `config_dir`) is marked undeclared, so that the train config may name it
+(`kohaku.train.objective.schedule_source`). Pickle checkpoints (`.ckpt`, `.pt`, `.bin`,
+`.pth`) are refused unless asked for, since unpickling runs code. `check_model_path` reads
+only configs and headers, so a wrong path fails before any tensor is allocated.
 
 Loading builds the modules with empty weights and fills them tensor by tensor (SGM names
 converted per tensor, `kohaku.train.layout`), each read with plain file reads into a reused
@@ -108,6 +110,8 @@ class ModelSource:
     allow_pickle: bool = False
     prediction: Prediction = "epsilon"
     zero_snr: bool = False
+    # False: nothing in or beside the file says what it predicts (SDXL 1.0's epsilon assumed)
+    declared: bool = True
     configs: SDXLConfigs | None = field(default=None, compare=False, repr=False)
 
 
@@ -135,11 +139,15 @@ def check_model_path(
     if header is None:  # a pickle: checked when it loads
         configs = folder_configs(config_dir) if config_dir else SDXLConfigs.builtin()
         return ModelSource(path, "single_file", config_dir, allow_pickle,
-                           *schedule_prediction(configs), configs=configs)  # fmt: skip
+                           *schedule_prediction(configs), declared=config_dir is not None,
+                           configs=configs)  # fmt: skip
     configs = single_file_configs(path, header, config_dir)
     check_shapes(path, header, configs, config_dir)
+    declared = config_dir is not None or META_CONFIGS in header.metadata or \
+        "v_pred" in header.specs  # fmt: skip
     return ModelSource(path, "single_file", config_dir, allow_pickle,
-                       *file_prediction(header, configs), configs=configs)  # fmt: skip
+                       *file_prediction(header, configs), declared=declared,
+                       configs=configs)  # fmt: skip
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """The SDXL training objective: prompts to conditioning, images to latents, noise, the
-UNet's prediction and the per-sample loss (epsilon or v-prediction, min-SNR, offset noise).
+UNet's prediction and the per-sample loss (epsilon or v-prediction, on SDXL's schedule or
+rescaled to zero terminal SNR; min-SNR or debiased weighting; offset noise), and the
+schedule a run trains on (`schedule_source`: the base's, checked against `train.loss`).
 
 Reads and writes nothing. Every random draw of a sample (latent sampling, timestep,
 noise, offset) comes from a generator keyed by (seed, epoch, post id), so a sample's loss
@@ -9,12 +11,20 @@ does not depend on which rank or micro-batch it lands in, nor on a resume.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 
 import torch
 
+from kohaku.errors import ConfigError
 from kohaku.train.config import DEFAULT_MAX_TOKENS, LossConfig
+from kohaku.train.model import ModelSource
 from kohaku.train.text import encode_text
+
+log = logging.getLogger(__name__)
+# debiased estimation's SNR range: sd-scripts' cap (SDXL's t = 0 has SNR 1175), and a floor
+# below any SNR of SDXL's own schedule (0.0047 at t = 999) that keeps 1/sqrt(SNR) finite
+SNR_MAX, SNR_MIN = 1000.0, 1e-3
 
 
 @dataclass
@@ -81,13 +91,35 @@ def to_latents(vae, pixels: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
 
 def snr(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """alpha_bar / (1 - alpha_bar): 0 at the last timestep of a zero-terminal-SNR schedule."""
     alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     return alphas / (1 - alphas)
 
 
+def loss_weights(s: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """Per-sample weights of the MSE to the target at SNR `s`; finite at SNR 0.
+
+    Both weightings are defined on the epsilon loss; the epsilon loss is SNR times the x0
+    loss, the v loss (SNR + 1) times it. min_snr (arXiv 2303.09556): min(SNR, gamma) / SNR
+    for epsilon, written min(gamma / SNR, 1) so that SNR 0 gives 1, not 0/0; the same x0
+    weight min(SNR, gamma) for v is min(SNR, gamma) / (SNR + 1), 0 at SNR 0 (as in
+    sd-scripts, diffusers and NovelAI's v3 run: the last step is learnt at min-SNR's
+    weight). debiased (arXiv 2310.08442): 1 / sqrt(SNR) for epsilon; for v 1 / (SNR + 1),
+    sd-scripts' form (kohya-ss/sd-scripts#1058: x0 weight 1, 1 at SNR 0); the SNR capped at
+    SNR_MAX first as sd-scripts does (and floored at SNR_MIN for epsilon)."""
+    kind, v = cfg.weights, cfg.prediction == "v_prediction"
+    if kind == "min_snr":
+        gamma = cfg.min_snr_gamma
+        assert gamma is not None  # LossConfig checks it
+        return torch.clamp(s, max=gamma) / (s + 1) if v else torch.clamp(gamma / s, max=1.0)
+    if kind == "debiased":
+        return 1 / (s.clamp(max=SNR_MAX) + 1) if v else s.clamp(SNR_MIN, SNR_MAX).rsqrt()
+    return torch.ones_like(s)
+
+
 def sample_losses(parts, latents: torch.Tensor, cond: Conditioning, draws: Draws,
                   cfg: LossConfig) -> torch.Tensor:  # fmt: skip
-    """Per-sample loss [B]: MSE to the target, min-SNR weighted."""
+    """Per-sample loss [B]: MSE to the target, weighted per timestep (`loss_weights`)."""
     sched, t = parts.noise_scheduler, draws.timesteps.to(latents.device)
     noise = draws.noise.to(latents)
     noisy = sched.add_noise(latents, noise, t)
@@ -95,9 +127,42 @@ def sample_losses(parts, latents: torch.Tensor, cond: Conditioning, draws: Draws
     pred = parts.unet(noisy, t, cond.hidden, added_cond_kwargs={
         "text_embeds": cond.pooled, "time_ids": cond.time_ids}).sample  # fmt: skip
     mse = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
-    if cfg.min_snr_gamma is None:
+    if cfg.weights == "none":
         return mse
-    s = snr(sched, t).float()
-    clipped = torch.clamp(s, max=cfg.min_snr_gamma)
-    weight = clipped / s if cfg.prediction == "epsilon" else clipped / (s + 1)
-    return mse * weight
+    return mse * loss_weights(snr(sched, t).float(), cfg)
+
+
+# ---------------------------------------------------------------------------- the schedule
+
+
+def schedule_source(source: ModelSource, loss: LossConfig) -> ModelSource:
+    """The base with the schedule `loss` trains on. A base that says what it predicts (a
+    diffusers folder's scheduler, a single file's `v_pred` / `ztsnr` keys, its kohaku configs
+    or `config_dir`) must agree with `loss`: ConfigError, naming the field to set. A single
+    file that says nothing (SDXL 1.0's epsilon assumed) takes `loss`'s schedule: an unmarked
+    v-prediction file, or an epsilon base trained into v-prediction as NoobAI-XL's was."""
+    if (source.prediction, source.zero_snr) == (loss.prediction, loss.zero_terminal_snr):
+        return source
+    if source.declared:
+        raise ConfigError(schedule_mismatch(source, loss))
+    log.warning("%s does not say what it predicts (no v_pred key, no configs): training it as "
+                "%s%s, as train.loss says", source.path, loss.prediction,
+                " with zero terminal SNR" if loss.zero_terminal_snr else "")  # fmt: skip
+    return replace(source, prediction=loss.prediction, zero_snr=loss.zero_terminal_snr)
+
+
+def schedule_mismatch(source: ModelSource, loss: LossConfig) -> str:
+    """One line: what the base is, what `train.loss` says, what to set."""
+    zero = f"train.loss.zero_terminal_snr = {str(source.zero_snr).lower()}"
+    if source.prediction != loss.prediction:
+        also = f" and {zero}" if source.zero_snr else ""
+        return (
+            f"{source.path} is a {source.prediction} model but train.loss.prediction is "
+            f'"{loss.prediction}": set train.loss.prediction = "{source.prediction}"{also}'
+        )
+    has = "has" if source.zero_snr else "does not have"
+    return (
+        f"{source.path} {has} a zero-terminal-SNR schedule (its ztsnr key or scheduler "
+        f"config) but train.loss.zero_terminal_snr is "
+        f"{str(loss.zero_terminal_snr).lower()}: set {zero}"
+    )

@@ -31,6 +31,7 @@ from kohaku.train.launch import command, launch
 from kohaku.train.loop import STOPPED
 from kohaku.train.model import ModelSource, check_model_path
 from kohaku.train.model import meta_models as model_meta_models
+from kohaku.train.objective import schedule_source
 
 STAGE = "train"
 
@@ -46,10 +47,7 @@ def check_inputs(cfg: TrainConfig, run_dir: Path) -> ModelSource:
         if read_stage(run_dir / stage) is None:
             raise InputError(f"{run_dir / stage} is not finished: build {what} first")
     source = check_model_path(cfg.model.path, cfg.model.allow_pickle, cfg.model.config_dir)
-    if source.prediction != cfg.loss.prediction:
-        raise ConfigError(f"{source.path} is a {source.prediction} model but "
-                          f'train.loss.prediction is "{cfg.loss.prediction}": set '
-                          f'train.loss.prediction = "{source.prediction}"')  # fmt: skip
+    source = schedule_source(source, cfg.loss)  # prediction and zero terminal SNR agree
     if cfg.model.restore_embeddings_from is not None:
         locate_embeddings(cfg.model.restore_embeddings_from, cfg.model.allow_pickle)
     lokr.check_preset(lokr.load_preset(cfg.adapter.preset), meta_models(source, cfg))

@@ -1,20 +1,32 @@
 """The sampler's prompt conditioning: the training encoder's chunks of 75 tokens handed to the
 diffusers pipeline as embeddings. Short prompts get exactly the pipeline's own conditioning;
 long ones reach the UNet whole, without diffusers' "truncated" warning; the keep separator
-stays out of the prompts."""
+stays out of the prompts. Its schedule: a zero-terminal-SNR model is sampled with trailing
+timesteps and CFG rescale; an unmarked base as the run trained it."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+from diffusers import DDPMScheduler
 from diffusers.utils import logging as diffusers_logging
 
-from kohaku.evaluate.generate import Checkpoint, Job, Sampler
+from kohaku.evaluate.generate import (
+    Checkpoint,
+    Job,
+    Sampler,
+    guidance_rescale,
+    sampling_source,
+)
 from kohaku.evaluate.stage import plan
-from kohaku.train.model import check_model_path
+from kohaku.train.config import TrainConfig
+from kohaku.train.model import check_model_path, save_single_file
 from kohaku.train.text import encode_text
+from kohaku.train.tiny import tiny_sdxl_components
 from tests.evaluate.conftest import tiny_config
 
 CPU = torch.device("cpu")
@@ -84,3 +96,50 @@ def test_prompts_carry_no_keep_separator(eval_run) -> None:
     p = plan(tiny_config(layout="hakubooru"), eval_run)
     assert p.jobs and all("|||" not in job.prompt for job in p.jobs)
     assert any("|||" in prompt for prompt in p.prompts.frame["prompt"])  # the layout's caption
+
+
+@torch.no_grad()
+def test_a_zero_terminal_snr_model_samples_trailing_steps_with_cfg_rescale(sampler, tmp_path):
+    """A v-prediction zero-terminal-SNR file (its v_pred / ztsnr keys): Euler on the rescaled
+    betas with trailing timesteps, the first at t = 999 (pure noise), and the paper's CFG
+    rescale 0.7 unless set; SDXL's own schedule adds nothing to the pictures' keys."""
+    parts = tiny_sdxl_components(0)
+    parts.noise_scheduler = DDPMScheduler.from_config(
+        parts.noise_scheduler.config, prediction_type="v_prediction",
+        rescale_betas_zero_snr=True, timestep_spacing="trailing")  # fmt: skip
+    path = save_single_file(parts, tmp_path / "ztsnr.safetensors", torch.float32)
+    ztsnr = sampler_for(path, tmp_path / "run")
+    config = ztsnr.pipe.scheduler.config
+    assert (config.prediction_type, config.timestep_spacing) == ("v_prediction", "trailing")
+    assert config.rescale_betas_zero_snr
+    ztsnr.pipe.scheduler.set_timesteps(2)
+    assert ztsnr.pipe.scheduler.timesteps.tolist() == [999.0, 499.0]
+    assert ztsnr.guidance_rescale == 0.7 and sampler.guidance_rescale == 0.0
+    assert ztsnr.schedule_settings() == {
+        "prediction": "v_prediction",
+        "zero_terminal_snr": True,
+        "guidance_rescale": 0.7,
+    }
+    assert sampler.schedule_settings() == {}  # epsilon: earlier evaluations keep their keys
+    (rescaled,) = ztsnr.sample([Job("p", "1girl", 0)])
+    ztsnr.guidance_rescale = 0.0
+    (plain,) = ztsnr.sample([Job("p", "1girl", 0)])
+    assert np.asarray(rescaled).std() > 0 and not np.array_equal(
+        np.asarray(rescaled), np.asarray(plain)
+    )
+
+
+def test_an_unmarked_base_is_sampled_as_the_run_trained_it(tiny_sdxl_dir, tmp_path):
+    """A single file that says nothing takes the run's `train.loss` schedule, as in
+    training; a base that says what it is keeps its own."""
+    train = tmp_path / "train"
+    train.mkdir()
+    loss = {"prediction": "v_prediction", "zero_terminal_snr": True}
+    cfg = TrainConfig.model_validate({"model": {"path": str(tiny_sdxl_dir)}, "loss": loss})
+    (train / "config.json").write_text(cfg.model_dump_json())
+    folder = check_model_path(tiny_sdxl_dir)  # its scheduler says epsilon
+    assert sampling_source(folder, tmp_path) == folder
+    silent = sampling_source(replace(folder, declared=False), tmp_path)
+    assert (silent.prediction, silent.zero_snr) == ("v_prediction", True)
+    assert guidance_rescale(tiny_config(), silent) == 0.7
+    assert guidance_rescale(tiny_config(guidance_rescale=0.0), silent) == 0.0

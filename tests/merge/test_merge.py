@@ -416,20 +416,29 @@ def test_output_modelspec_names_sdxl_its_title_and_the_prediction_type(
     tmp_path: Path, tiny_sdxl_dir: Path
 ):
     """A diffusers anchor has no ModelSpec: SDXL's required keys are filled in; a
-    v-prediction scheduler makes a `v` file with ComfyUI's `v_pred` marker."""
-    vfolder = tmp_path / "vpred"
-    shutil.copytree(tiny_sdxl_dir, vfolder)
-    config = vfolder / "scheduler" / "scheduler_config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()),
-                                  "prediction_type": "v_prediction"}))  # fmt: skip
-    for folder, prediction in ((tiny_sdxl_dir, "epsilon"), (vfolder, "v")):
+    v-prediction scheduler makes a `v` file with ComfyUI's `v_pred` marker, rescaled betas
+    (zero terminal SNR) add the `ztsnr` marker."""
+    settings = {
+        "vpred": {"prediction_type": "v_prediction"},
+        "ztsnr": {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True},
+    }
+    for name, over in settings.items():
+        shutil.copytree(tiny_sdxl_dir, tmp_path / name)
+        config = tmp_path / name / "scheduler" / "scheduler_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), **over}))
+    for folder, prediction, zero in (
+        (tiny_sdxl_dir, "epsilon", False),
+        (tmp_path / "vpred", "v", False),
+        (tmp_path / "ztsnr", "v", True),
+    ):
         got = run(tmp_path, {"d": folder}, "d", dtype="fp16")
         with safe_open(str(tmp_path / "merged.safetensors"), "pt") as f:
             meta = f.metadata()
         assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
         assert meta["modelspec.sai_model_spec"] == "1.0.0" and meta["modelspec.title"] == "merged"
         assert meta["modelspec.prediction_type"] == prediction
-        assert ("v_pred" in got) == (prediction == "v")
+        assert ("v_pred" in got) == (prediction == "v") and ("ztsnr" in got) == zero
+        assert "ss_zero_terminal_snr" not in meta  # the folder's own reading stays inside
         assert all(bool(torch.isfinite(v.float()).all()) for v in got.values())
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from kohaku.errors import InputError
 from kohaku.train import lokr
 from kohaku.train.export import export_merged
-from kohaku.train.model import MODELS, ModelSource, sgm_state, with_text_model
+from kohaku.train.model import MODELS, ModelSource, check_model_path, sgm_state, with_text_model
 from kohaku.train.tiny import tiny_sdxl_components
 from tests.merge.reference import lycoris_merged
 
@@ -30,7 +30,8 @@ EXTRA = {  # keys of real SDXL single files that no module's state_dict gives ba
 
 @pytest.fixture(scope="module")
 def lokr_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One delta-preset LoKr (w2 non-zero) saved as trained for epsilon and for v."""
+    """One delta-preset LoKr (w2 non-zero) saved as trained for epsilon, for v and for v
+    on a zero-terminal-SNR schedule."""
     parts = tiny_sdxl_components(0)
     models = {c: getattr(parts, c) for c in ("unet", "text_encoder", "text_encoder_2")}
     adapters = lokr.attach(lokr.load_preset("delta"), models, seed=0)
@@ -41,10 +42,13 @@ def lokr_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 if name.endswith("lokr_w2"):
                     p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     root = tmp_path_factory.mktemp("lokr")
-    return {
+    files = {
         pred: lokr.save(adapters, root / f"{pred}.safetensors", torch.float32, prediction=pred)
         for pred in ("epsilon", "v_prediction")
     }
+    files["ztsnr"] = lokr.save(adapters, root / "ztsnr.safetensors", torch.float32,
+                               prediction="v_prediction", zero_snr=True)  # fmt: skip
+    return files
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +57,7 @@ def reference(tiny_sdxl_dir: Path, lokr_files: dict[str, Path]):
     return lycoris_merged(tiny_sdxl_dir, lokr_files["epsilon"])
 
 
-def base_file(folder: Path, v_pred: bool) -> Path:
+def base_file(folder: Path, v_pred: bool, ztsnr: bool = False) -> Path:
     """The tiny SDXL as an official-layout single file, with the keys loaders drop."""
     parts = tiny_sdxl_components(0)
     with torch.no_grad():
@@ -61,7 +65,8 @@ def base_file(folder: Path, v_pred: bool) -> Path:
             k: v.contiguous() for k, v in sgm_state({m: getattr(parts, m) for m in MODELS}).items()
         }
     state |= EXTRA | ({"v_pred": torch.tensor([])} if v_pred else {})
-    path = folder / f"base-{'v' if v_pred else 'eps'}.safetensors"
+    state |= {"ztsnr": torch.tensor([])} if ztsnr else {}
+    path = folder / f"base-{'v' if v_pred else 'eps'}{'-ztsnr' if ztsnr else ''}.safetensors"
     save_file(state, str(path), metadata={"modelspec.architecture": "stable-diffusion-xl-v1-base"})
     return path
 
@@ -148,3 +153,41 @@ def test_diffusers_export_from_a_single_file(
     for key, value in reference.unet.state_dict().items():
         torch.testing.assert_close(got[key], value, atol=1e-5, rtol=1e-5, msg=key)
     assert not list(tmp_path.glob(".out.*"))  # the intermediate single file is removed
+
+
+def test_a_zero_terminal_snr_lokr_marks_what_it_is_merged_into(
+    tmp_path: Path, tiny_sdxl_dir: Path, lokr_files
+):
+    """A v-prediction zero-terminal-SNR LoKr on bases that do not say so (an epsilon single
+    file, an epsilon folder, a single file exported as a folder): the single file carries
+    both keys ComfyUI, A1111 and Forge read and ModelSpec `v`; a folder's scheduler has
+    rescaled betas and trailing timesteps; kohaku reads either back as what it is."""
+    ztsnr, base = lokr_files["ztsnr"], base_file(tmp_path, v_pred=False)
+    single = export_merged(ModelSource(base, "single_file"), ztsnr, tmp_path / "m.safetensors",
+                           "single_file", "fp16")  # fmt: skip
+    tensors = load_file(str(single))
+    assert tensors["v_pred"].numel() == tensors["ztsnr"].numel() == 0 and all_finite(tensors)
+    with safe_open(str(single), "pt") as f:
+        assert f.metadata()["modelspec.prediction_type"] == "v"
+    read = check_model_path(single, config_dir=tiny_sdxl_dir)
+    assert (read.prediction, read.zero_snr) == ("v_prediction", True)
+    sources = {"from-folder": ModelSource(tiny_sdxl_dir, "diffusers"),
+               "from-file": ModelSource(base, "single_file", tiny_sdxl_dir)}  # fmt: skip
+    for name, source in sources.items():
+        folder = export_merged(source, ztsnr, tmp_path / name, "diffusers", "fp16")
+        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        assert scheduler["prediction_type"] == "v_prediction", name
+        assert scheduler["rescale_betas_zero_snr"] and scheduler["timestep_spacing"] == "trailing"
+        assert check_model_path(folder).zero_snr, name
+
+
+def test_a_lokr_trained_without_zero_terminal_snr_on_a_ztsnr_base_is_refused(
+    tmp_path: Path, lokr_files
+):
+    base = base_file(tmp_path, v_pred=True, ztsnr=True)
+    with pytest.raises(InputError, match="trained without zero terminal SNR, but model base"):
+        export_merged(ModelSource(base, "single_file"), lokr_files["v_prediction"],
+                      tmp_path / "merged.safetensors", "single_file")  # fmt: skip
+    out = export_merged(ModelSource(base, "single_file"), lokr_files["ztsnr"],
+                        tmp_path / "merged.safetensors", "single_file")  # fmt: skip
+    assert {"v_pred", "ztsnr"} <= load_file(str(out)).keys()  # the base's own, kept

@@ -122,13 +122,19 @@ def test_v_prediction_files_are_recognised_and_a_mismatch_is_a_config_error(tmp_
     assert (source.prediction, source.zero_snr) == ("v_prediction", True)
     sched = m.load_sdxl(source).noise_scheduler
     assert sched.config.rescale_betas_zero_snr and sched.config.timestep_spacing == "trailing"
-    assert sched.alphas_cumprod[-1] < 1e-6  # zero terminal SNR
+    assert sched.alphas_cumprod[-1] == 0  # zero terminal SNR
     run = write_training_run(tmp_path / "run", n=2, buckets=((64, 64),))
     cfg = {"model": {"path": str(marked)}, "batch_size": 2, "layout": "epsilon"}
     with pytest.raises(ConfigError, match='v_prediction model but train.loss.prediction is '
                        '"epsilon": set train.loss.prediction = "v_prediction"'):  # fmt: skip
         check_inputs(TrainConfig.model_validate(cfg), run)
-    check_inputs(TrainConfig.model_validate(cfg | {"loss": {"prediction": "v_prediction"}}), run)
+    zero = ("has a zero-terminal-SNR schedule .* but train.loss.zero_terminal_snr is false: "
+            "set train.loss.zero_terminal_snr = true")  # fmt: skip
+    with pytest.raises(ConfigError, match=zero):
+        check_inputs(TrainConfig.model_validate(cfg | {"loss": {"prediction": "v_prediction"}}),
+                     run)  # fmt: skip
+    ztsnr = {"prediction": "v_prediction", "zero_terminal_snr": True}
+    assert check_inputs(TrainConfig.model_validate(cfg | {"loss": ztsnr}), run) == source
     with pytest.raises(ConfigError, match="epsilon model but"):
         check_inputs(
             TrainConfig.model_validate(

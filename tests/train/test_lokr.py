@@ -56,13 +56,14 @@ def umask_022():
     os.umask(before)
 
 
-@pytest.mark.parametrize("prediction,spec", [("epsilon", "epsilon"), ("v_prediction", "v")])
+@pytest.mark.parametrize("prediction,spec,zero_snr", [("epsilon", "epsilon", False),
+                                                     ("v_prediction", "v", True)])  # fmt: skip
 def test_saved_lokr_carries_kohya_sdxl_metadata_and_finite_tensors(
-    tmp_path: Path, umask_022, prediction: str, spec: str
+    tmp_path: Path, umask_022, prediction: str, spec: str, zero_snr: bool
 ):
     _, adapters = adapted()
     path = lokr.save(adapters, tmp_path / "lokr.safetensors", prediction=prediction,
-                     title="my-run")  # fmt: skip
+                     title="my-run", zero_snr=zero_snr)  # fmt: skip
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     assert meta["ss_base_model_version"].startswith("sdxl_")  # A1111 / Forge: an SDXL network
@@ -70,6 +71,7 @@ def test_saved_lokr_carries_kohya_sdxl_metadata_and_finite_tensors(
     assert meta["ss_network_module"] == "lycoris.kohya"
     assert meta["modelspec.sai_model_spec"] == "1.0.0"
     assert meta["modelspec.prediction_type"] == spec
+    assert meta["ss_zero_terminal_snr"] == str(zero_snr)  # sd-scripts' key and spelling
     assert meta["modelspec.title"] == meta["ss_output_name"] == "my-run"
     assert meta["modelspec.resolution"] == "1024x1024" and meta["modelspec.date"]
     assert meta["ss_network_dim"] == "100000" and float(meta["ss_network_alpha"]) == 1.0
