@@ -168,3 +168,12 @@ def test_bad_normalize_is_one_line_from_a_config_file() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(overrides=['sample.source="x.db"', 'tag.quality.normalize="date"'])
     assert "\n" not in str(info.value) and "tag.quality.normalize" in str(info.value)
+
+
+def test_text_captions_path_is_relative_to_the_config_file(tmp_path) -> None:
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "run.toml"
+    path.write_text('[tag]\ntext_captions = "captions/florence.parquet"\n')
+    cfg = load_config(path, stage="tag")
+    assert cfg.tag.text_captions == tmp_path / "conf" / "captions" / "florence.parquet"
+    assert TagConfig().text_captions is None
