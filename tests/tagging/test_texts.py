@@ -161,3 +161,26 @@ def test_synthetic_db_in_batches(sampled: Path, tmp_path: Path, batch_posts: int
     assert (texts["with_text"], texts["without_text"]) == (len(want), len(ids) - len(want))
     assert texts["file_rows"] == len(rows)
     assert read_manifest(tmp_path / "tag") == manifest
+
+
+def test_the_demo_texts_join_for_two_posts_in_three(sampled: Path, synth_db: Path, tmp_path):
+    """kohaku/demo.py's caption file: template sentences for the posts whose id is not a
+    multiple of 3, a valid text file; the demo config joins it and draws texts."""
+    from kohaku.config import load_config
+    from kohaku.demo import DEMO_TOML, write_demo_texts
+
+    path = tmp_path / "metadata" / "captions.jsonl"
+    path.parent.mkdir()
+    lines = write_demo_texts(synth_db, path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == lines == open_text_source(path).rows > 1000
+    assert all(r["id"] % 3 and r["text"].startswith("An anime picture of ") for r in rows)
+    config = tmp_path / "demo.toml"
+    config.write_text(DEMO_TOML.format(split=1500, first=300))
+    cfg = load_config(config, overrides=[f'sample.source="{synth_db}"'])
+    assert cfg.tag.text_captions == path and cfg.train.captions.uses_text
+    assert cfg.train.captions.max_tokens == cfg.evaluate.max_tokens == 300
+    shutil.copytree(sampled / "sample", tmp_path / "sample")
+    texts = run_tag(cfg.tag, tmp_path).counts["texts"]
+    ids = pl.read_parquet(tmp_path / "sample" / "posts.parquet")["id"]
+    assert texts["with_text"] == int((ids % 3 != 0).sum()) and texts["without_text"] > 0
