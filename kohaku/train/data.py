@@ -429,6 +429,25 @@ def draw_captions(
             for p, t, i in zip(parts, texts, batch.ids, strict=True)]  # fmt: skip
 
 
+def example_captions(
+    captions: Path, layout: str, cfg: CaptionConfig, seed: int = 0, n: int = 3
+) -> list[tuple[int, Caption]]:
+    """What training draws at epoch 0 (no token budget) for the first `n` posts of the tag
+    stage's `captions.parquet` with a text and the first one without (its fallback): the
+    demo prints them. Only the first `n` posts when there are no texts."""
+    columns = pl.read_parquet_schema(captions)
+    scan = pl.scan_parquet(captions).select("id", text=pl.col("text") if "text" in columns
+                                            else pl.lit(None, pl.String))  # fmt: skip
+    frame = scan.collect()
+    has = frame.filter(pl.col("text").is_not_null())["id"].head(n)
+    lacks = frame.filter(pl.col("text").is_null())["id"].head(n if has.is_empty() else 1)
+    ids = pl.concat([has, lacks]).sort()
+    parts = _read_parts(Path(captions), layout, ids)
+    texts = frame.join(pl.DataFrame({"id": ids}), on="id", how="semi").sort("id")["text"]
+    return [(i, draw_caption(*p, cfg, caption_rng(seed, 0, i), text=t))
+            for i, p, t in zip(ids, parts.select(PARTS).rows(), texts, strict=True)]  # fmt: skip
+
+
 # ---------------------------------------------------------------- tensors
 
 

@@ -25,6 +25,7 @@ from kohaku.train.data import (
     caption_rng,
     check_texts,
     draw_caption,
+    example_captions,
     load_batch,
     load_items,
     make_caption,
@@ -599,3 +600,18 @@ def test_texts_drawn_without_any_text_are_one_error(tmp_path: Path) -> None:
     items = load_items(tmp_path / "buckets/manifest.parquet", captions)
     with pytest.raises(ConfigError, match="none of the 4 images has a text"):
         check_texts(items, CaptionConfig(p_tags=0.5, p_text=0.5), captions)
+
+
+def test_example_captions_show_texts_and_a_fallback(tmp_path: Path) -> None:
+    write_run(tmp_path)
+    captions = tmp_path / "tag/captions.parquet"
+    cfg = CaptionConfig(p_tags=0.0, p_both=1.0)
+    plain = example_captions(captions, "epsilon", cfg, n=2)  # no text column: first posts
+    assert [(i, c.kind, c.fallback) for i, c in plain] == [(10, "tags", True), (11, "tags", True)]
+    frame = pl.read_parquet(captions)
+    texts = pl.Series([None, "Post eleven.", None, "Post thirteen."], dtype=pl.String)
+    frame.with_columns(text=texts).write_parquet(captions)
+    got = example_captions(captions, "epsilon", cfg, n=2)
+    assert [(i, c.kind, c.fallback) for i, c in got] == [(10, "tags", True), (11, "both", False),
+                                                         (13, "both", False)]  # fmt: skip
+    assert got[1][1].text.endswith(", Post eleven., masterpiece, highres, safe")
