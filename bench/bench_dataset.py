@@ -3,6 +3,7 @@
     python bench/bench_dataset.py --posts 200000          # the issue's 2.5 s target
     python bench/bench_dataset.py --posts 7000000 --preset epsilon
     python bench/bench_dataset.py --posts 200000 --source bench/out/pq200k   # exported parquet
+    python bench/bench_dataset.py --posts 200000 --texts 0.9   # + a text file (issue 14)
 
 Generates the database once into bench/out/ (reused), then times the two stages as the
 library runs them (fresh run dir each repeat) and prints wall time and peak RSS.
@@ -36,6 +37,24 @@ def ensure_db(posts: int, seed: int) -> Path:
     return path
 
 
+def ensure_texts(posts: int, fraction: float) -> Path:
+    """A natural-language caption file (id, text) for about `fraction` of the ids, in id
+    order (as the published Florence-2 sets are), ~300 characters each."""
+    import numpy as np
+    import polars as pl
+
+    path = OUT / f"texts-{posts}-{fraction}.parquet"
+    if not path.exists():
+        ids = np.arange(int(posts * 1.1))
+        ids = ids[np.random.default_rng(0).random(len(ids)) < fraction]
+        text = pl.format("The image shows character number {} standing in a garden with long "
+                         "hair and a red ribbon. She wears a school uniform, a pleated skirt "
+                         "and black thighhighs, and smiles at the viewer while the evening "
+                         "sun lights the flowers behind her.", pl.col("id"))  # fmt: skip
+        pl.DataFrame({"id": ids}).with_columns(text=text).write_parquet(path)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--posts", type=int, default=200_000)
@@ -47,12 +66,17 @@ def main() -> None:
                     "file, e.g. its `kohaku export-parquet` folder")  # fmt: skip
     ap.add_argument("--memory-limit", default=None, help="DuckDB memory limit, e.g. 6GB")
     ap.add_argument("--batch-posts", type=int, default=1_000_000, help="tag stage batch size")
+    ap.add_argument("--texts", type=float, default=None, help="join a generated text file "
+                    "(tag.text_captions) covering this fraction of the ids")  # fmt: skip
     args = ap.parse_args()
     db = args.source or ensure_db(args.posts, args.seed)
     run_dir = OUT / "run"
     # the preset's id ranges are for ~7.8M ids; scale them to this database
     scale = args.posts * 1.1 / 7_800_000
-    cfg = load_config(preset=args.preset, overrides=[f'sample.source="{db}"', "sample.seed=1"])
+    overrides = [f'sample.source="{db}"', "sample.seed=1"]
+    if args.texts is not None:
+        overrides.append(f'tag.text_captions="{ensure_texts(args.posts, args.texts)}"')
+    cfg = load_config(preset=args.preset, overrides=overrides)
     ranges = [r.model_copy(update={
         "start": int(r.start * scale), "end": None if r.end is None else int(r.end * scale),
         "count": r.count if r.count == "all" else max(1, int(r.count * scale))})

@@ -29,11 +29,12 @@ from kohaku.tagging.config import TagConfig
 from kohaku.train.config import TrainConfig
 
 # a preset is `kohaku/presets/<name>.toml`; epsilon-rev2 also sets [train] (so a config
-# from it must name train.model.path) and no sample ranges (the selection is the user's)
-PRESETS = ("delta", "epsilon", "epsilon-rev2", "gamma")
+# from it must name train.model.path) and no sample ranges (the selection is the user's);
+# zeta (ours, not a published recipe) sets [train] too and draws texts (tag.text_captions)
+PRESETS = ("delta", "epsilon", "epsilon-rev2", "gamma", "zeta")
 # paths that a config file may give relative to itself
-PATH_FIELDS = ("run_dir", "sample.source", "download.source_path", "train.model.path",
-               "train.model.config_dir", "train.model.restore_embeddings_from",
+PATH_FIELDS = ("run_dir", "sample.source", "tag.text_captions", "download.source_path",
+               "train.model.path", "train.model.config_dir", "train.model.restore_embeddings_from",
                "train.latent_cache", "evaluate.clip_model", "evaluate.ccip_model",
                "evaluate.inception", "evaluate.base_model.path",
                "evaluate.base_model.config_dir")  # fmt: skip

@@ -118,8 +118,8 @@ def test_bad_configs_fail_with_a_message_naming_the_field(data, fragment):
 
 
 def test_unknown_preset_and_missing_file(tmp_path):
-    with pytest.raises(ConfigError, match="unknown preset 'zeta'"):
-        load_config(preset="zeta")
+    with pytest.raises(ConfigError, match="unknown preset 'omega'"):
+        load_config(preset="omega")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
@@ -127,7 +127,7 @@ def test_unknown_preset_and_missing_file(tmp_path):
 
 
 def test_all_presets_are_listed():
-    assert set(PRESETS) == {"delta", "epsilon", "epsilon-rev2", "gamma"}
+    assert set(PRESETS) == {"delta", "epsilon", "epsilon-rev2", "gamma", "zeta"}
     shipped = resources.files("kohaku.presets").iterdir()
     assert {p.name.removesuffix(".toml") for p in shipped if p.name.endswith(".toml")} == set(
         PRESETS

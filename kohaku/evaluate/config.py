@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kohaku.tagging.config import Layout
-from kohaku.train.config import DEFAULT_MAX_TOKENS, MaxTokens, ModelConfig
+from kohaku.train.config import DEFAULT_MAX_TOKENS, MAX_TOKENS_LIMIT, MaxTokens, ModelConfig
 
 Checkpoints = Literal["final", "all"] | list[int]
 
@@ -77,7 +77,7 @@ class EvaluateConfig(BaseModel):
     negative_prompt: str = Field("", description="negative prompt of every picture")
     max_tokens: MaxTokens = Field(
         DEFAULT_MAX_TOKENS, description="prompt tokens the text encoders see, in chunks of 75 "
-        "(75, 150 or 225, as in training); a longer prompt is cut there",
+        f"(75, 150, ... {MAX_TOKENS_LIMIT}, as in training); a longer prompt is cut there",
     )  # fmt: skip
     batch_size: int = Field(4, ge=1, description="pictures per sampling batch")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(

@@ -1,7 +1,9 @@
-"""Config of the tag stage: quality, rating and date tags, tag text rules, caption layout."""
+"""Config of the tag stage: quality, rating and date tags, tag text rules, caption layout,
+an optional natural-language caption file."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -143,6 +145,12 @@ class TagConfig(_Model):
         None, description="tags per rating; empty = the layout's own"
     )
     date_tags: list[DateTag] = Field(DATE_TAGS, description="date tags by upload year")
+    text_captions: Path | None = Field(
+        None, description="natural-language captions joined by post id: a parquet or JSON "
+        "lines file with columns id (integer) and text (string), e.g. the danbooru2023 "
+        "Florence-2 captions; the trainer mixes them with the tags (train.captions.p_text, "
+        "p_both); empty = tags only",
+    )  # fmt: skip
 
     def resolved_count_tags(self) -> list[str]:
         if self.count_tags is not None:

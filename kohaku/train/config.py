@@ -23,10 +23,14 @@ from pydantic import (
 # so that a cache key needs no torch
 TRAIN_VERSION = "1"
 # Captions reach the text encoders in chunks of 75 tokens (77 with the start and end token,
-# CLIP's context); kohya sd-scripts' --max_token_length takes 75, 150 or 225. Issue 14 raises
-# the ceiling: MAX_TOKENS_LIMIT is the one number to change.
+# CLIP's context); kohya sd-scripts' --max_token_length takes 75, 150 or 225, Kohaku XL Zeta
+# trained tags plus natural language at 300 (issue 14). The ceiling is 9 chunks: each chunk
+# is encoded on its own (no context across chunks), and at 1024x1024 on the meta device
+# (FlopCounterMode, README "Longer text") 9 chunks cost +8 % UNet forward+backward FLOPs
+# and, with both text encoders trained, about +21 % of the whole step against one chunk;
+# Zeta's 300 (4 chunks) is +8 %. Past 675 the cost grows with little left to say.
 CHUNK_TOKENS = 75
-MAX_TOKENS_LIMIT = 225
+MAX_TOKENS_LIMIT = 675
 DEFAULT_MAX_TOKENS = 225  # kohya's SDXL runs
 
 
@@ -39,6 +43,9 @@ def check_max_tokens(value: int) -> int:
     return value
 
 
+CaptionKind = Literal["tags", "text", "both"]
+
+
 MaxTokens = Annotated[int, AfterValidator(check_max_tokens)]  # train and evaluate configs
 
 
@@ -47,7 +54,9 @@ class _Frozen(BaseModel):
 
 
 class CaptionConfig(_Frozen):
-    """Per-step caption augmentation (recipes: delta drops 10 % of general tags, epsilon 15 %)."""
+    """Per-step caption augmentation (recipes: delta drops 10 % of general tags, epsilon 15 %)
+    and, with natural-language texts (`tag.text_captions`), the per-step choice between the
+    tags, the text in place of the body tags, or both (Kohaku XL Zeta's prompt format)."""
 
     shuffle: bool = Field(True, description="shuffle the body (general) tags every step")
     tag_dropout: float = Field(
@@ -59,9 +68,45 @@ class CaptionConfig(_Frozen):
     separator: str = Field(", ", description="text between tags")
     max_tokens: MaxTokens = Field(
         DEFAULT_MAX_TOKENS, description="caption tokens the text encoders see, in chunks of "
-        "75 (75, 150 or 225); a longer caption loses body tags from its end, never its head "
-        "or tail tags",
+        f"75 (75, 150, ... {MAX_TOKENS_LIMIT}; Zeta: 300); a longer caption loses body tags "
+        "from its end, then whole sentences of its text, never its head or tail tags",
     )  # fmt: skip
+    p_tags: float = Field(
+        1.0, ge=0, le=1, description="chance that a step's caption is the tags alone"
+    )
+    p_text: float = Field(
+        0.0, ge=0, le=1, description="chance that the text replaces the body (general) tags: "
+        "head tags, text, tail tags; a post without text falls back to its tags (counted)",
+    )  # fmt: skip
+    p_both: float = Field(
+        0.0, ge=0, le=1, description="chance of the tags and the text together (falls back "
+        "to the tags like p_text); p_tags + p_text + p_both = 1",
+    )  # fmt: skip
+    text_position: Literal["after_tags", "before_tags"] = Field(
+        "after_tags", description="where the text goes in a `both` caption: after the body "
+        "tags (head, body, text, tail) or before them (head, text, body, tail)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _check(self) -> CaptionConfig:
+        total = self.p_tags + self.p_text + self.p_both
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"train.captions p_tags {self.p_tags:g} + p_text {self.p_text:g} "
+                             f"+ p_both {self.p_both:g} = {total:g}, not 1")  # fmt: skip
+        return self
+
+    @property
+    def uses_text(self) -> bool:
+        return self.p_text > 0 or self.p_both > 0
+
+    def kind(self, u: float) -> CaptionKind:
+        """The caption kind of a uniform draw `u` in [0, 1): tags below p_tags, then text,
+        then both (a kind with chance 0 is never chosen, whatever the rounding)."""
+        if u < self.p_tags or not self.uses_text:
+            return "tags"
+        if self.p_both == 0 or (self.p_text > 0 and u < self.p_tags + self.p_text):
+            return "text"
+        return "both"
 
 
 class ModelConfig(_Frozen):

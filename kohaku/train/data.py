@@ -3,8 +3,9 @@ captions, and the tensors of one batch.
 
 Reads `<run>/buckets/manifest.parquet` (id, run-relative path, original size, bucket, crop),
 `<run>/tag/captions.parquet` (the tag groups; `kohaku.tagging.captions.lay_out` derives the
-head/body/tail lists) and the images under `<run>/download/images/`, which the download
-stage already resized and cropped to their bucket. Writes nothing.
+head/body/tail lists; `text`, the natural-language captions, when the tag stage joined any)
+and the images under `<run>/download/images/`, which the download stage already resized and
+cropped to their bucket. Writes nothing.
 
 Determinism. Every random choice comes from a PCG64 bit generator seeded through a
 `SeedSequence` of (domain, seed, epoch[, post id]), and only its raw 64-bit output is used:
@@ -32,7 +33,7 @@ from PIL import Image
 
 from kohaku.errors import ConfigError, InputError
 from kohaku.tagging.captions import LAYOUTS, lay_out
-from kohaku.train.config import CaptionConfig
+from kohaku.train.config import CaptionConfig, CaptionKind
 from kohaku.train.tokens import TagBudget
 
 if TYPE_CHECKING:
@@ -63,10 +64,12 @@ class BucketItems:
     parts: pl.DataFrame  # head, body, tail lists of caption text
     keep_separator: str | None = None  # the layout's (hakubooru: "|||"); never in a caption
     budget: TagBudget | None = None  # max caption tokens; the trainer sets it (tokenizer)
+    texts: pl.Series | None = None  # natural-language caption or null per row; None: no texts
 
     def __post_init__(self) -> None:
         n = len(self.ids)
-        if any(len(a) != n for a in (self.bucket, self.original_size, self.crop, self.paths)):
+        columns = (self.bucket, self.original_size, self.crop, self.paths)
+        if any(len(a) != n for a in columns + (() if self.texts is None else (self.texts,))):
             raise ValueError("BucketItems: every column needs one row per id")
         if self.parts.height != n or self.parts.columns != PARTS:
             raise ValueError(f"BucketItems: parts needs columns {PARTS} and {n} rows")
@@ -93,16 +96,35 @@ def load_items(
     frame = pl.read_parquet(buckets_manifest, columns=BUCKET_COLUMNS).sort("id")
     if frame["id"].is_duplicated().any():
         raise InputError(f"{buckets_manifest}: duplicate ids; rebuild the buckets stage")
+    texts = None
     if captions is None:
         parts = pl.DataFrame({p: [[]] * frame.height for p in PARTS}, schema=_PARTS_SCHEMA)
     else:
         parts = _read_parts(Path(captions), layout, frame["id"])
+        if "text" in parts.columns:  # a tag stage from before issue 14 has none
+            texts, parts = parts["text"], parts.drop("text")
     return BucketItems(
         ids=frame["id"].to_numpy().astype(np.int64), bucket=_pairs(frame, "bucket_w", "bucket_h"),
         original_size=_pairs(frame, "orig_w", "orig_h"),
         crop=_pairs(frame, "crop_left", "crop_top"), paths=frame["path"], parts=parts,
         keep_separator=LAYOUTS[layout].keep_separator if captions is not None else None,
+        texts=texts,
     )  # fmt: skip
+
+
+def check_texts(items: BucketItems, cfg: CaptionConfig, captions: Path) -> None:
+    """A config that draws texts (p_text or p_both > 0) needs images with texts: one
+    ConfigError before training when none has one (no tag.text_captions, or its ids match
+    none of the images)."""
+    if not cfg.uses_text:
+        return
+    with_text = 0 if items.texts is None else len(items.ids) - items.texts.null_count()
+    if with_text == 0:
+        raise ConfigError(
+            f"train.captions.p_text / p_both draw natural-language captions, but none of the "
+            f"{len(items.ids)} images has a text in {captions}: set tag.text_captions and "
+            "rebuild the tag stage (`kohaku tag`), or set train.captions.p_tags = 1"
+        )
 
 
 def with_budget(items: BucketItems, tokenizer, cfg: CaptionConfig) -> BucketItems:
@@ -130,9 +152,11 @@ def _read_parts(path: Path, layout: str, ids: pl.Series) -> pl.DataFrame:
     spec = LAYOUTS[layout]
     groups = {"rating_tags" if g == "rating" else g for g in spec.head + spec.body + spec.tail}
     _check_columns(path, ["id", *sorted(groups)], "rebuild the tag stage (`kohaku tag`)")
+    text = ["text"] if "text" in pl.read_parquet_schema(path) else []
     wanted = pl.LazyFrame({"id": ids})
-    scan = pl.scan_parquet(path).select("id", *sorted(groups)).join(wanted, on="id", how="semi")
-    laid = lay_out(scan, layout).select("id", *PARTS)
+    scan = pl.scan_parquet(path).select("id", *sorted(groups), *text)
+    scan = scan.join(wanted, on="id", how="semi")
+    laid = lay_out(scan, layout).select("id", *PARTS, *text)
     parts = wanted.join(laid, on="id", how="left", maintain_order="left").collect()
     if parts.height != len(ids):
         raise InputError(f"{path}: duplicate ids; rebuild the tag stage")
@@ -142,7 +166,7 @@ def _read_parts(path: Path, layout: str, ids: pl.Series) -> pl.DataFrame:
             f"{len(missing)} of {len(ids)} images in the buckets manifest have no caption in "
             f"{path} (first ids: {missing.head(5).to_list()}); rebuild the tag stage"
         )
-    return parts.select(PARTS)
+    return parts.select(*PARTS, *text)
 
 
 # ---------------------------------------------------------------- batch order
@@ -328,10 +352,14 @@ def caption_rng(seed: int, epoch: int, post_id: int) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class Caption:
-    """One step's caption text, and whether the token budget cut body tags from it."""
+    """One step's caption text; whether the token budget cut body tags (or sentences of the
+    text) from it; its kind (tags, text or both; "" when dropped whole) and whether a kind
+    with text fell back to the tags because the post has none."""
 
     text: str
     cut: bool = False
+    kind: CaptionKind | str = "tags"
+    fallback: bool = False
 
 
 def make_caption(
@@ -341,9 +369,10 @@ def make_caption(
     cfg: CaptionConfig,
     rng: np.random.Generator,
     budget: TagBudget | None = None,
+    text: str | None = None,
 ) -> str:
     """One step's caption text (`draw_caption`)."""
-    return draw_caption(head, body, tail, cfg, rng, budget).text
+    return draw_caption(head, body, tail, cfg, rng, budget, text).text
 
 
 def draw_caption(
@@ -353,26 +382,40 @@ def draw_caption(
     cfg: CaptionConfig,
     rng: np.random.Generator,
     budget: TagBudget | None = None,
+    text: str | None = None,
 ) -> Caption:
     """One step's caption: head and tail tags in place and always kept, body tags shuffled
     and each dropped with `tag_dropout`; "" with `caption_dropout`. With a `budget`, body
     tags then go from the end until the caption fits `max_tokens`. The draws are the same
     whatever the config, so changing one setting does not reshuffle the others.
 
+    With the post's natural-language `text`, one more draw picks the kind (`cfg.kind`):
+    the tags; the text in place of the body tags (`head, text, tail`, Kohaku XL Zeta's
+    prompt format); or both (`head, body, text, tail`, or the text before the body). It is
+    drawn after the others, so the tags of a caption are those drawn without texts; a post
+    without text falls back to its tags (`fallback`). The budget drops body tags before
+    it shortens the text (`TagBudget`).
+
     The tags are joined by `separator` and nothing else: a layout's keep separator (hakubooru
     `|||`) only says where the kept head ends, which `head` already says. It is no token, and
     kohya sd-scripts strips it too, so it never reaches a text encoder."""
-    draws = _uniform(rng, 1 + 2 * len(body))
-    blank, keys, drop = draws[0], draws[1 : 1 + len(body)], draws[1 + len(body) :]
+    n = len(body)
+    draws = _uniform(rng, 2 + 2 * n)  # PCG64's first 1 + 2n draws are those of before
+    blank, keys, drop, pick = draws[0], draws[1 : 1 + n], draws[1 + n : 1 + 2 * n], draws[-1]
     if blank < cfg.caption_dropout:
-        return Caption("")
-    order = np.argsort(keys, kind="stable") if cfg.shuffle else range(len(body))
-    kept = [body[i] for i in order if drop[i] >= cfg.tag_dropout]
-    cut = False
+        return Caption("", kind="")
+    kind = cfg.kind(float(pick))
+    fallback = kind != "tags" and not text
+    kind, text = ("tags", None) if fallback or kind == "tags" else (kind, text)
+    order = np.argsort(keys, kind="stable") if cfg.shuffle else range(n)
+    kept = [] if kind == "text" else [body[i] for i in order if drop[i] >= cfg.tag_dropout]
+    first, cut = cfg.text_position == "before_tags", False
     if budget is not None:
-        fitted = budget.fit(head, kept, tail)
-        kept, cut = fitted.body, fitted.cut
-    return Caption(cfg.separator.join([*head, *kept, *tail]), cut)
+        fitted = budget.fit(head, kept, tail, text, first)
+        kept, cut, text = fitted.body, fitted.cut, fitted.text
+    words = [text] if text else []
+    items = [*head, *words, *kept, *tail] if first else [*head, *kept, *words, *tail]
+    return Caption(cfg.separator.join(items), cut, kind, fallback)
 
 
 def draw_captions(
@@ -381,8 +424,28 @@ def draw_captions(
     """The captions of a micro-batch, each from its post's generator of the epoch, cut to
     the items' token budget when they have one."""
     parts = items.parts[rows].rows()
-    return [draw_caption(*p, cfg, caption_rng(seed, batch.epoch, i), items.budget)
-            for p, i in zip(parts, batch.ids, strict=True)]  # fmt: skip
+    texts = [None] * len(rows) if items.texts is None else items.texts.gather(rows).to_list()
+    return [draw_caption(*p, cfg, caption_rng(seed, batch.epoch, i), items.budget, t)
+            for p, t, i in zip(parts, texts, batch.ids, strict=True)]  # fmt: skip
+
+
+def example_captions(
+    captions: Path, layout: str, cfg: CaptionConfig, seed: int = 0, n: int = 3
+) -> list[tuple[int, Caption]]:
+    """What training draws at epoch 0 (no token budget) for the first `n` posts of the tag
+    stage's `captions.parquet` with a text and the first one without (its fallback): the
+    demo prints them. Only the first `n` posts when there are no texts."""
+    columns = pl.read_parquet_schema(captions)
+    scan = pl.scan_parquet(captions).select("id", text=pl.col("text") if "text" in columns
+                                            else pl.lit(None, pl.String))  # fmt: skip
+    frame = scan.collect()
+    has = frame.filter(pl.col("text").is_not_null())["id"].head(n)
+    lacks = frame.filter(pl.col("text").is_null())["id"].head(n if has.is_empty() else 1)
+    ids = pl.concat([has, lacks]).sort()
+    parts = _read_parts(Path(captions), layout, ids)
+    texts = frame.join(pl.DataFrame({"id": ids}), on="id", how="semi").sort("id")["text"]
+    return [(i, draw_caption(*p, cfg, caption_rng(seed, 0, i), text=t))
+            for i, p, t in zip(ids, parts.select(PARTS).rows(), texts, strict=True)]  # fmt: skip
 
 
 # ---------------------------------------------------------------- tensors
@@ -400,6 +463,9 @@ class TrainBatch:
     crop_top_left: torch.Tensor  # int64 [B, 2]
     target_size: torch.Tensor  # int64 [B, 2]
     captions_cut: int = 0  # captions the token budget cut (`draw_caption`)
+    captions_text: int = 0  # captions of the text in place of the body tags
+    captions_both: int = 0  # captions of the tags and the text
+    captions_fallback: int = 0  # text or both drawn for a post without text: its tags
 
     def time_ids(self) -> torch.Tensor:
         """SDXL's add_time_ids, int64 [B, 6]."""
@@ -422,6 +488,9 @@ def load_batch(
     return TrainBatch(
         ids=batch.ids, pixels=pixels.contiguous(), captions=[c.text for c in captions],
         captions_cut=sum(c.cut for c in captions),
+        captions_text=sum(c.kind == "text" for c in captions),
+        captions_both=sum(c.kind == "both" for c in captions),
+        captions_fallback=sum(c.fallback for c in captions),
         original_size=torch.from_numpy(items.original_size[rows][:, ::-1].copy()),
         crop_top_left=torch.from_numpy(items.crop[rows][:, ::-1].copy()),
         target_size=torch.tensor(target, dtype=torch.int64),

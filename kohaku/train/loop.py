@@ -31,6 +31,9 @@ from kohaku.train.model import check_model_path, load_sdxl, vae_dtype_for
 from kohaku.train.tokens import token_stats
 
 STOPPED = 75  # exit code after a SIGTERM: checkpoint written, run again to resume
+# result.json's caption figures (summed over ranks), in `caption_tally`'s order
+CAPTION_COUNTS = ("captions_cut", "captions_drawn", "captions_text", "captions_both",
+                  "captions_text_fallback")  # fmt: skip
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -93,6 +96,12 @@ class Denoiser(torch.nn.Module):
                                   self.vae.config.scaling_factor)  # fmt: skip
 
 
+def caption_tally(data) -> list[int]:
+    """A batch's figures in CAPTION_COUNTS order."""
+    return [data.captions_cut, len(data.captions), data.captions_text, data.captions_both,
+            data.captions_fallback]  # fmt: skip
+
+
 def build_optimizer(cfg: TrainConfig, adapters: lokr.Adapters) -> torch.optim.Optimizer:
     o = cfg.optim
     groups = [{"params": adapters.parameters("unet"), "lr": o.lr_unet}]
@@ -137,7 +146,9 @@ class Trainer:
         lengths = self.items.budget.lengths  # rank 0 counts the full captions once
         self.token_stats = (token_stats(self.items.parts, lengths, cfg.captions.max_tokens)
                             if d.rank == 0 else None)  # fmt: skip
-        self.captions = [0, 0]  # cut by the token budget, drawn (since this process started)
+        # since this process started: captions cut by the token budget, drawn, of the text,
+        # of tags and text, fallen back to tags (text drawn, none there)
+        self.captions = [0] * len(CAPTION_COUNTS)
         self.cache = self._latent_cache()
         self.model = self._wrap(Denoiser(self.parts, self.adapters, cfg, self.cache))
         self.optimizer = build_optimizer(cfg, self.adapters)
@@ -214,8 +225,8 @@ class Trainer:
             gens = [objective.sample_generator(self.cfg.seed, batch.epoch, pid)
                     for pid in batch.ids]  # fmt: skip
             data = load_batch(batch, self.items, self.run_dir, self.cfg.captions, self.cfg.seed)
-            self.captions = [self.captions[0] + data.captions_cut,
-                             self.captions[1] + len(data.captions)]  # fmt: skip
+            self.captions = [a + b for a, b in zip(self.captions, caption_tally(data),
+                                                   strict=True)]  # fmt: skip
             with self._autocast(), nullcontext() if sync else self.model.no_sync():
                 loss = self.model(data, gens).mean() / len(batches)
                 self.scaler.scale(loss).backward()
@@ -317,13 +328,12 @@ class Trainer:
     def _finish(self, step: int) -> dict:
         if self.writer is not None:
             self.writer.close()
-        cut, drawn = self._sum_over_ranks(self.captions)
+        tally = dict(zip(CAPTION_COUNTS, self._sum_over_ranks(self.captions), strict=True))
         if self.d.rank == 0:
             lokr.save(self.adapters, self.out / "lokr.safetensors", torch.float16,
                       prediction=self.cfg.loss.prediction, title=self.run_dir.name,
                       zero_snr=self.cfg.loss.zero_terminal_snr)  # fmt: skip
-            result = {"status": "done", "step": step, "lokr": "lokr.safetensors",
-                      "captions_cut": cut, "captions_drawn": drawn,
+            result = {"status": "done", "step": step, "lokr": "lokr.safetensors", **tally,
                       "caption_tokens": self.token_stats.as_counts()}  # fmt: skip
             (self.out / "result.json").write_text(json.dumps(result))
         self.d.barrier()

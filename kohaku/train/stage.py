@@ -25,10 +25,10 @@ from kohaku.stage import MANIFEST, Manifest, atomic_write_text, config_hash, lib
 from kohaku.stage import read_manifest as read_stage
 from kohaku.train import lokr
 from kohaku.train.config import TRAIN_VERSION, TrainConfig
-from kohaku.train.data import BucketBatches, load_items
+from kohaku.train.data import BucketBatches, check_texts, load_items
 from kohaku.train.embeddings import locate_embeddings
 from kohaku.train.launch import command, launch
-from kohaku.train.loop import STOPPED
+from kohaku.train.loop import CAPTION_COUNTS, STOPPED
 from kohaku.train.model import ModelSource, check_model_path
 from kohaku.train.model import meta_models as model_meta_models
 from kohaku.train.objective import schedule_source
@@ -53,6 +53,7 @@ def check_inputs(cfg: TrainConfig, run_dir: Path) -> ModelSource:
     lokr.check_preset(lokr.load_preset(cfg.adapter.preset), meta_models(source, cfg))
     items = load_items(run_dir / "buckets" / "manifest.parquet",
                        run_dir / "tag" / "captions.parquet", cfg.layout)  # fmt: skip
+    check_texts(items, cfg.captions, run_dir / "tag" / "captions.parquet")
     try:
         BucketBatches(items, cfg.batch_size, cfg.dist.world_size, 0, cfg.seed)
     except ValueError as exc:
@@ -115,8 +116,9 @@ def export(cfg: TrainConfig, run_dir: Path) -> dict[str, str]:
 
 def caption_counts(result: dict) -> dict:
     """The trainer's caption figures: token counts of the full captions (the model's own
-    tokenizer) and how many drawn captions the `max_tokens` budget cut."""
-    keys = ("captions_cut", "captions_drawn")
+    tokenizer), how many drawn captions the `max_tokens` budget cut, how many were of the
+    text, of tags and text, and how many fell back to tags (text drawn, the post has none)."""
+    keys = CAPTION_COUNTS
     return {**result.get("caption_tokens", {}), **{k: result[k] for k in keys if k in result}}
 
 

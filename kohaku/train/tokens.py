@@ -16,6 +16,7 @@ With any other separator the sum is only an estimate, and the cut checks the rea
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -62,6 +63,10 @@ class TagLengths:
         ids = self.tokenizer(texts, add_special_tokens=False, verbose=False).input_ids
         return [len(i) for i in ids]
 
+    def known(self, tag: str) -> bool:
+        """Whether `tag` was counted (`learn`)."""
+        return tag in self._alone
+
     def glued(self, tag: str) -> int:
         return self._glued[tag]
 
@@ -78,17 +83,28 @@ class TagLengths:
 
 @dataclass(frozen=True)
 class Fitted:
-    """The body tags kept by a cut, and whether the caption lost anything."""
+    """The body tags kept by a cut, the text kept (None: none), and whether the caption
+    lost anything."""
 
     body: list[str]
     cut: bool
+    text: str | None = None
+
+
+# a sentence ends at ., ! or ? followed by whitespace (Florence-2 writes plain prose)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 @dataclass
 class TagBudget:
     """At most `max_tokens` caption tokens, cut at tag boundaries: body tags go from the end
-    of the (shuffled) body until the caption fits; head and tail tags always stay. A caption
-    whose head and tail alone are too long is left whole: the encoder cuts its last tokens."""
+    of the (shuffled) body until the caption fits; head and tail tags always stay.
+
+    A natural-language `text` is kept whole while body tags remain to drop (tags are what a
+    text repeats; a text cut mid-way says something else); then it loses whole sentences
+    from its end and, when its first sentence alone is too long, words from that sentence's
+    end. A caption whose head and tail alone are too long is left whole, its text cut to
+    nothing: the encoder cuts its last tokens."""
 
     lengths: TagLengths
     max_tokens: int
@@ -97,32 +113,79 @@ class TagBudget:
     def of(cls, tokenizer, cfg: CaptionConfig) -> TagBudget:
         return cls(TagLengths(tokenizer, cfg.separator), cfg.max_tokens)
 
-    def fit(self, head: Sequence[str], body: Sequence[str], tail: Sequence[str]) -> Fitted:
+    def fit(
+        self, head: Sequence[str], body: Sequence[str], tail: Sequence[str],
+        text: str | None = None, text_first: bool = False,
+    ) -> Fitted:  # fmt: skip
+        """The cut of the caption `head, body, tail`, or with `text`: `head, body, text,
+        tail` (`head, text, body, tail` when `text_first`)."""
         n = self.lengths
         n.learn([*head, *body, *tail])
-        keep = self._fitting(head, body, tail)
+        before, after = _around(head, tail, text, text_first)
+        keep = self._fitting(before, body, after)
         if not n.additive:  # the sums were estimates: drop more until the real count fits
-            while keep and self._real(head, body[:keep], tail) > self.max_tokens:
+            while keep and self._real(before, body[:keep], after) > self.max_tokens:
                 keep -= 1
-        over = keep == 0 and self._real(head, [], tail) > self.max_tokens
-        return Fitted(list(body[:keep]), keep < len(body) or over)
+        over = keep == 0 and self._real(before, [], after) > self.max_tokens
+        if over and text:  # the body is gone: shorten the text
+            return Fitted([], True, _shorten(text, lambda t: self._fits(head, tail, t, text_first)))
+        return Fitted(list(body[:keep]), keep < len(body) or over, text)
 
-    def _fitting(self, head: Sequence[str], body: Sequence[str], tail: Sequence[str]) -> int:
+    def _fits(self, head: Sequence[str], tail: Sequence[str], text: str, text_first: bool
+              ) -> bool:  # fmt: skip
+        before, after = _around(head, tail, text, text_first)
+        return self._real(before, [], after) <= self.max_tokens
+
+    def _fitting(self, before: Sequence[str], body: Sequence[str], after: Sequence[str]) -> int:
         """The most body tags (a prefix) whose caption fits, in one pass over the body."""
         n = self.lengths
-        fixed = sum(n.glued(t) for t in (*head, *tail))
+        counts = [self._counts(t) for t in (*before, *after)]  # a text is tokenized once
+        fixed = sum(glued for glued, _ in counts)
         prefix = [0, *accumulate(n.glued(t) for t in body)]
         for keep in range(len(body), 0, -1):
-            last = tail[-1] if tail else body[keep - 1]
-            if fixed + prefix[keep] - n.glued(last) + n.alone(last) <= self.max_tokens:
+            # the caption's last item is counted alone (no separator after it)
+            last = counts[-1] if after else (n.glued(body[keep - 1]), n.alone(body[keep - 1]))
+            if fixed + prefix[keep] - last[0] + last[1] <= self.max_tokens:
                 return keep
         return 0
 
-    def _real(self, head: Sequence[str], body: Sequence[str], tail: Sequence[str]) -> int:
-        tags = [*head, *body, *tail]
-        if self.lengths.additive:
-            return self.lengths.caption(tags)
-        return self.lengths.count_texts([self.lengths.separator.join(tags)])[0]
+    def _counts(self, item: str) -> tuple[int, int]:
+        """(with the separator's glue, alone): a tag's cached counts; a text's (not cached:
+        every post has its own) counted now."""
+        n = self.lengths
+        if n.known(item):
+            return n.glued(item), n.alone(item)
+        glued, alone = n.count_texts([item + n.glue, item])
+        return glued, alone
+
+    def _real(self, before: Sequence[str], body: Sequence[str], after: Sequence[str]) -> int:
+        items, n = [*before, *body, *after], self.lengths
+        if n.additive and all(n.known(t) for t in items):
+            return n.caption(items)
+        return n.count_texts([n.separator.join(items)])[0] if items else 0
+
+
+def _around(head: Sequence[str], tail: Sequence[str], text: str | None, text_first: bool
+            ) -> tuple[list[str], list[str]]:  # fmt: skip
+    """What comes before and after the body: head (+ text) and (text +) tail."""
+    if not text:
+        return list(head), list(tail)
+    return ([*head, text], list(tail)) if text_first else (list(head), [text, *tail])
+
+
+def _shorten(text: str, fits) -> str | None:
+    """The longest start of `text` that `fits`: whole sentences, else the first sentence's
+    first words; None when not even one word fits."""
+    sentences = _SENTENCE_END.split(text)
+    for k in range(len(sentences) - 1, 0, -1):
+        if fits(start := " ".join(sentences[:k])):
+            return start
+    words = sentences[0].split(" ")
+    lo, hi = 0, len(words) - 1  # words[:lo] fits (or lo = 0); words[:hi + 1] does not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(" ".join(words[:mid])) else (lo, mid - 1)
+    return " ".join(words[:lo]) or None
 
 
 # ---------------------------------------------------------------- the report

@@ -168,3 +168,30 @@ def test_bad_normalize_is_one_line_from_a_config_file() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(overrides=['sample.source="x.db"', 'tag.quality.normalize="date"'])
     assert "\n" not in str(info.value) and "tag.quality.normalize" in str(info.value)
+
+
+def test_text_captions_path_is_relative_to_the_config_file(tmp_path) -> None:
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "run.toml"
+    path.write_text('[tag]\ntext_captions = "captions/florence.parquet"\n')
+    cfg = load_config(path, stage="tag")
+    assert cfg.tag.text_captions == tmp_path / "conf" / "captions" / "florence.parquet"
+    assert TagConfig().text_captions is None
+
+
+def test_zeta_preset_uses_texts_300_tokens_and_rating_year(tmp_path) -> None:
+    """Issue 14 item 8: ours, not a published recipe; texts (item 2), 300 tokens (item 3),
+    quality by rating x year (item 4) together; the text file and the base are the user's."""
+    cfg = load_config(preset="zeta", overrides=[
+        'sample.source="x.db"', f'tag.text_captions="{tmp_path / "florence.parquet"}"',
+        'train.model.path="/models/epsilon-rev2.safetensors"'])  # fmt: skip
+    assert cfg.preset == "zeta" and cfg.tag.layout == "epsilon"
+    assert cfg.tag.text_captions == tmp_path / "florence.parquet"
+    q = cfg.tag.quality
+    assert (q.normalize, q.percentiles) == ("rating_year", [90, 75, 60, 45, 30, 10])
+    c = cfg.train.captions
+    assert (c.max_tokens, c.p_tags, c.p_text, c.p_both) == (300, 0.5, 0.25, 0.25)
+    assert c.uses_text and c.tag_dropout == 0.15
+    assert (cfg.train.optim.lr_unet, cfg.train.optim.schedule) == (1e-5, "cosine")
+    tag_only = load_config(preset="zeta", stage="tag")  # the tag stage alone needs no base
+    assert tag_only.tag.quality.normalize == "rating_year"

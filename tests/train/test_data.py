@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kohaku.errors import InputError
+from kohaku.errors import ConfigError, InputError
 from kohaku.tagging.captions import lay_out
 from kohaku.train.data import (
     PARTS,
@@ -23,7 +23,9 @@ from kohaku.train.data import (
     CaptionConfig,
     DataPosition,
     caption_rng,
+    check_texts,
     draw_caption,
+    example_captions,
     load_batch,
     load_items,
     make_caption,
@@ -445,3 +447,171 @@ def test_load_batch_refuses_an_image_of_the_wrong_size(tmp_path: Path) -> None:
     (tmp_path / "download/images/11.png").unlink()
     with pytest.raises(InputError, match="11.png is missing"):
         load_batch(batch, items, tmp_path, CaptionConfig(), seed=0)
+
+
+# ---------------------------------------------------------------- natural-language captions
+
+TEXT = "A girl with green twintails sings on a stage. The crowd waves light sticks."
+MIX = CaptionConfig(tag_dropout=0.15, p_tags=0.5, p_text=0.3, p_both=0.2)
+PINNED_KINDS = [2000, 1194, 806]  # seed 9, epoch 0, posts 0-3999
+
+
+def test_the_kind_is_drawn_per_step_in_the_configured_proportions() -> None:
+    """Over 4,000 posts with a fixed seed: each kind within 4 standard deviations of its
+    chance (pinned: the same seed gives the same counts), and the same draws again give the
+    same kinds (deterministic)."""
+    kinds = [draw_caption(HEAD, BODY, TAIL, MIX, caption_rng(9, 0, p), text=TEXT).kind
+             for p in range(4000)]  # fmt: skip
+    for kind, p in (("tags", 0.5), ("text", 0.3), ("both", 0.2)):
+        sd = (4000 * p * (1 - p)) ** 0.5
+        assert abs(kinds.count(kind) - 4000 * p) < 4 * sd, (kind, kinds.count(kind))
+    assert [kinds.count(k) for k in ("tags", "text", "both")] == PINNED_KINDS
+    again = [draw_caption(HEAD, BODY, TAIL, MIX, caption_rng(9, 0, p), text=TEXT).kind
+             for p in range(1000)]  # fmt: skip
+    assert again == kinds[:1000]
+    epoch1 = [draw_caption(HEAD, BODY, TAIL, MIX, caption_rng(9, 1, p), text=TEXT).kind
+              for p in range(200)]  # fmt: skip
+    assert epoch1 != kinds[:200]  # another epoch, another choice
+
+
+def test_each_kind_places_the_text_and_keeps_the_tag_draws() -> None:
+    """text: head, text, tail (no body tags); both: head, the body tags of the tags-only
+    caption of the same draws, then the text (or the text first), tail."""
+    seen = set()
+    for post in range(60):
+        tags_only = make_caption(HEAD, BODY, TAIL, MIX, caption_rng(0, 0, post)).split(", ")
+        got = draw_caption(HEAD, BODY, TAIL, MIX, caption_rng(0, 0, post), text=TEXT)
+        body = tags_only[2:-2]
+        want = {"tags": [*HEAD, *body, *TAIL], "text": [*HEAD, TEXT, *TAIL],
+                "both": [*HEAD, *body, TEXT, *TAIL]}[got.kind]  # fmt: skip
+        assert got.text == ", ".join(want) and not got.fallback
+        first = MIX.model_copy(update={"text_position": "before_tags"})
+        before = draw_caption(HEAD, BODY, TAIL, first, caption_rng(0, 0, post), text=TEXT)
+        if got.kind == "both":
+            assert before.text == ", ".join([*HEAD, TEXT, *body, *TAIL])
+        seen.add(got.kind)
+    assert seen == {"tags", "text", "both"}
+
+
+def test_no_text_configured_leaves_every_caption_as_before() -> None:
+    """p_tags = 1 (the default): the text is never used and the captions are those drawn
+    without one (existing tests pin them)."""
+    cfg = CaptionConfig(tag_dropout=0.15)
+    for post in range(200):
+        plain = make_caption(HEAD, BODY, TAIL, cfg, caption_rng(2, 0, post))
+        got = draw_caption(HEAD, BODY, TAIL, cfg, caption_rng(2, 0, post), text=TEXT)
+        assert (got.text, got.kind, got.fallback) == (plain, "tags", False)
+
+
+@pytest.mark.parametrize("missing", [None, ""])
+def test_a_post_without_text_falls_back_to_its_tags(missing: str | None) -> None:
+    cfg = CaptionConfig(p_tags=0.0, p_text=1.0)
+    for post in range(50):
+        got = draw_caption(HEAD, BODY, TAIL, cfg, caption_rng(0, 0, post), text=missing)
+        tags = make_caption(HEAD, BODY, TAIL, CaptionConfig(), caption_rng(0, 0, post))
+        assert (got.text, got.kind, got.fallback) == (tags, "tags", True)
+    blank = CaptionConfig(p_tags=0.0, p_text=1.0, caption_dropout=0.99)
+    got = draw_caption(HEAD, BODY, TAIL, blank, caption_rng(0, 0, 0), text=None)
+    assert (got.text, got.kind, got.fallback) == ("", "", False)  # dropped whole: no kind
+
+
+def test_caption_probabilities_are_checked() -> None:
+    with pytest.raises(pydantic.ValidationError, match=r"p_tags 0.5 \+ p_text 0.3 \+ p_both 0 "
+                       r"= 0.8, not 1"):  # fmt: skip
+        CaptionConfig(p_tags=0.5, p_text=0.3)
+    with pytest.raises(pydantic.ValidationError, match="p_text"):
+        CaptionConfig(p_tags=1.5, p_text=-0.5)
+    only = CaptionConfig(p_tags=0.0, p_both=1.0)
+    assert {only.kind(u) for u in (0.0, 0.5, 0.999999)} == {"both"}
+    split = CaptionConfig(p_tags=0.3, p_text=0.7)
+    assert [split.kind(u) for u in (0.0, 0.2999, 0.3, 0.9999999)] == ["tags", "tags", "text",
+                                                                      "text"]  # fmt: skip
+    assert not CaptionConfig().uses_text and split.uses_text
+
+
+def test_the_budget_drops_body_tags_before_it_shortens_the_text() -> None:
+    """both at max_tokens 75: every body tag goes before the text loses a word; with the
+    body gone, whole sentences go from the text's end, then words of its first sentence;
+    head and tail alone over the budget keep them and cut the text to nothing."""
+    cfg = CaptionConfig(shuffle=False, tag_dropout=0.0, p_tags=0.0, p_both=1.0, max_tokens=75)
+    budget = TagBudget.of(tiny_tokenizers()[0], cfg)
+    count = lambda text: budget.lengths.count_texts([text])[0]  # noqa: E731
+    head, tail, body = ["1girl"], ["safe"], [f"t{i}" for i in range(40)]
+    short = "A girl sings."
+    got = draw_caption(head, body, tail, cfg, caption_rng(0, 0, 0), budget, short)
+    assert got.cut and got.text.endswith(f", {short}, safe") and count(got.text) <= 75
+    kept = got.text.split(", ")[1:-2]
+    assert kept == body[: len(kept)] and 0 < len(kept) < len(body)
+
+    sentences = [f"Sentence {k} says {' '.join(['a'] * 12)}." for k in range(6)]
+    long = " ".join(sentences)  # ~100 tokens: no body tag can stay
+    got = draw_caption(head, body, tail, cfg, caption_rng(0, 0, 0), budget, long)
+    text = got.text.removeprefix("1girl, ").removesuffix(", safe")
+    k = text.count(".")
+    assert got.cut and text == " ".join(sentences[:k]) and 0 < k < 6 and count(got.text) <= 75
+    assert count(", ".join(["1girl", " ".join(sentences[: k + 1]), "safe"])) > 75
+
+    one = "A " + " ".join(["very"] * 120) + " long sentence."
+    got = draw_caption(head, body, tail, cfg, caption_rng(0, 0, 0), budget, one)
+    text = got.text.removeprefix("1girl, ").removesuffix(", safe")
+    assert got.cut and one.startswith(text + " ") and count(got.text) <= 75
+    assert count(got.text.replace(text, one[: len(text) + 5])) > 75  # one more word would not fit
+
+    huge = [f"character {i}" for i in range(40)]
+    got = draw_caption(huge, body, tail, cfg, caption_rng(0, 0, 0), budget, short)
+    assert got.cut and got.text == ", ".join([*huge, "safe"])
+
+
+def test_a_text_that_fits_is_never_cut() -> None:
+    cfg = CaptionConfig(p_tags=0.0, p_text=1.0, max_tokens=300)
+    budget = TagBudget.of(tiny_tokenizers()[0], cfg)
+    text = " ".join(["a"] * 250) + "."
+    got = draw_caption(HEAD, BODY, TAIL, cfg, caption_rng(0, 0, 0), budget, text)
+    assert not got.cut and got.text == ", ".join([*HEAD, text, *TAIL])
+
+
+def test_load_items_reads_texts_and_batches_count_the_kinds(tmp_path: Path) -> None:
+    write_run(tmp_path)
+    captions = tmp_path / "tag/captions.parquet"
+    frame = pl.read_parquet(captions)
+    texts = [f"Picture {i}." if i % 2 else None for i in frame["id"]]
+    frame.with_columns(text=pl.Series(texts, dtype=pl.String)).write_parquet(captions)
+    items = load_items(tmp_path / "buckets/manifest.parquet", captions)
+    assert items.parts.columns == PARTS
+    assert items.texts.to_list() == [None, "Picture 11.", None, "Picture 13."]
+    cfg = CaptionConfig(p_tags=0.0, p_text=1.0)
+    check_texts(items, cfg, captions)  # some have texts
+    got = load_batch(Batch((10, 11, 13), (16, 8), 0, 0), items, tmp_path, cfg, seed=0)
+    assert got.captions[1] == "count11, character11, copyright11, Picture 11., masterpiece, " \
+        "highres, safe"  # fmt: skip
+    assert (got.captions_text, got.captions_both, got.captions_fallback) == (2, 0, 1)
+
+
+def test_texts_drawn_without_any_text_are_one_error(tmp_path: Path) -> None:
+    write_run(tmp_path)
+    captions = tmp_path / "tag/captions.parquet"
+    items = load_items(tmp_path / "buckets/manifest.parquet", captions)  # no text column
+    assert items.texts is None
+    check_texts(items, CaptionConfig(), captions)  # tags only: fine
+    with pytest.raises(ConfigError, match=r"none of the 4 images has a text in .*captions"
+                       r".parquet: set tag.text_captions"):  # fmt: skip
+        check_texts(items, CaptionConfig(p_tags=0.5, p_both=0.5), captions)
+    pl.read_parquet(captions).with_columns(text=pl.lit(None, pl.String)).write_parquet(captions)
+    items = load_items(tmp_path / "buckets/manifest.parquet", captions)
+    with pytest.raises(ConfigError, match="none of the 4 images has a text"):
+        check_texts(items, CaptionConfig(p_tags=0.5, p_text=0.5), captions)
+
+
+def test_example_captions_show_texts_and_a_fallback(tmp_path: Path) -> None:
+    write_run(tmp_path)
+    captions = tmp_path / "tag/captions.parquet"
+    cfg = CaptionConfig(p_tags=0.0, p_both=1.0)
+    plain = example_captions(captions, "epsilon", cfg, n=2)  # no text column: first posts
+    assert [(i, c.kind, c.fallback) for i, c in plain] == [(10, "tags", True), (11, "tags", True)]
+    frame = pl.read_parquet(captions)
+    texts = pl.Series([None, "Post eleven.", None, "Post thirteen."], dtype=pl.String)
+    frame.with_columns(text=texts).write_parquet(captions)
+    got = example_captions(captions, "epsilon", cfg, n=2)
+    assert [(i, c.kind, c.fallback) for i, c in got] == [(10, "tags", True), (11, "both", False),
+                                                         (13, "both", False)]  # fmt: skip
+    assert got[1][1].text.endswith(", Post eleven., masterpiece, highres, safe")

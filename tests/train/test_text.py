@@ -98,13 +98,32 @@ def test_gradients_reach_the_text_encoders_through_every_chunk(parts) -> None:
     parts.text_encoder_2.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("value", [0, 100, 300, -75])
-def test_max_tokens_must_be_a_multiple_of_75_up_to_225(value: int) -> None:
-    message = f"max_tokens {value} must be a positive multiple of 75 up to 225 \\(75, 150, 225\\)"
+@torch.no_grad()
+def test_300_tokens_take_four_chunks_and_675_nine(parts) -> None:
+    """Kohaku XL Zeta's 300: [B, 77 * 4, ...], every chunk its own start and end; a text
+    over the maximum is cut there; up to the ceiling of 675 (9 chunks)."""
+    captions = [words(290) + ", 1girl", "1girl"]
+    out = text.encode_text(parts, captions, 300, CPU)
+    assert out.hidden.shape == (2, 77 * 4, 80) and out.pooled.shape == (2, 32)
+    assert out.truncated == 0
+    first = text.encode_text(parts, [words(75)], 75, CPU)
+    torch.testing.assert_close(out.hidden[0, :77], first.hidden[0])  # the first 75 tokens
+    cond = objective.encode_prompts(parts, captions, torch.zeros(2, 6), max_tokens=300)
+    torch.testing.assert_close(cond.hidden, out.hidden)
+    over = text.encode_text(parts, [words(700)], 675, CPU)
+    assert over.hidden.shape == (1, 77 * 9, 80) and over.truncated == 1
+
+
+@pytest.mark.parametrize("value", [0, 100, 301, 750, -75])
+def test_max_tokens_must_be_a_multiple_of_75_up_to_675(value: int) -> None:
+    """Issue 14 raised the ceiling from 225 to 675: 300 (Zeta) and 675 are valid now."""
+    allowed = ", ".join(str(n) for n in range(75, 676, 75))
+    message = f"max_tokens {value} must be a positive multiple of 75 up to 675 \\({allowed}\\)"
     with pytest.raises(pydantic.ValidationError, match=message):
         CaptionConfig(max_tokens=value)
     with pytest.raises(pydantic.ValidationError, match=message):
         EvaluateConfig(max_tokens=value)
-    cfg = TrainConfig.model_validate({"model": {"path": "m"}, "captions": {"max_tokens": 150}})
-    assert cfg.captions.max_tokens == 150 and CaptionConfig().max_tokens == 225
+    cfg = TrainConfig.model_validate({"model": {"path": "m"}, "captions": {"max_tokens": 300}})
+    assert cfg.captions.max_tokens == 300 and CaptionConfig().max_tokens == 225
+    assert EvaluateConfig(max_tokens=675).max_tokens == 675
     assert EvaluateConfig().max_tokens == 225
