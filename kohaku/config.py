@@ -35,9 +35,9 @@ PRESETS = ("delta", "epsilon", "epsilon-rev2", "gamma", "zeta")
 # paths that a config file may give relative to itself
 PATH_FIELDS = ("run_dir", "sample.source", "tag.text_captions", "download.source_path",
                "train.model.path", "train.model.config_dir", "train.model.restore_embeddings_from",
-               "train.latent_cache", "evaluate.clip_model", "evaluate.ccip_model",
-               "evaluate.inception", "evaluate.base_model.path",
-               "evaluate.base_model.config_dir")  # fmt: skip
+               "train.model.lokr", "train.latent_cache", "evaluate.clip_model",
+               "evaluate.ccip_model", "evaluate.inception", "evaluate.base_model.path",
+               "evaluate.base_model.config_dir", "evaluate.base_model.lokr")  # fmt: skip
 
 
 class Resources(BaseModel):

@@ -24,6 +24,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = load(args, "train")
     cfg = stage_section(config, "train")
     must_exist(cfg.model.path, "model path")
+    if cfg.model.lokr is not None:
+        must_exist(cfg.model.lokr, "model.lokr")
     from kohaku.train.stage import TrainingStopped, run_train
 
     try:
@@ -57,12 +59,18 @@ def cmd_merge(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     must_exist(args.base, "model path")
     must_exist(args.lokr, "LoKr file")
+    if args.base_lokr is not None:
+        must_exist(args.base_lokr, "base LoKr file")
+    from kohaku.train.config import ModelConfig
     from kohaku.train.export import export_merged
-    from kohaku.train.model import check_model_path
+    from kohaku.train.model import check_model
 
-    source = check_model_path(args.base, args.allow_pickle, args.config_dir)
+    source = check_model(ModelConfig(path=args.base, config_dir=args.config_dir,
+                                     allow_pickle=args.allow_pickle, lokr=args.base_lokr,
+                                     lokr_weight=args.base_lokr_weight))  # fmt: skip
     out = export_merged(source, args.lokr, args.out, args.format, args.storage)
-    print(f"merged {args.lokr} into {args.base}: {out} ({args.format}, {args.storage})")
+    first = f"{args.base_lokr} then " if args.base_lokr else ""
+    print(f"merged {first}{args.lokr} into {args.base}: {out} ({args.format}, {args.storage})")
 
 
 def must_exist(path: Path, what: str) -> None:
@@ -85,6 +93,11 @@ def add_commands(sub) -> None:
     p = sub.add_parser("export", help="a merged model: a LoKr folded into its base SDXL")
     p.add_argument("--base", type=Path, required=True, help="the base SDXL: file or folder")
     p.add_argument("--lokr", type=Path, required=True, help="the LoKr .safetensors")
+    p.add_argument("--base-lokr", type=Path,
+                   help="the LoKr the one above was trained on top of (train.model.lokr), "
+                   "merged first")  # fmt: skip
+    p.add_argument("--base-lokr-weight", type=float, default=1.0,
+                   help="its multiplier (train.model.lokr_weight)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="the merged file or folder")
     p.add_argument("--storage", choices=("fp32", "fp16", "bf16", "fp8"), default="fp16",
                    help="weight storage (fp8 = e4m3fn)")  # fmt: skip

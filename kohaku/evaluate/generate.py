@@ -7,6 +7,11 @@ adapter.safetensors` (LoKr tensors under training names, `<component>.<lycoris k
 `<run>/train/result.json` and `<run>/train/config.json`. Writes nothing: pictures come back
 as PIL images.
 
+Base LoKr: a run trained on top of base + an earlier LoKr (`train.model.lokr`) is sampled
+from the same base + LoKr (the source carries it, `kohaku.train.model.check_model`, and
+the loader folds it in as the weights stream), its own LoKr on top; `check_base_lokr`
+refuses a base without it (the final file records its sha256 and weight).
+
 Seeds: each picture's initial latents are drawn on the CPU from its own seed and handed to
 the pipeline, so a picture depends on its prompt and seed only: not on the batch it is in,
 the device or the checkpoint (every checkpoint starts from the same noise).
@@ -38,6 +43,7 @@ from safetensors.torch import load_file
 
 from kohaku.errors import InputError
 from kohaku.evaluate.config import EvaluateConfig
+from kohaku.merge.lokr import LokrLayer, base_record
 from kohaku.train import lokr
 from kohaku.train.checkpoint import META
 from kohaku.train.config import TrainConfig
@@ -123,6 +129,37 @@ def _final(train: Path) -> Checkpoint | None:
 def read_train_config(run_dir: Path) -> TrainConfig | None:
     path = Path(run_dir) / "train" / "config.json"
     return TrainConfig.model_validate_json(path.read_text()) if path.is_file() else None
+
+
+def check_base_lokr(source: ModelSource, run_dir: Path, checkpoints: Sequence[Checkpoint]) -> None:
+    """The base holds the LoKr the run's LoKr was trained on top of (same sha256 and weight):
+    else its pictures would show neither what the run started from nor what it learnt."""
+    want = trained_on(run_dir, checkpoints)
+    have = source.lokr
+    if want is None:
+        if have is not None:
+            log.warning("evaluate: the base gets LoKr %s, though the run's LoKr was not "
+                        "trained on top of one", have.path)  # fmt: skip
+        return
+    if have is None or (have.sha256, have.weight) != (want["sha256"], want["weight"]):
+        got = "none" if have is None else f"{have.path} (sha256 {have.sha256[:16]}, weight " \
+            f"{have.weight:g})"  # fmt: skip
+        raise InputError(f"the run's LoKr was trained on top of LoKr {want['file']} (sha256 "
+                         f"{want['sha256'][:16]}, weight {want['weight']:g}), but the base "
+                         f"gets {got}: set evaluate.base_model.lokr (and lokr_weight) to "
+                         "it, or leave evaluate.base_model empty")  # fmt: skip
+
+
+def trained_on(run_dir: Path, checkpoints: Sequence[Checkpoint]) -> dict | None:
+    """The base LoKr of the run: the final file's record, else `train.model.lokr`'s."""
+    final = [c.path for c in checkpoints if c.names == "kohya" and c.path is not None]
+    if final:
+        with safe_open(str(final[0]), "pt") as f:
+            return base_record(f.metadata() or {}, final[0])
+    train = read_train_config(run_dir)
+    if train is None or train.model.lokr is None or not Path(train.model.lokr).is_file():
+        return None
+    return LokrLayer.of(train.model.lokr, train.model.lokr_weight).record()
 
 
 def recipe(run_dir: Path, checkpoints: Sequence[Checkpoint]) -> tuple[lokr.LokrPreset, list[str]]:

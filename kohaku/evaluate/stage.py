@@ -38,7 +38,14 @@ from PIL import Image
 from kohaku.errors import InputError
 from kohaku.evaluate import report
 from kohaku.evaluate.config import EVALUATE_VERSION, EvaluateConfig
-from kohaku.evaluate.generate import Checkpoint, Job, Sampler, list_checkpoints, read_train_config
+from kohaku.evaluate.generate import (
+    Checkpoint,
+    Job,
+    Sampler,
+    check_base_lokr,
+    list_checkpoints,
+    read_train_config,
+)
 from kohaku.evaluate.prompts import CAPTION_COLUMNS, PromptSet, build_prompt_set
 from kohaku.evaluate.report import STAGE
 from kohaku.evaluate.scores import Summary
@@ -56,7 +63,7 @@ from kohaku.stage import (
     sha256_bytes,
 )
 from kohaku.tagging.captions import as_strings
-from kohaku.train.model import ModelSource, check_model_path
+from kohaku.train.model import ModelSource, check_model
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (checkpoint label, pictures done, total)
@@ -97,8 +104,9 @@ def plan(cfg: EvaluateConfig, run_dir: Path) -> Plan:
     if model is None:
         raise InputError("no base model: set evaluate.base_model, or train the run first "
                          f"({run_dir / 'train' / 'config.json'} is missing)")  # fmt: skip
-    source = check_model_path(model.path, model.allow_pickle, model.config_dir)
+    source = check_model(model)  # with its base LoKr (train.model.lokr), if any
     checkpoints = list_checkpoints(run_dir, cfg.checkpoints, cfg.include_base)
+    check_base_lokr(source, run_dir, checkpoints)
     layout = cfg.layout or (train.layout if train is not None else None) or "epsilon"
     frame = as_strings(pl.scan_parquet(captions).select(CAPTION_COLUMNS)).collect()
     prompts = build_prompt_set(frame, layout, cfg.characters, cfg.styles,
@@ -109,8 +117,16 @@ def plan(cfg: EvaluateConfig, run_dir: Path) -> Plan:
     # `text`: the prompt without the layout's keep separator, which no text encoder sees
     jobs = [Job(pid, prompt, seed) for pid, prompt in prompts.frame.select("prompt_id", "text")
             .iter_rows() for seed in cfg.seeds]  # fmt: skip
-    return Plan(cfg, run_dir, source, checkpoints, prompts, jobs,
-                fingerprint(source.path).model_dump())  # fmt: skip
+    return Plan(cfg, run_dir, source, checkpoints, prompts, jobs, model_key(source))
+
+
+def model_key(source: ModelSource) -> dict:
+    """What the base's pictures depend on: its file, and its base LoKr's hash and weight
+    (absent without one, so that earlier keys hold)."""
+    key = fingerprint(source.path).model_dump()
+    if source.lokr is not None:
+        key["lokr"] = {"sha256": source.lokr.sha256, "weight": source.lokr.weight}
+    return key
 
 
 def run_evaluate(cfg: EvaluateConfig, run_dir: Path, progress: Progress | None = None) -> Manifest:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from kohaku.merge.lokr import LokrDeltas, diffusers_targets
+from kohaku.merge.lokr import LokrDeltas, diffusers_targets, open_lokrs
 from kohaku.merge.run import Schedule, TensorPlan, merged_schedule, write_plan
 from kohaku.merge.sources import COMPONENTS, ModelTensors, diffusers_metadata, open_components
 from kohaku.merge.tensors import OutSpec
@@ -32,18 +33,25 @@ SCHEDULER_PREDICTION = {"epsilon": "epsilon", "v": "v_prediction"}
 
 
 def merge_lokr_into_folder(
-    base: Path, lokr_file: Path, out: Path, dtype: torch.dtype, weight: float = 1.0
+    base: Path,
+    lokr_file: Path,
+    out: Path,
+    dtype: torch.dtype,
+    weight: float = 1.0,
+    first: Sequence[tuple[Path, float]] = (),
 ) -> Path:
     """Write `out`: the folder `base` with the LoKr (times `weight`) in its weights, float
-    tensors stored in `dtype`."""
+    tensors stored in `dtype`; `first`: LoKrs `(path, weight)` folded in before it, in order
+    (the one it was trained on top of)."""
     components, files = open_components("base", Path(base))
     meta = diffusers_metadata(Path(base))
     model = ModelTensors("base", Path(base), _namespaced(components), meta, files)
-    deltas = None
+    deltas: LokrDeltas | None = None
     try:
         shapes = {k: v.shape for k, v in model.tensors.items()}
         layout = UnetLayout.from_config(vars(components["unet"].config))
-        deltas = LokrDeltas(lokr_file, shapes, weight, diffusers_targets(shapes, layout))
+        layers = [*first, (Path(lokr_file), weight)]
+        deltas = open_lokrs(layers, shapes, diffusers_targets(shapes, layout))
         schedule = merged_schedule(model, deltas)  # refused as for single files
         with atomic_path(Path(out)) as tmp:
             _copy_files(Path(base), tmp)

@@ -4,7 +4,12 @@ diffusers folder (`<component>/<key>`).
 Reads a LoKr `.safetensors` with kohya-layout module names (`lora_unet_input_blocks_4_1_
 proj_in`, `lora_te1_text_model_...`, `lora_te2_text_model_...`, as `kohaku.train.lokr`
 writes them) and full Kronecker factors `lokr_w1`, `lokr_w2`. Writes nothing. This is the
-one place kohaku folds a LoKr into base weights (merge recipes and `[train.export]`).
+one place kohaku folds a LoKr into base weights (merge recipes, `[train.export]`, and a
+base loaded with `train.model.lokr` merged in, `kohaku.train.streaming`).
+
+Stacks: a LoKr trained on top of base + an earlier LoKr records that one
+(`kohaku_base_lokr`: its file name, sha256 and weight); `open_lokrs` folds several in
+order and refuses one whose recorded LoKr is not folded in right before it.
 
 delta W = weight * kron(w1, w2), reshaped to the weight it targets. With both factors full
 matrices lycoris uses a scale of 1 and ignores `alpha` (lycoris `LokrModule.__init__`:
@@ -14,8 +19,11 @@ in OpenCLIP names, so its q, k and v projections are row blocks of one `in_proj_
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +31,7 @@ import torch
 
 from kohaku.errors import InputError
 from kohaku.merge.tensors import TensorFile
+from kohaku.stage import sha256_file
 from kohaku.train.lokr import META_ZERO_SNR
 from kohaku.train.names import UnetLayout, sgm_module_path  # pure string functions
 
@@ -31,6 +40,8 @@ TE1 = "conditioner.embedders.0.transformer."
 TE2_BLOCKS = "conditioner.embedders.1.model.transformer.resblocks."
 TE2_LINEAR = {"attn.out_proj": "self_attn_out_proj", "mlp.c_fc": "mlp_fc1", "mlp.c_proj": "mlp_fc2"}
 FULL = {"lokr_w1", "lokr_w2", "alpha"}
+# metadata of a LoKr trained on top of base + an earlier LoKr: that LoKr's record (JSON)
+META_BASE_LOKR = "kohaku_base_lokr"
 DIFFUSERS_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
 
 
@@ -97,10 +108,32 @@ def _te2_targets(key: str, shape: tuple[int, ...]) -> dict[str, Target]:
     return {}
 
 
+@dataclass(frozen=True)
+class LokrLayer:
+    """A LoKr file folded in at a weight, with its content hash: what a LoKr trained on top
+    of it records (`record`), so that export and evaluate can apply both, in order."""
+
+    path: Path
+    weight: float
+    sha256: str
+
+    @classmethod
+    def of(cls, path: Path, weight: float = 1.0) -> LokrLayer:
+        return cls(Path(path), float(weight), sha256_file(path))
+
+    def record(self) -> dict[str, object]:
+        return {"file": self.path.name, "sha256": self.sha256, "weight": self.weight}
+
+    def metadata(self) -> dict[str, str]:
+        """The metadata entry of a LoKr trained on top of this one."""
+        return {META_BASE_LOKR: json.dumps(self.record())}
+
+
 class LokrDeltas:
     """The LoKr's modules grouped by the tensor they change; `add_to` folds them in. Names
     and shapes are checked from the headers when it opens, before any tensor is written.
-    `targets` maps module names to tensors (default: `kohya_targets`, SGM names)."""
+    `targets` maps module names to tensors (default: `kohya_targets`, SGM names). `below`:
+    a LoKr folded in before this one (`open_lokrs`); `add_to` adds its deltas first."""
 
     def __init__(
         self,
@@ -108,8 +141,9 @@ class LokrDeltas:
         shapes: dict[str, tuple[int, ...]],
         weight: float = 1.0,
         targets: dict[str, Target] | None = None,
+        below: LokrDeltas | None = None,
     ):
-        self.file, self.weight = TensorFile(path), weight
+        self.file, self.weight, self.below = TensorFile(path), weight, below
         self.by_key: dict[str, list[tuple[str, Target]]] = defaultdict(list)
         try:
             targets = kohya_targets(shapes) if targets is None else targets
@@ -123,22 +157,46 @@ class LokrDeltas:
     @property
     def prediction(self) -> str | None:
         """What the LoKr was trained to predict (`modelspec.prediction_type`: `epsilon`,
-        `v`), when its metadata says."""
-        return self.file.header.metadata.get("modelspec.prediction_type")
+        `v`), when its metadata says; else what the LoKr below it says."""
+        own = self.file.header.metadata.get("modelspec.prediction_type")
+        return own if own or self.below is None else self.below.prediction
 
     @property
     def zero_snr(self) -> bool | None:
         """Whether it was trained on a zero-terminal-SNR schedule (`ss_zero_terminal_snr`),
-        when its metadata says (LoKr files from before issue 14 do not)."""
+        when its metadata says (LoKr files from before issue 14 do not); else the LoKr below."""
         value = self.file.header.metadata.get(META_ZERO_SNR)
-        return None if value is None else value.lower() == "true"
+        if value is None:
+            return None if self.below is None else self.below.zero_snr
+        return value.lower() == "true"
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        return sha256_file(self.file.path)
+
+    @property
+    def base_record(self) -> dict | None:
+        """The LoKr it was trained on top of (file, sha256, weight), when it records one."""
+        return base_record(self.file.header.metadata, self.file.path)
+
+    def changes(self, key: str) -> bool:
+        """Whether any LoKr of the stack targets `key`."""
+        return key in self.by_key or (self.below is not None and self.below.changes(key))
 
     def add_to(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` (float32) plus the deltas of the modules that target `key`, in place."""
+        """`tensor` (float32) plus the deltas of the modules that target `key`, in place:
+        the LoKrs below first, in their order."""
+        if self.below is not None:
+            self.below.add_to(key, tensor)
         for module, target in self.by_key.get(key, []):
             part = tensor if target.rows is None else tensor[target.rows]
             part.add_(self.delta(module).reshape(part.shape), alpha=self.weight)
         return tensor
+
+    def merged(self, key: str, raw: torch.Tensor) -> torch.Tensor:
+        """`raw` as a new float32 tensor with the stack's deltas of `key` added (a base
+        tensor as it streams in: `raw` may be a reused read buffer)."""
+        return self.add_to(key, raw.to(torch.float32, copy=True))
 
     def delta(self, module: str) -> torch.Tensor:
         w1 = self.file.get(f"{module}.lokr_w1").float()
@@ -149,6 +207,59 @@ class LokrDeltas:
 
     def close(self) -> None:
         self.file.close()
+        if self.below is not None:
+            self.below.close()
+
+
+def base_record(metadata: dict[str, str], path: Path) -> dict | None:
+    """The LoKr a LoKr file's metadata says it was trained on top of: file, sha256, weight."""
+    text = metadata.get(META_BASE_LOKR)
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+        return {"file": str(record["file"]), "sha256": str(record["sha256"]),
+                "weight": float(record["weight"])}  # fmt: skip
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"LoKr {path}: unreadable {META_BASE_LOKR} metadata ({e})") from e
+
+
+def open_lokrs(
+    layers: Sequence[tuple[Path, float]],
+    shapes: dict[str, tuple[int, ...]],
+    targets: dict[str, Target] | None = None,
+) -> LokrDeltas | None:
+    """The LoKrs `(path, weight)` stacked in order (each checked from its header), the last
+    on top; None for none. A LoKr that records the LoKr it was trained on top of must come
+    right after that one, at the same weight (`check_trained_on`)."""
+    top: LokrDeltas | None = None
+    try:
+        for path, weight in layers:
+            top = LokrDeltas(path, shapes, weight, targets, below=top)
+            check_trained_on(top)
+    except InputError:
+        if top is not None:
+            top.close()
+        raise
+    return top
+
+
+def check_trained_on(deltas: LokrDeltas) -> None:
+    """A LoKr trained on top of base + LoKr A is folded in right after A (same sha256, same
+    weight): alone, its deltas would land on weights it was never trained on."""
+    record = deltas.base_record
+    if record is None:
+        return
+    below = deltas.below
+    trained_on = (f"LoKr {deltas.file.path} was trained on top of LoKr {record['file']} "
+                  f"(sha256 {record['sha256'][:16]}, weight {record['weight']:g})")  # fmt: skip
+    if below is None:
+        raise InputError(f"{trained_on}: fold that one in first (kohaku export "
+                         "--base-lokr, train.model.lokr, or before it in a merge recipe's "
+                         "[[lokr]] list)")  # fmt: skip
+    if below.sha256 != record["sha256"] or below.weight != record["weight"]:
+        raise InputError(f"{trained_on}, but the LoKr before it is {below.file.path} "
+                         f"(sha256 {below.sha256[:16]}, weight {below.weight:g})")  # fmt: skip
 
 
 def _modules(file: TensorFile, targets: dict[str, Target]) -> list[str]:

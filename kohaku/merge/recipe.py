@@ -61,7 +61,10 @@ class MergeRecipe(BaseModel):
         "model (a name in [models]) instead of merging them",
     )
     mbw: MbwWeights | None = Field(None, description="per-block weights (optional)")
-    lokr: LokrMerge | None = Field(None, description="a LoKr to merge in (optional)")
+    lokr: LokrMerge | list[LokrMerge] | None = Field(
+        None, description="a LoKr to merge in, or several ([[lokr]]) folded in in order: "
+        "an earlier LoKr, then one trained on top of it (optional)",
+    )  # fmt: skip
 
     @field_validator("models")
     @classmethod
@@ -85,6 +88,13 @@ class MergeRecipe(BaseModel):
     def coefficients(self) -> Coefficients:
         return parse_expression(self.expression, set(self.models))
 
+    @property
+    def lokrs(self) -> list[LokrMerge]:
+        """The LoKrs to fold in, in order."""
+        if self.lokr is None:
+            return []
+        return list(self.lokr) if isinstance(self.lokr, list) else [self.lokr]
+
 
 def load_recipe(path: Path) -> MergeRecipe:
     """A recipe TOML; relative paths are taken from the recipe's folder."""
@@ -97,8 +107,10 @@ def load_recipe(path: Path) -> MergeRecipe:
         data["models"] = {k: _near(path, v) for k, v in data["models"].items()}
     if "output" in data:
         data["output"] = _near(path, data["output"])
-    if isinstance(data.get("lokr"), dict) and "file" in data["lokr"]:
-        data["lokr"]["file"] = _near(path, data["lokr"]["file"])
+    lokrs = data.get("lokr")
+    for lokr in lokrs if isinstance(lokrs, list) else [lokrs]:
+        if isinstance(lokr, dict) and "file" in lokr:
+            lokr["file"] = _near(path, lokr["file"])
     try:
         return MergeRecipe.model_validate(data)
     except ValidationError as e:

@@ -1,11 +1,12 @@
 """Run a merge recipe, one tensor at a time.
 
 Reads the recipe's models (SGM single files or diffusers folders, see `sources`) and its
-LoKr file. Writes `recipe.output`, an SGM single-file `.safetensors` (temporary name, then
-renamed) with every key of the anchor model (`position_ids`, `logit_scale`, `v_pred` /
-`ztsnr` markers included; the markers a v-prediction or zero-terminal-SNR result lacks are
-added), ModelSpec metadata (the anchor's, SDXL's required keys where it has none, the
-prediction type) and the recipe (`kohaku_merge`).
+LoKr files (folded in in order, `lokr.open_lokrs`). Writes `recipe.output`, an SGM
+single-file `.safetensors` (temporary name, then renamed) with every key of the anchor
+model (`position_ids`, `logit_scale`, `v_pred` / `ztsnr` markers included; the markers a
+v-prediction or zero-terminal-SNR result lacks are added), ModelSpec metadata (the
+anchor's, SDXL's required keys where it has none, the prediction type) and the recipe
+(`kohaku_merge`).
 
 Per output tensor: the inputs are read, summed in float32 with the recipe's coefficients
 (per UNet block under MBW; the reference model's alone for restored embeddings), the LoKr
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from kohaku.errors import ConfigError, InputError
-from kohaku.merge.lokr import LokrDeltas
+from kohaku.merge.lokr import LokrDeltas, open_lokrs
 from kohaku.merge.recipe import Coefficients, MbwWeights, MergeRecipe, blend
 from kohaku.merge.sources import ModelTensors, open_model
 from kohaku.merge.tensors import OutSpec, Scratch, write_safetensors
@@ -104,9 +105,9 @@ def merge(recipe: MergeRecipe, threads: int = 1) -> MergeResult:
     torch.set_num_threads(threads)
     try:
         plan = plan_merge(recipe, models)
-        if recipe.lokr is not None:
+        if recipe.lokrs:
             shapes = {p.out.name: p.out.shape for p in plan}
-            deltas = LokrDeltas(recipe.lokr.file, shapes, recipe.lokr.weight)
+            deltas = open_lokrs([(x.file, x.weight) for x in recipe.lokrs], shapes)
         base = models[anchor(recipe)]
         schedule = merged_schedule(base, deltas)
         plan += markers(base, schedule, DTYPES[recipe.dtype])
@@ -367,18 +368,25 @@ def merged_schedule(base: ModelTensors, deltas: LokrDeltas | None) -> Schedule:
     base that does not say so marks the result. A base that says v-prediction (zero terminal
     SNR) under a LoKr that says it was trained without is refused: the result would be
     neither."""
-    own, trained = base_prediction(base), deltas.prediction if deltas else None
+    if deltas is None:
+        return combine_schedule(base_prediction(base), base_zero_snr(base), None, None, "", "")
+    return combine_schedule(base_prediction(base), base_zero_snr(base), deltas.prediction,
+                            deltas.zero_snr, f"LoKr {deltas.file.path}",
+                            f"model {base.name} ({base.path})")  # fmt: skip
+
+
+def combine_schedule(own: str | None, own_zero: bool, trained: str | None,
+                     trained_zero: bool | None, lokr: str, model: str) -> Schedule:  # fmt: skip
+    """`merged_schedule` on what a model and a LoKr say (None: not said); also the schedule
+    of a base loaded with `train.model.lokr` merged in (`kohaku.train.model`)."""
     if own == "v" and trained == "epsilon":
-        raise InputError(
-            f"LoKr {deltas.file.path} was trained for epsilon, but model {base.name} "
-            f"({base.path}) is a v-prediction model: merge it into an epsilon model"
-        )
-    own_zero, trained_zero = base_zero_snr(base), deltas.zero_snr if deltas else None
+        raise InputError(f"{lokr} was trained for epsilon, but {model} is a v-prediction "
+                         "model: merge it into an epsilon model")  # fmt: skip
     if own_zero and trained_zero is False:
         raise InputError(
-            f"LoKr {deltas.file.path} was trained without zero terminal SNR, but model "
-            f"{base.name} ({base.path}) has a zero-terminal-SNR schedule (its ztsnr key or "
-            "scheduler config): merge it into a model without one"
+            f"{lokr} was trained without zero terminal SNR, but {model} has a "
+            "zero-terminal-SNR schedule (its ztsnr key or scheduler config): merge it into a "
+            "model without one"
         )
     prediction = trained or own or "epsilon"
     zero = own_zero if trained_zero is None else trained_zero

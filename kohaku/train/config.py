@@ -122,6 +122,37 @@ class ModelConfig(_Frozen):
         None, description="copy both text encoders' token and position embeddings from this "
         "model before training (delta restored SDXL 1.0's)",
     )  # fmt: skip
+    lokr: Path | None = Field(
+        None, description="an earlier kohaku/kohya LoKr .safetensors merged into the base as "
+        "it loads (epsilon rev2 resumed from rev1): the new LoKr trains on top of base + this "
+        "one, and export and evaluate apply both, in order",
+    )  # fmt: skip
+    lokr_weight: float = Field(
+        1.0, allow_inf_nan=False, description="multiplier of that LoKr's weight delta"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.lokr is None and self.lokr_weight != 1.0:
+            raise ValueError("model.lokr_weight is set but model.lokr is empty: name the "
+                             "LoKr file to merge into the base, or drop lokr_weight")  # fmt: skip
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The base LoKr's fields are left out while empty, so that a config written before
+        them keeps its JSON form and config hash (as `LossConfig` does)."""
+        return _without_defaults(handler(self), ADDED_MODEL_FIELDS)
+
+
+ADDED_MODEL_FIELDS = {"lokr": None, "lokr_weight": 1.0}  # issue 14
+
+
+def _without_defaults(data: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    for name, default in added.items():
+        if data.get(name, default) == default:
+            data.pop(name, None)
+    return data
 
 
 class AdapterConfig(_Frozen):
@@ -188,11 +219,7 @@ class LossConfig(_Frozen):
         """Fields added after the first release are left out while at their default, so that
         a config written before them keeps its JSON form and config hash (the train stage's
         resume key and cache key)."""
-        data = handler(self)
-        for name, default in ADDED_LOSS_FIELDS.items():
-            if data.get(name, default) == default:
-                data.pop(name, None)
-        return data
+        return _without_defaults(handler(self), ADDED_LOSS_FIELDS)
 
 
 ADDED_LOSS_FIELDS = {"zero_terminal_snr": False, "weighting": None}  # issue 14

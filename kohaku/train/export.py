@@ -8,7 +8,10 @@ the one implementation of folding a LoKr into weights: a single file by the stre
 those a v-prediction or zero-terminal-SNR LoKr needs added; ModelSpec metadata with the
 prediction type), a diffusers folder from a diffusers base in the
 folder's own names (`kohaku.merge.folder`). Memory holds a few tensors at a time, except
-on the one path marked MINIMAL below.
+on the one path marked MINIMAL below. A base with a LoKr in it (`ModelSource.lokr`, from
+`train.model.lokr` or `kohaku export --base-lokr`) gets that LoKr first, then the trained
+one: the weights the trained LoKr was trained on, plus it; a LoKr that records it was
+trained on top of another is refused without it (`kohaku.merge.lokr.check_trained_on`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from kohaku.merge import LokrMerge, MergeRecipe, merge
+from kohaku.merge.lokr import LokrLayer
 from kohaku.merge.run import DTYPES
 
 if TYPE_CHECKING:
@@ -32,25 +36,33 @@ Kind = Literal["diffusers", "single_file"]
 def export_merged(
     source: ModelSource, lokr_file: Path, out: Path, kind: Kind, storage: Storage = "fp16"
 ) -> Path:
-    """Write the merged model to `out` (a folder for diffusers, a .safetensors file)."""
+    """Write the merged model to `out` (a folder for diffusers, a .safetensors file): the
+    source's base LoKr, if any, then `lokr_file`."""
+    lokrs = [*_below(source.lokr), LokrMerge(file=Path(lokr_file))]
     if kind == "single_file":
-        return merged_single_file(Path(source.path), Path(lokr_file), Path(out), storage)
+        return merged_single_file(Path(source.path), lokrs, Path(out), storage)
     if source.kind == "diffusers":
         from kohaku.merge.folder import merge_lokr_into_folder
 
-        return merge_lokr_into_folder(source.path, Path(lokr_file), Path(out), DTYPES[storage])
-    return _folder_from_single_file(source, Path(lokr_file), Path(out), storage)
+        first = [(x.file, x.weight) for x in lokrs[:-1]]
+        return merge_lokr_into_folder(source.path, Path(lokr_file), Path(out), DTYPES[storage],
+                                      first=first)  # fmt: skip
+    return _folder_from_single_file(source, lokrs, Path(out), storage)
 
 
-def merged_single_file(base: Path, lokr_file: Path, out: Path, storage: Storage) -> Path:
-    """The streamed merge of `base + LoKr` (a recipe with one model), into `out`."""
+def _below(layer: LokrLayer | None) -> list[LokrMerge]:
+    return [] if layer is None else [LokrMerge(file=layer.path, weight=layer.weight)]
+
+
+def merged_single_file(base: Path, lokrs: list[LokrMerge], out: Path, storage: Storage) -> Path:
+    """The streamed merge of `base + LoKrs` (a recipe with one model), into `out`."""
     recipe = MergeRecipe(models={"base": base}, expression="base", output=out, dtype=storage,
-                         lokr=LokrMerge(file=lokr_file))  # fmt: skip
+                         lokr=lokrs)  # fmt: skip
     return merge(recipe).output
 
 
 def _folder_from_single_file(
-    source: ModelSource, lokr_file: Path, out: Path, storage: Storage
+    source: ModelSource, lokrs: list[LokrMerge], out: Path, storage: Storage
 ) -> Path:
     """MINIMAL PATH, until `kohaku.train` maps SGM names to diffusers names tensor by tensor:
     the merge is streamed into a single file beside `out`, which diffusers' single-file
@@ -62,7 +74,7 @@ def _folder_from_single_file(
     held = "fp16" if storage == "fp8" else storage  # fp8 is cast when the folder is written
     merged = out.with_name(f".{out.name}.merged.safetensors")
     try:
-        merged_single_file(Path(source.path), lokr_file, merged, held)
+        merged_single_file(Path(source.path), lokrs, merged, held)
         # checked, not made by hand: its v_pred / ztsnr keys give the folder its schedule
         single = check_model_path(merged, source.allow_pickle, source.config_dir)
         return save_diffusers(load_sdxl(single, DTYPES[held]), out, DTYPES[storage])

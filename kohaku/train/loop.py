@@ -27,7 +27,7 @@ from kohaku.train.config import TrainConfig, check_bitsandbytes
 from kohaku.train.data import BucketBatches, DataPosition, load_batch, load_items, with_budget
 from kohaku.train.embeddings import read_embeddings, restore_embeddings
 from kohaku.train.latents import LatentCache, cache_latents, latents_from_cache, vae_key
-from kohaku.train.model import check_model_path, load_sdxl, vae_dtype_for
+from kohaku.train.model import check_model, load_sdxl, vae_dtype_for
 from kohaku.train.tokens import token_stats
 
 STOPPED = 75  # exit code after a SIGTERM: checkpoint written, run again to resume
@@ -163,9 +163,7 @@ class Trainer:
         precision, the VAE in `vae_dtype_for` it; then the LoKr (fp32 parameters)."""
         cfg = self.cfg.model
         dtype = DTYPES[self.cfg.precision]
-        source = objective.schedule_source(
-            check_model_path(cfg.path, cfg.allow_pickle, cfg.config_dir), self.cfg.loss
-        )
+        source = objective.schedule_source(check_model(cfg), self.cfg.loss)  # + base LoKr
         parts = load_sdxl(source, dtype, self.d.device, vae_dtype_for(dtype))
         if cfg.restore_embeddings_from is not None:
             restore_embeddings(parts, read_embeddings(cfg.restore_embeddings_from,
@@ -332,7 +330,8 @@ class Trainer:
         if self.d.rank == 0:
             lokr.save(self.adapters, self.out / "lokr.safetensors", torch.float16,
                       prediction=self.cfg.loss.prediction, title=self.run_dir.name,
-                      zero_snr=self.cfg.loss.zero_terminal_snr)  # fmt: skip
+                      zero_snr=self.cfg.loss.zero_terminal_snr,
+                      extra=self.parts.trained_on())  # fmt: skip
             result = {"status": "done", "step": step, "lokr": "lokr.safetensors", **tally,
                       "caption_tokens": self.token_stats.as_counts()}  # fmt: skip
             (self.out / "result.json").write_text(json.dumps(result))

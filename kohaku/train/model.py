@@ -17,14 +17,15 @@ only configs and headers, so a wrong path fails before any tensor is allocated.
 Loading builds the modules with empty weights and fills them tensor by tensor (SGM names
 converted per tensor, `kohaku.train.layout`), each read with plain file reads into a reused
 buffer and copied straight into the target dtype and device: the checkpoint is never held
-whole, and nothing of it stays mapped (`kohaku.train.streaming`). Writing
+whole, and nothing of it stays mapped (`kohaku.train.streaming`). A base LoKr
+(`train.model.lokr`, `check_model`) is checked from headers against the base's names and
+shapes and schedule, then folded into each tensor as it streams in. Writing
 (`kohaku.train.saving`) and the embedding tables (`kohaku.train.embeddings`) are
 re-exported here.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +34,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from kohaku.errors import InputError
+from kohaku.merge.lokr import LokrLayer
 from kohaku.merge.tensors import Header, read_header
-from kohaku.train import layout
+from kohaku.train.baselokr import open_base_lokr, with_base_lokr
 from kohaku.train.embeddings import (  # noqa: F401  (re-exported)
     embedding_keys,
     embeddings_of,
@@ -59,11 +61,14 @@ from kohaku.train.streaming import (
     fill,
     load_folder,
     open_tensors,
+    sgm_shapes,
 )
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from kohaku.train.config import ModelConfig
 
 
 COMPONENT_FILES = {  # component folder -> the file its loader cannot do without
@@ -92,11 +97,16 @@ class SDXLParts:
     tokenizer: CLIPTokenizer
     tokenizer_2: CLIPTokenizer
     noise_scheduler: DDPMScheduler
+    base_lokr: LokrLayer | None = None  # merged into the weights as they loaded
 
     @property
     def prediction(self) -> Prediction:
         """What the UNet predicts: `epsilon` or `v_prediction` (from its schedule)."""
         return self.noise_scheduler.config.prediction_type
+
+    def trained_on(self) -> dict[str, str]:
+        """The metadata of a LoKr trained on these weights: the base LoKr they hold, if any."""
+        return {} if self.base_lokr is None else self.base_lokr.metadata()
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,7 @@ class ModelSource:
     # False: nothing in or beside the file says what it predicts (SDXL 1.0's epsilon assumed)
     declared: bool = True
     configs: SDXLConfigs | None = field(default=None, compare=False, repr=False)
+    lokr: LokrLayer | None = None  # merged into the weights as they load (`check_model`)
 
 
 # ---------------------------------------------------------------------------- checking
@@ -148,6 +159,13 @@ def check_model_path(
     return ModelSource(path, "single_file", config_dir, allow_pickle,
                        *file_prediction(header, configs), declared=declared,
                        configs=configs)  # fmt: skip
+
+
+def check_model(cfg: ModelConfig) -> ModelSource:
+    """`check_model_path` of a model config, with its base LoKr (`lokr`) checked to merge
+    (`kohaku.train.baselokr`)."""
+    source = check_model_path(cfg.path, cfg.allow_pickle, cfg.config_dir)
+    return source if cfg.lokr is None else with_base_lokr(source, cfg.lokr, cfg.lokr_weight)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -278,16 +296,6 @@ def check_shapes(path: Path, header: Header, configs: SDXLConfigs, config_dir: P
     )
 
 
-@functools.lru_cache(maxsize=4)
-def sgm_shapes(configs_json: str) -> dict[str, tuple[int, ...]]:
-    """SGM name -> shape of the models the configs describe, built on the meta device
-    (nothing allocated; about a second at full size, so once per configs)."""
-    models = empty_models(SDXLConfigs.from_json(configs_json))
-    states = {name: model.state_dict() for name, model in models.items()}
-    return {key: tuple(layout.to_sgm(p, [states[p.model][n] for n in p.names]).shape)
-            for key, p in sgm_plan(models).items()}  # fmt: skip
-
-
 def squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Trailing 1s dropped: VAE attention is stored as [C, C, 1, 1] or as [C, C]."""
     while shape and shape[-1] == 1:
@@ -323,17 +331,31 @@ def load_sdxl(source: ModelSource, dtype: torch.dtype = torch.float32,
     device = torch.device(device or "cpu")
     dtypes = {name: dtype for name in MODELS} | {"vae": vae_dtype or dtype}
     configs = source_configs(source)
-    if source.kind == "diffusers":
-        models = load_folder(source.path, configs, dtypes, device, source.allow_pickle)
-    else:
-        models = empty_models(configs)
-        with open_tensors(source.path) as tensors:
-            fill(models, tensors, sgm_plan(models), dtypes, device)
+    models = stream_models(source, configs, dtypes, device)
     for model in models.values():
         model.to(device).eval().requires_grad_(False)  # buffers (position ids) follow
     tokenizer, tokenizer_2 = source_tokenizers(source)
     return SDXLParts(**models, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
-                     noise_scheduler=DDPMScheduler.from_config(configs.scheduler))  # fmt: skip
+                     noise_scheduler=DDPMScheduler.from_config(configs.scheduler),
+                     base_lokr=source.lokr)  # fmt: skip
+
+
+def stream_models(source: ModelSource, configs: SDXLConfigs, dtypes: dict[str, torch.dtype],
+                  device: torch.device) -> dict[str, torch.nn.Module]:  # fmt: skip
+    """The four models, filled tensor by tensor (the base LoKr folded in as they come)."""
+    lokr = source.lokr
+    deltas = None if lokr is None else open_base_lokr(source, configs, lokr.path, lokr.weight)
+    try:
+        if source.kind == "diffusers":
+            return load_folder(source.path, configs, dtypes, device, source.allow_pickle,
+                               deltas)  # fmt: skip
+        models = empty_models(configs)
+        with open_tensors(source.path) as tensors:
+            fill(models, tensors, sgm_plan(models), dtypes, device, deltas)
+        return models
+    finally:
+        if deltas is not None:
+            deltas.close()
 
 
 def source_tokenizers(source: ModelSource) -> tuple[Any, Any]:

@@ -1,13 +1,15 @@
 """The train stage: check every input, then run the trainer in child processes.
 
 Reads `<run>/buckets/manifest.json` (+ its parquet), `<run>/tag/manifest.json` (+
-captions), the base model's configs (not its weights) and the LoKr preset; every check
-runs before a tensor is allocated. Writes `<run>/train/config.json` and, through the
-trainer, `checkpoints/`, `metrics.jsonl`, `lokr.safetensors`; then, last,
-`<run>/train/manifest.json`. Like the download stage it works in place: a stopped or
-killed run resumes from its newest checkpoint when started again; a train folder left by
-another config or other data (`resume.json` differs) is moved to `train.superseded/` and
-the run starts over, so a changed field never resumes someone else's checkpoints.
+captions), the base model's configs (not its weights), the base LoKr's header and hash
+(`train.model.lokr`) and the LoKr preset; every check runs before a tensor is allocated.
+Writes `<run>/train/config.json` and, through the trainer, `checkpoints/`, `metrics.jsonl`,
+`lokr.safetensors` (recording the base LoKr it was trained on top of); then, last,
+`<run>/train/manifest.json` (the base LoKr's path, sha256 and weight among its inputs).
+Like the download stage it works in place: a stopped or killed run resumes from its newest
+checkpoint when started again; a train folder left by another config or other data
+(`resume.json` differs) is moved to `train.superseded/` and the run starts over, so a
+changed field never resumes someone else's checkpoints.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from kohaku.train.data import BucketBatches, check_texts, load_items
 from kohaku.train.embeddings import locate_embeddings
 from kohaku.train.launch import command, launch
 from kohaku.train.loop import CAPTION_COUNTS, STOPPED
-from kohaku.train.model import ModelSource, check_model_path
+from kohaku.train.model import ModelSource, check_model
 from kohaku.train.model import meta_models as model_meta_models
 from kohaku.train.objective import schedule_source
 
@@ -46,8 +48,13 @@ def check_inputs(cfg: TrainConfig, run_dir: Path) -> ModelSource:
     for stage, what in (("buckets", "the images"), ("tag", "the captions")):
         if read_stage(run_dir / stage) is None:
             raise InputError(f"{run_dir / stage} is not finished: build {what} first")
-    source = check_model_path(cfg.model.path, cfg.model.allow_pickle, cfg.model.config_dir)
-    source = schedule_source(source, cfg.loss)  # prediction and zero terminal SNR agree
+    source = check_model(cfg.model)  # with the base LoKr merged in, when there is one
+    try:
+        source = schedule_source(source, cfg.loss)  # prediction and zero terminal SNR agree
+    except ConfigError as e:
+        if source.lokr is None:
+            raise
+        raise ConfigError(f"with model.lokr {source.lokr.path} merged in, {e}") from None
     if cfg.model.restore_embeddings_from is not None:
         locate_embeddings(cfg.model.restore_embeddings_from, cfg.model.allow_pickle)
     lokr.check_preset(lokr.load_preset(cfg.adapter.preset), meta_models(source, cfg))
@@ -71,9 +78,9 @@ def run_train(cfg: TrainConfig, run_dir: Path, on_line: Callable[[str], None] = 
               env: dict | None = None) -> Manifest:  # fmt: skip
     """Train (or resume) to the end; returns the stage manifest."""
     run_dir, start = Path(run_dir).resolve(), time.perf_counter()
-    check_inputs(cfg, run_dir)
+    source = check_inputs(cfg, run_dir)
     out = run_dir / STAGE
-    _start_over_if_changed(cfg, run_dir)
+    _start_over_if_changed(cfg, run_dir, source)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", cfg.model_dump_json(indent=1))
     done = launch(command(cfg, out / "config.json", run_dir), on_line, env)
@@ -85,15 +92,18 @@ def run_train(cfg: TrainConfig, run_dir: Path, on_line: Callable[[str], None] = 
                            + "\n".join(done.tail[-20:]))  # fmt: skip
     merged = export(cfg, run_dir)
     return _write_manifest(cfg, run_dir, done.last_metrics or {}, merged,
-                           time.perf_counter() - start)  # fmt: skip
+                           time.perf_counter() - start, source)  # fmt: skip
 
 
-def _start_over_if_changed(cfg: TrainConfig, run_dir: Path) -> None:
-    """Resume only what this config on these buckets and captions started."""
+def _start_over_if_changed(cfg: TrainConfig, run_dir: Path, source: ModelSource) -> None:
+    """Resume only what this config on these buckets and captions (and this base LoKr's
+    content) started."""
     out, stamp = run_dir / STAGE, run_dir / STAGE / "resume.json"
-    key = json.dumps({"config": config_hash(cfg), "inputs": {
-        name: (m.config_hash, m.created_at) if (m := read_stage(run_dir / name)) else None
-        for name in ("buckets", "tag")}})  # fmt: skip
+    inputs = {name: (m.config_hash, m.created_at) if (m := read_stage(run_dir / name)) else None
+              for name in ("buckets", "tag")}  # fmt: skip
+    if source.lokr is not None:  # absent without one: the keys of earlier runs hold
+        inputs["base_lokr"] = source.lokr.sha256
+    key = json.dumps({"config": config_hash(cfg), "inputs": inputs})
     if out.is_dir() and any(out.iterdir()) and (not stamp.is_file() or stamp.read_text() != key):
         old = run_dir / f"{STAGE}.superseded"
         shutil.rmtree(old, ignore_errors=True)
@@ -103,10 +113,11 @@ def _start_over_if_changed(cfg: TrainConfig, run_dir: Path) -> None:
 
 
 def export(cfg: TrainConfig, run_dir: Path) -> dict[str, str]:
-    """The merged models the config asks for: `train/merged/` and `train/merged.safetensors`."""
+    """The merged models the config asks for: `train/merged/` and `train/merged.safetensors`
+    (base + the base LoKr, if any, + the trained LoKr)."""
     from kohaku.train.export import export_merged
 
-    source = check_model_path(cfg.model.path, cfg.model.allow_pickle, cfg.model.config_dir)
+    source = check_model(cfg.model)
     names = {"diffusers": "merged", "single_file": "merged.safetensors"}
     for kind in cfg.export.formats:
         export_merged(source, run_dir / STAGE / "lokr.safetensors", run_dir / STAGE / names[kind],
@@ -123,13 +134,16 @@ def caption_counts(result: dict) -> dict:
 
 
 def _write_manifest(cfg: TrainConfig, run_dir: Path, metrics: dict, merged: dict[str, str],
-                    seconds: float) -> Manifest:  # fmt: skip
+                    seconds: float, source: ModelSource) -> Manifest:  # fmt: skip
     result = json.loads((run_dir / STAGE / "result.json").read_text())
     buckets = read_stage(run_dir / "buckets")
+    lokr = source.lokr
+    base_lokr = {} if lokr is None else {"base_lokr": {
+        "path": str(lokr.path), "sha256": lokr.sha256, "weight": lokr.weight}}  # fmt: skip
     manifest = Manifest(
         stage=STAGE, stage_version=TRAIN_VERSION, config_hash=config_hash(cfg),
         inputs={"buckets": {"config_hash": buckets.config_hash, "created_at": buckets.created_at},
-                "model": str(cfg.model.path)},
+                "model": str(cfg.model.path), **base_lokr},
         outputs={"lokr": result["lokr"], "metrics": "metrics.jsonl", **merged},
         counts={"steps": result["step"], "final_loss": metrics.get("loss"),
                 "images_per_s": metrics.get("images_per_s"), **caption_counts(result)},

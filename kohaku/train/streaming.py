@@ -4,11 +4,15 @@ Reads safetensors files with plain file reads into one reused buffer (`kohaku.me
 safetensors' `safe_open` maps the file, and every page read that way stays resident and
 counts in the process's memory), or an allowed pickle through `torch.load(mmap=True)`.
 Writes nothing: each tensor is copied straight into the target dtype and device, so the
-checkpoint is never held whole and a CUDA load keeps no host copy of the model.
+checkpoint is never held whole and a CUDA load keeps no host copy of the model. A base
+LoKr (`train.model.lokr`) is folded into each tensor it targets on the way, in float32,
+by `kohaku.merge.lokr.LokrDeltas` (the merge's own code): one tensor at a time, so memory
+never holds a second copy of the model.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -17,12 +21,14 @@ from typing import Literal
 import torch
 
 from kohaku.errors import InputError
+from kohaku.merge.lokr import LokrDeltas
 from kohaku.merge.tensors import Scratch, TensorFile, read_header
 from kohaku.train import layout
 from kohaku.train.sdxl import SDXLConfigs, empty_models
 
 log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".bin", ".pth"}
+ADAPTED = ("unet", "text_encoder", "text_encoder_2")  # the models a LoKr can change
 
 
 class Source:
@@ -90,19 +96,28 @@ def open_tensors(path: Path) -> Source:
 
 def fill(models: dict[str, torch.nn.Module], tensors: Source,
          plan: dict[str, layout.Piece], dtypes: dict[str, torch.dtype],
-         device: torch.device) -> None:  # fmt: skip
-    """Each planned tensor read once, split into module tensors and put in place."""
+         device: torch.device, deltas: LokrDeltas | None = None) -> None:  # fmt: skip
+    """Each planned tensor read once (with the base LoKr's `deltas`, SGM names, added),
+    split into module tensors and put in place."""
     todo = {(p.model, n) for p in plan.values() for n in p.names}
     for key in tensors.names():
         piece = plan.get(key)
         if piece is None:
             continue
-        values = layout.from_sgm(piece, tensors.read(key))
+        values = layout.from_sgm(piece, with_deltas(deltas, key, tensors.read(key)))
         for name, value in zip(piece.names, values, strict=True):
             put(models[piece.model], name, value, dtypes[piece.model], device)
             todo.discard((piece.model, name))
     if todo:
         raise InputError(f"the checkpoint lacks {len(todo)} tensors, e.g. {sorted(todo)[:3]}")
+
+
+def with_deltas(deltas: LokrDeltas | None, key: str, raw: torch.Tensor) -> torch.Tensor:
+    """`raw`, or base + LoKr in float32 where the LoKr targets `key` (then cast by `put`,
+    as an exported merge is cast to its storage)."""
+    if deltas is None or not deltas.changes(key):
+        return raw
+    return deltas.merged(key, raw)
 
 
 def put(model: torch.nn.Module, name: str, value: torch.Tensor, dtype: torch.dtype,
@@ -121,20 +136,34 @@ def put(model: torch.nn.Module, name: str, value: torch.Tensor, dtype: torch.dty
     module._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=False)
 
 
+@functools.lru_cache(maxsize=4)
+def sgm_shapes(configs_json: str) -> dict[str, tuple[int, ...]]:
+    """SGM name -> shape of the models the configs describe, built on the meta device
+    (nothing allocated; about a second at full size, so once per configs)."""
+    models = empty_models(SDXLConfigs.from_json(configs_json))
+    states = {name: model.state_dict() for name, model in models.items()}
+    return {key: tuple(layout.to_sgm(p, [states[p.model][n] for n in p.names]).shape)
+            for key, p in layout.sgm_plan(models).items()}  # fmt: skip
+
+
 def load_folder(
     path: Path,
     configs: SDXLConfigs,
     dtypes: dict[str, torch.dtype],
     device: torch.device,
     allow_pickle: bool,
+    deltas: LokrDeltas | None = None,
 ) -> dict[str, torch.nn.Module]:
-    """Each model of a diffusers folder streamed from its safetensors; a component with
-    only pickle weights, or with names of an older diffusers, through from_pretrained."""
+    """Each model of a diffusers folder streamed from its safetensors (with the base LoKr's
+    `deltas`, `<component>/<file key>` names, added); a component with only pickle weights,
+    or with names of an older diffusers, through from_pretrained (never with a LoKr:
+    `folder_shapes` refuses that first)."""
     models = empty_models(configs)
     for name, model in models.items():
         files = weight_files(path / name)
         names = folder_names(model, files)
         if names is None:
+            assert deltas is None or name not in ADAPTED, f"{path / name} cannot take a LoKr"
             log.info("%s: loading through from_pretrained (pickle or legacy names)", path / name)
             models[name] = from_pretrained(path, name, dtypes[name], allow_pickle)
             continue
@@ -142,8 +171,25 @@ def load_folder(
             with FileTensors(file) as tensors:
                 for key in tensors.names():
                     if key in names:
-                        put(model, names[key], tensors.read(key), dtypes[name], device)
+                        value = with_deltas(deltas, f"{name}/{key}", tensors.read(key))
+                        put(model, names[key], value, dtypes[name], device)
     return models
+
+
+def folder_shapes(path: Path, configs: SDXLConfigs) -> dict[str, tuple[int, ...]]:
+    """`<component>/<file key>` -> shape, over the UNet's and text encoders' safetensors
+    headers (the names `load_folder` streams); a base LoKr merges only into streamed
+    tensors, so a component loaded through from_pretrained is refused."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, model in empty_models(configs, ADAPTED).items():
+        files = weight_files(path / name)
+        if folder_names(model, files) is None:
+            raise InputError(f"model.lokr: {path / name} holds pickle weights or names of an "
+                             "older diffusers, which load whole: save the folder anew with "
+                             "safetensors weights to merge a LoKr into it as it loads")  # fmt: skip
+        for file in files:
+            shapes |= {f"{name}/{k}": spec.shape for k, spec in read_header(file).specs.items()}
+    return shapes
 
 
 def weight_files(folder: Path) -> list[Path]:
