@@ -150,8 +150,10 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tiny_sdxl
     """Global batch 4: 1 process x 4 vs 2 gloo processes x 2, AdamW at lr 1e-3, 3 steps.
     The gradient sums run in another order (float rounding, ~1e-9), and Adam divides by
     the gradient's own size, so where a gradient is ~0 that noise can move a weight by up
-    to one step. Tolerances: the logged global losses agree to 1e-6; weights by less than
-    one Adam step (lr = 1e-3) everywhere and by 1e-6 on average (measured: 2e-4, 2e-7)."""
+    to one step. Tolerances: the first logged global loss (no Adam step yet) agrees to 1e-6,
+    the later ones carry that noise: 1e-5 (measured 1.5e-6 at step 3 since the VAE encodes one
+    image at a time); weights by less than one Adam step (lr = 1e-3) everywhere and by 1e-6
+    on average (measured: 2e-4, 2e-7)."""
     one = config(tiny_sdxl_dir, batch_size=4, max_steps=3)
     two = config(tiny_sdxl_dir, batch_size=2, max_steps=3, dist={"nproc_per_node": 2})
     runs = {name: write_training_run(tmp_path / name, n=8) for name in ("one", "two")}
@@ -159,7 +161,8 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tiny_sdxl
     assert [finish(p) for p in procs] == [0, 0]
     losses = [[json.loads(x)["loss"] for x in (r / "train/metrics.jsonl").read_text().splitlines()]
               for r in runs.values()]  # fmt: skip
-    assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-6)
+    assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-6, abs=1e-6)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-5)
     a, b = final_weights(runs["one"], 3), final_weights(runs["two"], 3)
     assert a.keys() == b.keys()
     diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
