@@ -43,6 +43,7 @@ from safetensors.torch import save_file
 from kohaku.errors import ConfigError, InputError
 from kohaku.stage import atomic_path, pid_alive
 from kohaku.train.data import Batch, BucketItems, CaptionConfig, load_batch
+from kohaku.train.loader import unit_pixels
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "1"  # bump when what a cache holds for the same VAE and images changes
@@ -138,7 +139,7 @@ def cache_latents(
     for rows in _batches(todo, batch_size):
         batch = Batch(tuple(rows["id"].to_list()), (rows["bucket_w"][0], rows["bucket_h"][0]), 0, 0)
         pixels = load_batch(batch, items, Path(run_dir), CaptionConfig(), 0).pixels
-        writer.add(rows, encode(vae, pixels))
+        writer.add(rows, encode(vae, unit_pixels(pixels, next(vae.parameters()).device)))
     entries = writer.close()
     return LatentIndex(folder, key, entries, todo.height, current.height - todo.height)
 
@@ -280,6 +281,10 @@ class LatentCache:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def __getstate__(self) -> dict:
+        """Pickled for the loader's workers: the index, no open file (each opens its own)."""
+        return {**self.__dict__, "_handles": OrderedDict()}
 
     def get(self, ids: Sequence[int]) -> Posterior:
         """Mean and std of `ids` (one bucket), float32 [B, C, h, w]; InputError for an id

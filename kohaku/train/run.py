@@ -15,7 +15,6 @@ from pathlib import Path
 
 from kohaku.errors import ConfigError
 from kohaku.train.config import TrainConfig
-from kohaku.train.loop import STOPPED, Trainer, init_dist
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
     args = parser.parse_args(argv)
+    # here, not at the top: the loader's spawned workers import this module (the main one)
+    # again, and must not pay for diffusers
+    from kohaku.train.loop import STOPPED, Trainer, init_dist
+
     cfg = TrainConfig.model_validate(json.loads(args.config.read_text()))
     d = init_dist()
     if d.world != cfg.dist.world_size:

@@ -24,7 +24,7 @@ from kohaku.errors import ConfigError, InputError
 from kohaku.stage import MANIFEST, Manifest, atomic_write_text, config_hash, library_versions
 from kohaku.stage import read_manifest as read_stage
 from kohaku.train import lokr
-from kohaku.train.config import TRAIN_VERSION, TrainConfig
+from kohaku.train.config import TRAIN_VERSION, LoaderConfig, TrainConfig
 from kohaku.train.data import BucketBatches, load_items
 from kohaku.train.launch import command, launch
 from kohaku.train.loop import STOPPED
@@ -97,7 +97,8 @@ def run_train(cfg: TrainConfig, run_dir: Path, on_line: Callable[[str], None] = 
 def _start_over_if_changed(cfg: TrainConfig, run_dir: Path) -> None:
     """Resume only what this config on these buckets and captions started."""
     out, stamp = run_dir / STAGE, run_dir / STAGE / "resume.json"
-    key = json.dumps({"config": config_hash(cfg), "inputs": {
+    same = cfg.model_copy(update={"loader": LoaderConfig()})  # workers change no result
+    key = json.dumps({"config": config_hash(same), "inputs": {
         name: (m.config_hash, m.created_at) if (m := read_stage(run_dir / name)) else None
         for name in ("buckets", "tag")}})  # fmt: skip
     if out.is_dir() and any(out.iterdir()) and (not stamp.is_file() or stamp.read_text() != key):
