@@ -34,7 +34,7 @@ import polars as pl
 from kohaku.errors import ConfigError, InputError
 from kohaku.tagging.captions import LAYOUTS, lay_out
 from kohaku.train.config import CaptionConfig
-from kohaku.train.images import read_image
+from kohaku.train.images import read_batch
 
 if TYPE_CHECKING:
     import torch
@@ -398,9 +398,8 @@ def load_batch(
     rows = items.rows(batch.ids)
     pixels = None
     if read_images:
-        paths = items.paths.gather(rows)
-        pixels = torch.from_numpy(np.stack([read_image(Path(run_dir) / p, batch.bucket)
-                                            for p in paths]))  # fmt: skip
+        paths = [Path(run_dir) / p for p in items.paths.gather(rows)]
+        pixels = torch.from_numpy(read_batch(paths, batch.bucket))
     parts = items.parts[rows].rows()
     captions = [
         make_caption(*p, cfg, caption_rng(seed, batch.epoch, i), items.keep_separator)

@@ -1,67 +1,131 @@
 """Reading the training images: one bucket-sized file into uint8 RGB pixels.
 
 Reads an image file that the download stage already fitted to its bucket; writes nothing.
-JPEG and WebP are decoded by DECODERS[suffix] (measured at 1024x1024 in
-bench/bench_loader.py: libvips and Pillow give the same pixels, FASTER is the faster one
-per format); anything else, and any file that is not plain 8-bit RGB (grey, alpha,
-palette, 16-bit), goes through Pillow's `convert("RGB")` as it always did.
+`read_image` picks the decoder per format by FASTER, measured at 1024x1024 with
+bench/bench_loader.py (bench/README.md): WebP straight through libwebp's
+`WebPDecodeRGBInto` (the libwebp that Pillow ships), about twice as fast as Pillow, whose
+WebP plugin decodes every file through libwebp's animation decoder into RGBX and copies it
+twice; JPEG through libvips. Every decoder gives the same pixels (tests/train/test_images.py);
+anything the fast paths do not handle (other formats, grey, alpha, palette, 16-bit,
+animation, no libwebp or libvips found) goes through Pillow's `convert("RGB")`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pyvips
+import PIL
 from PIL import Image
 
 from kohaku.errors import InputError
 
-# Each image is decoded once per step and never again: libvips' operation cache would only
-# hold decoded pixels.
-pyvips.cache_set_max(0)
+try:  # a dependency of kohaku, but a GPU box may carry only what training needs
+    import pyvips
+
+    # Each image is decoded once per step and never again: libvips' operation cache would
+    # only hold decoded pixels.
+    pyvips.cache_set_max(0)
+except ImportError:  # pragma: no cover - Pillow decodes the same pixels
+    pyvips = None
 
 
-def read_pillow(path: Path, bucket: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W, 3] through Pillow."""
+def read_pillow(path: Path, bucket: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [H, W, 3] through Pillow (into `out` when given)."""
     try:
         with Image.open(path) as img:
             _check_size(path, img.size, bucket)
-            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+            return _into(np.asarray(img if img.mode == "RGB" else img.convert("RGB")), out)
     except OSError as exc:  # not an image, truncated, corrupt
         raise InputError(f"{path} is not a readable image ({exc}): rerun the download "
                          "stage") from None  # fmt: skip
 
 
-def read_vips(path: Path, bucket: tuple[int, int]) -> np.ndarray:
+def read_vips(path: Path, bucket: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
     """uint8 [H, W, 3] through libvips; Pillow for what is not 8-bit, 3-band sRGB.
     `fail_on="truncated"`: by default libvips decodes a truncated file without an error."""
+    if pyvips is None:
+        return read_pillow(path, bucket, out)
     try:
         img = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
     except pyvips.Error:
-        return read_pillow(path, bucket)  # Pillow's error (or its wider format support)
+        return read_pillow(path, bucket, out)  # Pillow's error (or its wider format support)
     _check_size(path, (img.width, img.height), bucket)
     if img.bands != 3 or img.format != "uchar" or img.interpretation != "srgb":
-        return read_pillow(path, bucket)
+        return read_pillow(path, bucket, out)
     try:
         data = img.write_to_memory()
     except pyvips.Error as exc:
         raise InputError(f"{path} is not a readable image ({str(exc).strip().splitlines()[-1]})"
                          ": rerun the download stage") from None  # fmt: skip
-    return np.frombuffer(data, dtype=np.uint8).reshape(img.height, img.width, 3)
+    return _into(np.frombuffer(data, dtype=np.uint8).reshape(img.height, img.width, 3), out)
 
 
-DECODERS = {"pillow": read_pillow, "vips": read_vips}
-FASTER = {".jpg": "vips", ".jpeg": "vips", ".webp": "pillow"}  # bench/README.md, bench_loader
+def read_libwebp(path: Path, bucket: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [H, W, 3] of a still WebP, decoded by libwebp straight into `out` (or a new
+    array); Pillow for anything its simple decoder refuses (animation, a damaged file)."""
+    lib = _libwebp()
+    if lib is None:
+        return read_pillow(path, bucket, out)
+    data = Path(path).read_bytes()
+    width, height = ctypes.c_int(), ctypes.c_int()
+    if not lib.WebPGetInfo(data, len(data), ctypes.byref(width), ctypes.byref(height)):
+        return read_pillow(path, bucket, out)
+    _check_size(path, (width.value, height.value), bucket)
+    fits = out is not None and out.flags.c_contiguous
+    dest = out if fits else np.empty((height.value, width.value, 3), dtype=np.uint8)
+    if not lib.WebPDecodeRGBInto(data, len(data), dest.ctypes.data, dest.nbytes, dest.strides[0]):
+        return read_pillow(path, bucket, out)
+    return dest if fits else _into(dest, out)
 
 
-def read_image(path: Path, bucket: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W, 3] of a bucket-sized image; InputError when the file is gone or not of
-    its bucket's (width, height)."""
+@functools.cache
+def _libwebp() -> ctypes.CDLL | None:
+    """The libwebp of Pillow's wheel (`pillow.libs/`), else the system's; None if neither."""
+    shipped = sorted(Path(PIL.__file__).parent.parent.glob("pillow.libs/libwebp-*.so*"))
+    name = str(shipped[0]) if shipped else ctypes.util.find_library("webp")
+    try:
+        lib = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    if lib is not None:
+        data, size, int_out = ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_int)
+        lib.WebPGetInfo.argtypes = [data, size, int_out, int_out]
+        lib.WebPDecodeRGBInto.argtypes = [data, size, ctypes.c_void_p, size, ctypes.c_int]
+        lib.WebPDecodeRGBInto.restype = ctypes.c_void_p
+    return lib
+
+
+DECODERS = {"pillow": read_pillow, "vips": read_vips, "libwebp": read_libwebp}
+FASTER = {".jpg": "vips", ".jpeg": "vips", ".webp": "libwebp"}  # bench/README.md
+
+
+def read_image(path: Path, bucket: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [H, W, 3] of a bucket-sized image (into `out` when given); InputError when the
+    file is gone, not an image or not of its bucket's (width, height)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} is missing: rerun the download and buckets stages")
-    return DECODERS[FASTER.get(path.suffix.lower(), "pillow")](path, bucket)
+    return DECODERS[FASTER.get(path.suffix.lower(), "pillow")](path, bucket, out)
+
+
+def read_batch(paths: Sequence[Path], bucket: tuple[int, int]) -> np.ndarray:
+    """uint8 [B, H, W, 3] of same-bucket images, each decoded into its slot."""
+    out = np.empty((len(paths), bucket[1], bucket[0], 3), dtype=np.uint8)
+    for path, slot in zip(paths, out, strict=True):
+        read_image(path, bucket, slot)
+    return out
+
+
+def _into(pixels: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        return pixels
+    out[...] = pixels
+    return out
 
 
 def _check_size(path: Path, size: tuple[int, int], bucket: tuple[int, int]) -> None:

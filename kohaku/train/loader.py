@@ -15,17 +15,22 @@ Images travel as uint8, channels last (as decoded: no transpose on the CPU), in 
 memory when training on a GPU, and `unit_pixels` converts them there. The float conversion
 on one CPU core costs ~39 ms per 1024x1024 image, more than decoding it.
 
-Workers are spawned, not forked: Polars (the items' columns) can deadlock in a forked child,
-and a spawned worker holds only what `BatchSource` pickles (the items as NumPy arrays and
-Arrow-backed Polars columns, the run dir, the caption config, the latent cache's index),
-never the model. Workers ignore SIGTERM: torchrun, Prefect and shells signal the whole
-process group, and the trainer answers SIGTERM by finishing its step and writing a
-checkpoint, for which it still needs them; they exit when the trainer closes the loader or
-dies. SIGTERM stays blocked while they start, so none dies before it ignores the signal.
+Workers are forked from a forkserver (a fresh process that imported torch and nothing else),
+never from the trainer: Polars (the items' columns) can deadlock in a child forked from a
+process that ran queries, and a worker holds only what `BatchSource` pickles (the items as
+NumPy arrays and Arrow-backed Polars columns, the run dir, the caption config, the latent
+cache's index), never the model. (Spawned workers would do too, but a spawned child runs the
+interpreter's finalization on exit, where torch aborts a feeder thread still sharing a
+prefetched batch: "terminate called without an active exception".) Workers ignore SIGTERM:
+torchrun, Prefect and shells signal the whole process group, and the trainer answers
+SIGTERM by finishing its step and writing a checkpoint, for which it still needs them; they
+exit when the trainer closes the loader or dies. SIGTERM stays blocked while the server and
+the workers start, so none dies before it ignores the signal.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 from collections.abc import Iterator
@@ -98,7 +103,7 @@ def batch_loader(source: BatchSource, order: BatchOrder, cfg: LoaderConfig,
     loader = DataLoader(
         source, batch_size=None, sampler=order, collate_fn=_as_is, num_workers=workers,
         prefetch_factor=cfg.prefetch if workers else None,
-        multiprocessing_context="spawn" if workers else None,
+        multiprocessing_context=_forkserver() if workers else None,
         worker_init_fn=_worker_init if workers else None,
         pin_memory=cfg.pin_memory and device.type == "cuda",
         generator=torch.Generator(),  # its seed goes to the workers' RNGs, which nothing uses
@@ -113,16 +118,24 @@ def unit_pixels(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
     return (x.float() / 127.5 - 1.0).contiguous()
 
 
+def _forkserver() -> multiprocessing.context.BaseContext:
+    """Workers forked from a fresh server process that imported torch and nothing else."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch"])  # for a server not yet started (one per process)
+    return ctx
+
+
 def _as_is(batch: TrainBatch) -> TrainBatch:
     return batch
 
 
 def _worker_init(_: int) -> None:
-    import pyvips
+    from kohaku.train import images
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    pyvips.concurrency_set(1)  # one decode at a time per worker; the workers are the threads
+    if images.pyvips is not None:  # one decode at a time per worker: the workers are the threads
+        images.pyvips.concurrency_set(1)
 
 
 @contextmanager

@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
     args = parser.parse_args(argv)
-    # here, not at the top: the loader's spawned workers import this module (the main one)
-    # again, and must not pay for diffusers
+    # here, not at the top: every loader worker imports the main module (this one) again
+    # and must not pay for diffusers
     from kohaku.train.loop import STOPPED, Trainer, init_dist
 
     cfg = TrainConfig.model_validate(json.loads(args.config.read_text()))
