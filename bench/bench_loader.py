@@ -10,8 +10,9 @@ over each format (buckets manifest, captions); a tiny SDXL folder. Prints:
 
 1. decode: CPU ms per image on one thread, Pillow against libvips (and, for WebP, libwebp
    directly) for each format (`kohaku.train.images.FASTER` names the one used), and one
-   image's whole cost on the old path (Pillow decode, then the float conversion on the CPU:
-   permute, float, /127.5 - 1, contiguous) against the new one (decode, a uint8 batch).
+   image's whole cost in a batch of 4 on the old path (Pillow decode, `np.stack`, then the
+   float conversion on the CPU: permute, float, /127.5 - 1, contiguous) against the new one
+   (`images.read_batch`: each image decoded into its slot of one uint8 batch).
 2. loader: `kohaku.train.loader.batch_loader` with 1 and 2 workers, batch 4 at 1024x1024,
    batches taken as fast as they come (no training): images/s (wall clock), images per CPU
    second of the workers (per core), and the training process's CPU ms per batch.
@@ -132,27 +133,32 @@ def old_float(pixels: np.ndarray) -> torch.Tensor:
     return (batch.permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous()
 
 
+def old_pixels(paths: list[Path], bucket: tuple[int, int]) -> torch.Tensor:
+    """The pixels as `load_batch` made them before the loader: Pillow, stacked, float."""
+    return old_float(np.stack([images.read_pillow(p, bucket) for p in paths]))
+
+
 def bench_decode(paths: dict[str, list[Path]], repeat: int) -> None:
     """Every decoder interleaved per image; medians over the images."""
     if images.pyvips is not None:
         images.pyvips.concurrency_set(1)
     bucket = (SIZE, SIZE)
     print(f"\n## decode, one thread, {SIZE}x{SIZE}, median CPU ms per image ({load()})")
-    print("| format | Pillow | libvips | libwebp | used | old path: Pillow + float on CPU "
-          "| new path: used + uint8 batch |")  # fmt: skip
+    print("| format | Pillow | libvips | libwebp | used | old path: Pillow, stack, float "
+          "| new path: `read_batch` |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for ext, files in paths.items():
         names = [n for n in images.DECODERS if n != "libwebp" or ext == "webp"]
-        times: dict[str, list[float]] = {n: [] for n in [*names, "float", "stack"]}
+        times: dict[str, list[float]] = {n: [] for n in [*names, "old", "new"]}
         for path in files:
             for name in names:
                 times[name].append(cpu_ms(images.DECODERS[name], path, bucket, repeat=repeat))
-            one = np.stack([images.read_image(path, bucket)])
-            times["float"].append(cpu_ms(old_float, one, repeat=repeat))
-            times["stack"].append(cpu_ms(lambda p: torch.from_numpy(np.stack([p[0]])), one))
+            four = [path] * 4  # a batch of 4, per image
+            times["old"].append(cpu_ms(old_pixels, four, bucket, repeat=repeat) / 4)
+            times["new"].append(cpu_ms(images.read_batch, four, bucket, repeat=repeat) / 4)
         med = {k: statistics.median(v) for k, v in times.items()}
         used = images.FASTER[f".{ext}"]
-        old, new = med["pillow"] + med["float"], med[used] + med["stack"]
+        old, new = med["old"], med["new"]
         cells = [f"{med[n]:.1f}" if n in med else "-" for n in images.DECODERS]
         print(f"| {ext} | {' | '.join(cells)} | {used} | {old:.1f} ({1000 / old:.0f}/s) | "
               f"{new:.1f} ({1000 / new:.0f}/s) |")  # fmt: skip
@@ -250,9 +256,7 @@ def old_batch(source: BatchSource, batch) -> torch.Tensor:
 
     load_batch(batch, source.items, source.run_dir, source.captions, 0, read_images=False)
     rows = source.items.rows(batch.ids)
-    pictures = [images.read_pillow(source.run_dir / p, batch.bucket)
-                for p in source.items.paths.gather(rows)]  # fmt: skip
-    return old_float(np.stack(pictures))
+    return old_pixels([source.run_dir / p for p in source.items.paths.gather(rows)], batch.bucket)
 
 
 def _median(step, steps: int) -> float:

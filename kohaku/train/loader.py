@@ -33,7 +33,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -95,10 +95,10 @@ def worker_count(cfg: LoaderConfig, device: torch.device) -> int:
     return max(1, min(MAX_AUTO_WORKERS, share))
 
 
-def batch_loader(source: BatchSource, order: BatchOrder, cfg: LoaderConfig,
+def batch_loader(source: BatchSource, order: Iterable[Batch], cfg: LoaderConfig,
                  device: torch.device) -> Iterator[TrainBatch]:  # fmt: skip
-    """The built batches in `order`; workers start here and stop when the iterator is
-    dropped (or the process ends)."""
+    """The built batches in `order` (a `BatchOrder`, or any iterable of batches); workers
+    start here and stop when the iterator is exhausted or dropped (or the process ends)."""
     workers = worker_count(cfg, device)
     loader = DataLoader(
         source, batch_size=None, sampler=order, collate_fn=_as_is, num_workers=workers,

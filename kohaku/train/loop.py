@@ -167,7 +167,9 @@ class Trainer:
             return None
         vae = self.parts.vae
         if self.d.rank == 0:
-            cache_latents(self.items, self.run_dir, vae, Path(self.cfg.latent_cache))
+            cache_latents(
+                self.items, self.run_dir, vae, Path(self.cfg.latent_cache), loader=self.cfg.loader
+            )
         self.d.barrier()
         return LatentCache(Path(self.cfg.latent_cache) / vae_key(vae)[:16])
 
