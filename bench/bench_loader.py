@@ -8,11 +8,12 @@ Writes `bench/out/loader/` (git-ignored): `--images` pictures of 1024x1024 per f
 the photo-like pictures of bench/dl_images.py (centre crop, Lanczos to 1024x1024); a run dir
 over each format (buckets manifest, captions); a tiny SDXL folder. Prints:
 
-1. decode: CPU ms per image on one thread, Pillow against libvips (and, for WebP, libwebp
-   directly) for each format (`kohaku.train.images.FASTER` names the one used), and one
-   image's whole cost in a batch of 4 on the old path (Pillow decode, `np.stack`, then the
-   float conversion on the CPU: permute, float, /127.5 - 1, contiguous) against the new one
-   (`images.read_batch`: each image decoded into its slot of one uint8 batch).
+1. decode: CPU ms per image on one thread, Pillow against libvips (the download stage's
+   decoder) and, for WebP, libwebp called directly (`kohaku.train.images.FASTER` names the
+   one used), and one image's whole cost in a batch of 4 on the old path (Pillow decode,
+   `np.stack`, then the float conversion on the CPU: permute, float, /127.5 - 1,
+   contiguous) against the new one (`images.read_batch`: each image decoded into its slot
+   of one uint8 batch).
 2. loader: `kohaku.train.loader.batch_loader` with 1 and 2 workers, batch 4 at 1024x1024,
    batches taken as fast as they come (no training): images/s (wall clock), images per CPU
    second of the workers (per core), and the training process's CPU ms per batch.
@@ -42,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyvips
 import torch
 from PIL import Image
 
@@ -119,6 +121,16 @@ def make_run(run: Path, files: list[Path], size: int) -> Path:
 # ---------------------------------------------------------------- 1. decode
 
 
+def read_vips(path: Path, bucket: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] through libvips (the download stage's decoder), one thread."""
+    img = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
+    assert (img.width, img.height) == bucket and img.bands == 3
+    return np.frombuffer(img.write_to_memory(), dtype=np.uint8).reshape(img.height, img.width, 3)
+
+
+DECODERS = {"pillow": images.read_pillow, "libvips": read_vips, "libwebp": images.read_libwebp}
+
+
 def cpu_ms(fn, *args, repeat: int = 1) -> float:
     start = time.process_time()
     for _ in range(repeat):
@@ -140,26 +152,26 @@ def old_pixels(paths: list[Path], bucket: tuple[int, int]) -> torch.Tensor:
 
 def bench_decode(paths: dict[str, list[Path]], repeat: int) -> None:
     """Every decoder interleaved per image; medians over the images."""
-    if images.pyvips is not None:
-        images.pyvips.concurrency_set(1)
+    pyvips.cache_set_max(0)
+    pyvips.concurrency_set(1)
     bucket = (SIZE, SIZE)
     print(f"\n## decode, one thread, {SIZE}x{SIZE}, median CPU ms per image ({load()})")
     print("| format | Pillow | libvips | libwebp | used | old path: Pillow, stack, float "
           "| new path: `read_batch` |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for ext, files in paths.items():
-        names = [n for n in images.DECODERS if n != "libwebp" or ext == "webp"]
+        names = [n for n in DECODERS if n != "libwebp" or ext == "webp"]
         times: dict[str, list[float]] = {n: [] for n in [*names, "old", "new"]}
         for path in files:
             for name in names:
-                times[name].append(cpu_ms(images.DECODERS[name], path, bucket, repeat=repeat))
+                times[name].append(cpu_ms(DECODERS[name], path, bucket, repeat=repeat))
             four = [path] * 4  # a batch of 4, per image
             times["old"].append(cpu_ms(old_pixels, four, bucket, repeat=repeat) / 4)
             times["new"].append(cpu_ms(images.read_batch, four, bucket, repeat=repeat) / 4)
         med = {k: statistics.median(v) for k, v in times.items()}
-        used = images.FASTER[f".{ext}"]
+        used = images.FASTER.get(f".{ext}", "pillow")
         old, new = med["old"], med["new"]
-        cells = [f"{med[n]:.1f}" if n in med else "-" for n in images.DECODERS]
+        cells = [f"{med[n]:.1f}" if n in med else "-" for n in DECODERS]
         print(f"| {ext} | {' | '.join(cells)} | {used} | {old:.1f} ({1000 / old:.0f}/s) | "
               f"{new:.1f} ({1000 / new:.0f}/s) |")  # fmt: skip
 

@@ -3,11 +3,12 @@
 Reads an image file that the download stage already fitted to its bucket; writes nothing.
 `read_image` picks the decoder per format by FASTER, measured at 1024x1024 with
 bench/bench_loader.py (bench/README.md): WebP straight through libwebp's
-`WebPDecodeRGBInto` (the libwebp that Pillow ships), about twice as fast as Pillow, whose
-WebP plugin decodes every file through libwebp's animation decoder into RGBX and copies it
-twice; JPEG through libvips. Every decoder gives the same pixels (tests/train/test_images.py);
-anything the fast paths do not handle (other formats, grey, alpha, palette, 16-bit,
-animation, no libwebp or libvips found) goes through Pillow's `convert("RGB")`.
+`WebPDecodeRGBInto` (the libwebp that Pillow ships) into its slot of the batch, about 25 %
+less CPU than Pillow, whose WebP plugin decodes every file through libwebp's animation
+decoder into RGBX and copies it twice; JPEG and the rest through Pillow (libvips, the
+download stage's decoder, took 15-70 % more CPU for a plain decode of these files). The
+decoders give the same pixels (tests/train/test_images.py); anything the libwebp path does
+not handle (animation, no libwebp found) goes through Pillow's `convert("RGB")`.
 """
 
 from __future__ import annotations
@@ -24,15 +25,6 @@ from PIL import Image
 
 from kohaku.errors import InputError
 
-try:  # a dependency of kohaku, but a GPU box may carry only what training needs
-    import pyvips
-
-    # Each image is decoded once per step and never again: libvips' operation cache would
-    # only hold decoded pixels.
-    pyvips.cache_set_max(0)
-except ImportError:  # pragma: no cover - Pillow decodes the same pixels
-    pyvips = None
-
 
 def read_pillow(path: Path, bucket: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
     """uint8 [H, W, 3] through Pillow (into `out` when given)."""
@@ -43,26 +35,6 @@ def read_pillow(path: Path, bucket: tuple[int, int], out: np.ndarray | None = No
     except OSError as exc:  # not an image, truncated, corrupt
         raise InputError(f"{path} is not a readable image ({exc}): rerun the download "
                          "stage") from None  # fmt: skip
-
-
-def read_vips(path: Path, bucket: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 [H, W, 3] through libvips; Pillow for what is not 8-bit, 3-band sRGB.
-    `fail_on="truncated"`: by default libvips decodes a truncated file without an error."""
-    if pyvips is None:
-        return read_pillow(path, bucket, out)
-    try:
-        img = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
-    except pyvips.Error:
-        return read_pillow(path, bucket, out)  # Pillow's error (or its wider format support)
-    _check_size(path, (img.width, img.height), bucket)
-    if img.bands != 3 or img.format != "uchar" or img.interpretation != "srgb":
-        return read_pillow(path, bucket, out)
-    try:
-        data = img.write_to_memory()
-    except pyvips.Error as exc:
-        raise InputError(f"{path} is not a readable image ({str(exc).strip().splitlines()[-1]})"
-                         ": rerun the download stage") from None  # fmt: skip
-    return _into(np.frombuffer(data, dtype=np.uint8).reshape(img.height, img.width, 3), out)
 
 
 def read_libwebp(path: Path, bucket: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
@@ -100,8 +72,8 @@ def _libwebp() -> ctypes.CDLL | None:
     return lib
 
 
-DECODERS = {"pillow": read_pillow, "vips": read_vips, "libwebp": read_libwebp}
-FASTER = {".jpg": "vips", ".jpeg": "vips", ".webp": "libwebp"}  # bench/README.md
+DECODERS = {"pillow": read_pillow, "libwebp": read_libwebp}
+FASTER = {".webp": "libwebp"}  # the rest: Pillow (bench/README.md, bench_loader.py)
 
 
 def read_image(path: Path, bucket: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:

@@ -130,12 +130,8 @@ def _as_is(batch: TrainBatch) -> TrainBatch:
 
 
 def _worker_init(_: int) -> None:
-    from kohaku.train import images
-
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    if images.pyvips is not None:  # one decode at a time per worker: the workers are the threads
-        images.pyvips.concurrency_set(1)
 
 
 @contextmanager
