@@ -179,10 +179,26 @@ def bench_decode(paths: dict[str, list[Path]], repeat: int) -> None:
 # ---------------------------------------------------------------- 2. loader
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _stat(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat after the command name: state, ppid, ..., utime (11), stime (12)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def descendants_cpu() -> float:
+    """CPU seconds of every process below this one (the forkserver and its workers)."""
+    parent, cpu = {}, {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = _stat(entry.name)
+        except OSError:  # gone meanwhile
+            continue
+        parent[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    mine, grew = {os.getpid()}, True
+    while grew:
+        below = {pid for pid, ppid in parent.items() if ppid in mine} - mine
+        mine, grew = mine | below, bool(below)
+    return sum(cpu[pid] for pid in mine if pid != os.getpid())
 
 
 def bench_loader(runs: dict[str, Path], batches: int) -> None:
@@ -199,13 +215,12 @@ def bench_loader(runs: dict[str, Path], batches: int) -> None:
             stream = batch_loader(source, order, cfg, torch.device("cpu"))
             for _ in range(2 * workers):  # start-up and the first batches
                 next(stream)
-            pids = [w.pid for w in stream._workers]
-            before = [cpu_seconds(p) for p in pids]
+            before = descendants_cpu()
             wall, mine = time.perf_counter(), time.process_time()
             for _ in range(batches):
                 next(stream)
             wall, mine = time.perf_counter() - wall, time.process_time() - mine
-            worker_cpu = sum(cpu_seconds(p) for p in pids) - sum(before)
+            worker_cpu = descendants_cpu() - before
             n = 4 * batches
             print(f"| {ext} | {workers} | {n / wall:.1f} | {n / wall / workers:.1f} | "
                   f"{n / worker_cpu:.1f} | {1000 * mine / batches:.1f} |")  # fmt: skip

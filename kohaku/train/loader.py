@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from kohaku.errors import ConfigError
 from kohaku.train.config import CaptionConfig, LoaderConfig
 from kohaku.train.data import (
     Batch,
@@ -59,18 +60,24 @@ MAX_AUTO_WORKERS = 4
 
 
 class BatchSource(Dataset):
-    """`Batch` -> `TrainBatch`: what a worker builds. It holds no model and nothing open."""
+    """`Batch` -> `TrainBatch`: what a worker builds. It holds no model and nothing open. A
+    bad input (a missing or damaged image) comes back as the `ConfigError` itself, which
+    `batch_loader` raises in the trainer: one line, as without workers, not a worker's
+    traceback."""
 
     def __init__(self, items: BucketItems, run_dir: Path, captions: CaptionConfig, seed: int,
                  cache: LatentCache | None = None) -> None:  # fmt: skip
         self.items, self.run_dir, self.captions, self.seed = items, Path(run_dir), captions, seed
         self.cache = cache
 
-    def __getitem__(self, batch: Batch) -> TrainBatch:
+    def __getitem__(self, batch: Batch) -> TrainBatch | ConfigError:
         cached = self.cache is not None
-        data = load_batch(batch, self.items, self.run_dir, self.captions, self.seed,
-                          read_images=not cached)  # fmt: skip
-        return replace(data, posterior=self.cache.get(batch.ids)) if cached else data
+        try:
+            data = load_batch(batch, self.items, self.run_dir, self.captions, self.seed,
+                              read_images=not cached)  # fmt: skip
+            return replace(data, posterior=self.cache.get(batch.ids)) if cached else data
+        except ConfigError as exc:
+            return exc
 
 
 class BatchOrder:
@@ -109,7 +116,14 @@ def batch_loader(source: BatchSource, order: Iterable[Batch], cfg: LoaderConfig,
         generator=torch.Generator(),  # its seed goes to the workers' RNGs, which nothing uses
     )  # fmt: skip
     with _sigterm_blocked():
-        return iter(loader)
+        return _raising(iter(loader))
+
+
+def _raising(batches: Iterator[TrainBatch | ConfigError]) -> Iterator[TrainBatch]:
+    for batch in batches:
+        if isinstance(batch, ConfigError):
+            raise batch
+        yield batch
 
 
 def unit_pixels(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -125,7 +139,7 @@ def _forkserver() -> multiprocessing.context.BaseContext:
     return ctx
 
 
-def _as_is(batch: TrainBatch) -> TrainBatch:
+def _as_is(batch: TrainBatch | ConfigError) -> TrainBatch | ConfigError:
     return batch
 
 

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 import torch
 
+from kohaku.errors import InputError
 from kohaku.train.config import LoaderConfig, TrainConfig
 from kohaku.train.data import BucketBatches, CaptionConfig, DataPosition, load_batch, load_items
 from kohaku.train.latents import LatentCache, cache_latents
@@ -66,6 +67,24 @@ def test_what_workers_get_is_small_and_holds_nothing_open(tmp_path):
     assert torch.equal(again.posterior.mean, built.posterior.mean)
     assert again.captions == built.captions
     assert len(pickle.dumps(first)) < 64_000  # items, index and config; no tensors, no model
+
+
+def test_a_bad_image_is_a_one_line_input_error_at_its_batch(tmp_path):
+    """A worker sends the error back as its batch (pickled, no traceback text), and the
+    trainer's side raises it when it reaches that batch, as without workers."""
+    run = write_training_run(tmp_path, n=4, buckets=((64, 64),))
+    items = load_items(run / "buckets/manifest.parquet", run / "tag/captions.parquet")
+    batches = BucketBatches(items, batch_size=2)
+    source = BatchSource(items, run, CaptionConfig(), 0)
+    first, second = batches.epoch_batches(0)
+    (run / "download/images" / f"{second.ids[0]}.png").unlink()
+    sent = pickle.loads(pickle.dumps(source[second]))
+    assert isinstance(sent, InputError) and "is missing" in str(sent)
+    assert "\n" not in str(sent)
+    stream = batch_loader(source, [first, second], LoaderConfig(workers=0), CPU)
+    assert next(stream).ids == first.ids
+    with pytest.raises(InputError, match=rf"{second.ids[0]}.png is missing: rerun the"):
+        next(stream)
 
 
 def test_worker_count_follows_config_and_device(monkeypatch):
