@@ -34,6 +34,7 @@ figures move with its load; the CPU-time figures move much less.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import statistics
@@ -230,7 +231,7 @@ def bench_loader(runs: dict[str, Path], batches: int) -> None:
 # ---------------------------------------------------------------- 3. overlap
 
 
-def bench_tiny(run: Path, model: Path, steps: int) -> None:
+def bench_tiny(run: Path, model: Path, steps: int, rounds: int) -> None:
     """`Trainer.train_step` on the tiny SDXL, batches in memory or from the loader."""
     from kohaku.train.loop import Dist, Trainer
 
@@ -242,39 +243,52 @@ def bench_tiny(run: Path, model: Path, steps: int) -> None:
     order = BatchOrder(trainer.batches, DataPosition())
     ahead = [trainer.source[b] for b, _ in zip(order, range(steps + 2), strict=False)]
     size = int(ahead[0].target_size[0, 0])
-    print(f"\n## overlap, tiny SDXL, batch 4 at {size}x{size} (JPEG), ms per step ({load()})")
+
+    def in_memory():
+        batches = iter(ahead)
+        return lambda: trainer.train_step([next(batches)])
+
+    def loader(workers: int):
+        stream = batch_loader(trainer.source, order, LoaderConfig(workers=workers), CPU)
+        return lambda: trainer.train_step([next(stream)])
+
+    variants = {"memory": in_memory, **{w: functools.partial(loader, w) for w in (0, 1, 2)}}
+    cells = _rounds(variants, steps, rounds)
+    print(f"\n## overlap, tiny SDXL, batch 4 at {size}x{size} (JPEG), median ms per step "
+          f"({load()})")  # fmt: skip
     print("| batches already in memory | loader, 0 workers | 1 worker | 2 workers |")
     print("|---|---|---|---|")
-    batches = iter(ahead)
-    cells = [_median(lambda: trainer.train_step([next(batches)]), steps)]
-    for workers in (0, 1, 2):
-        stream = batch_loader(trainer.source, order, LoaderConfig(workers=workers), CPU)
-        cells.append(_median(lambda s=stream: trainer.train_step([next(s)]), steps))
-        del stream
-    print("| " + " | ".join(f"{c:.0f}" for c in cells) + " |")
+    print("| " + " | ".join(f"{c:.0f}" for c in cells.values()) + " |")
 
 
-def bench_standin(runs: dict[str, Path], gpu_ms: float, steps: int) -> None:
+def bench_standin(runs: dict[str, Path], gpu_ms: float, steps: int, rounds: int) -> None:
     """Batch 4 at 1024x1024 against a stand-in for a GPU step: the training process waits
     `gpu_ms` (as it waits for the GPU), then takes the next batch."""
     print(f"\n## overlap, batch 4 at {SIZE}x{SIZE}, a {gpu_ms:.0f} ms stand-in GPU step, "
-          f"ms per step ({load()})")  # fmt: skip
+          f"median ms per step ({load()} at the start)")  # fmt: skip
     print("| format | old path in series (Pillow + float on CPU) | loader, 0 workers | "
           "1 worker | 2 workers |")  # fmt: skip
     print("|---|---|---|---|---|")
-    wait = gpu_ms / 1000
     for ext, run in runs.items():
-        items = load_items(run / "buckets/manifest.parquet", run / "tag/captions.parquet")
-        order = BatchOrder(BucketBatches(items, 4), DataPosition())
-        source = BatchSource(items, run, CaptionConfig(), 0)
-        old = iter(order)
-        cells = [_median(lambda src=source, it=old: (old_batch(src, next(it)), time.sleep(wait)),
-                         steps)]  # fmt: skip
-        for workers in (0, 1, 2):
-            stream = batch_loader(source, order, LoaderConfig(workers=workers), CPU)
-            cells.append(_median(lambda s=stream: (next(s), time.sleep(wait)), steps))
-            del stream
-        print(f"| {ext} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
+        cells = _standin(run, gpu_ms / 1000, steps, rounds)
+        print(f"| {ext} | " + " | ".join(f"{c:.0f}" for c in cells.values()) + " |")
+
+
+def _standin(run: Path, wait: float, steps: int, rounds: int) -> dict:
+    items = load_items(run / "buckets/manifest.parquet", run / "tag/captions.parquet")
+    order = BatchOrder(BucketBatches(items, 4), DataPosition())
+    source = BatchSource(items, run, CaptionConfig(), 0)
+
+    def old():
+        batches = iter(order)
+        return lambda: (old_batch(source, next(batches)), time.sleep(wait))
+
+    def loader(workers: int):
+        stream = batch_loader(source, order, LoaderConfig(workers=workers), CPU)
+        return lambda: (next(stream), time.sleep(wait))
+
+    variants = {"old": old, **{w: functools.partial(loader, w) for w in (0, 1, 2)}}
+    return _rounds(variants, steps, rounds)
 
 
 def old_batch(source: BatchSource, batch) -> torch.Tensor:
@@ -286,15 +300,22 @@ def old_batch(source: BatchSource, batch) -> torch.Tensor:
     return old_pixels([source.run_dir / p for p in source.items.paths.gather(rows)], batch.bucket)
 
 
-def _median(step, steps: int) -> float:
-    for _ in range(2):  # warm-up (and the workers' start)
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+def _rounds(variants: dict, steps: int, rounds: int) -> dict:
+    """Median ms per step of each variant: `rounds` rounds of every variant in turn (the
+    load of a shared machine drifts), each a fresh step function (a fresh loader: one
+    variant's workers never run during another's steps), 2 warm-up steps, `steps` timed."""
+    times: dict = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, make in variants.items():
+            step = make()
+            for _ in range(2):  # warm-up (and the workers' start)
+                step()
+            for _ in range(steps):
+                start = time.perf_counter()
+                step()
+                times[name].append(1000 * (time.perf_counter() - start))
+            del step  # its loader's workers stop
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -302,7 +323,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=32, help="pictures per format")
     ap.add_argument("--repeat", type=int, default=3, help="decodes per picture and library")
     ap.add_argument("--batches", type=int, default=24, help="batches timed per loader row")
-    ap.add_argument("--steps", type=int, default=10, help="steps timed per overlap cell")
+    ap.add_argument("--steps", type=int, default=6, help="steps timed per overlap cell, round")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of every overlap variant")
     ap.add_argument("--tiny-size", type=int, default=64, help="image side for the tiny SDXL")
     ap.add_argument("--gpu-ms", type=float, default=235.0, help="the stand-in GPU step (the "
                     "issue: batch 4 at 17 images/s on an H100)")  # fmt: skip
@@ -324,9 +346,9 @@ def main() -> None:
             write_tiny_sdxl(model)
         small = make_images(args.images, args.tiny_size, OUT / f"images-{args.tiny_size}")
         bench_tiny(make_run(OUT / f"run-jpg-{args.tiny_size}", small["jpg"], args.tiny_size),
-                   model, args.steps)  # fmt: skip
+                   model, args.steps, args.rounds)  # fmt: skip
     if "standin" in args.parts:
-        bench_standin(runs, args.gpu_ms, args.steps)
+        bench_standin(runs, args.gpu_ms, args.steps, args.rounds)
     print(f"\ndone; {load()}")
 
 
