@@ -1,6 +1,6 @@
 """Benchmark: the train stage's batch loader (issue 12, "Keep the GPU fed").
 
-    python bench/bench_loader.py                          # all four parts, a few minutes
+    python bench/bench_loader.py                          # all five parts, ~10 minutes
     python bench/bench_loader.py --parts decode loader    # only those parts
 
 Writes `bench/out/loader/` (git-ignored): `--images` pictures of 1024x1024 per format, WebP q90
@@ -17,12 +17,15 @@ over each format (buckets manifest, captions); a tiny SDXL folder. Prints:
 2. loader: `kohaku.train.loader.batch_loader` with 1 and 2 workers, batch 4 at 1024x1024,
    batches taken as fast as they come (no training): images/s (wall clock), images per CPU
    second of the workers (per core), and the training process's CPU ms per batch.
-3. tiny: a `Trainer` on the tiny SDXL, batch 4 at `--tiny-size` px (64: the test size; VAE
+3. share: what the items cost each worker at `--share-posts` synthetic posts: the Polars
+   columns pickled (what a worker would unpickle and hold) against `loader.SharedItems`
+   (built once, sent as handles to shared memory).
+4. tiny: a `Trainer` on the tiny SDXL, batch 4 at `--tiny-size` px (64: the test size; VAE
    encode, both text encoders, Lion8bit): ms per `train_step` with every batch already in
    memory, and with batches from the loader with 0 workers (in series with the step, as
    before the loader), 1 and 2 workers. At 64 px a batch loads in a few ms, so this shows
    what the loader costs the step, not what it hides.
-4. standin: what it hides at 1024x1024: the training process waits `--gpu-ms` per batch
+5. standin: what it hides at 1024x1024: the training process waits `--gpu-ms` per batch
    of 4 (235: the issue's 17 images/s on an H100; waiting for the GPU takes no CPU), then
    takes the next batch; ms per step with the old path in series (Pillow, float on the CPU),
    and with the loader's 0, 1 and 2 workers. Fully hidden loading gives `--gpu-ms`.
@@ -37,6 +40,7 @@ import argparse
 import functools
 import io
 import os
+import pickle
 import statistics
 import sys
 import time
@@ -64,7 +68,7 @@ OUT = BENCH / "out" / "loader"
 CPU = torch.device("cpu")
 SIZE = 1024
 FORMATS = {"webp": ("webp", 90), "jpg": ("jpeg", 95)}  # extension: (encoder format, quality)
-PARTS = ("decode", "loader", "tiny", "standin")
+PARTS = ("decode", "loader", "share", "tiny", "standin")
 GROUPS = ("count", "character", "copyright", "artist", "general", "meta", "rating_tags")
 
 
@@ -228,6 +232,64 @@ def bench_loader(runs: dict[str, Path], batches: int) -> None:
             del stream
 
 
+# ---------------------------------------------------------------- 2b. sharing the items
+
+
+def bench_share(posts: int) -> None:
+    """What a worker gets of `posts` synthetic posts (25 of 5,000 general tags each): the
+    Polars columns pickled (as without `SharedItems`) against `SharedItems` sent the way
+    multiprocessing sends a worker its dataset."""
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions)
+
+    from kohaku.train.data import PARTS, BucketItems
+    from kohaku.train.loader import SharedItems
+
+    rng = np.random.default_rng(0)
+    tags = np.array([f"general_tag_{i}" for i in range(5000)], dtype=object)
+    ids = np.arange(posts, dtype=np.int64) * 7 + 1000
+    body = pl.Series([tags[rng.integers(0, 5000, 25)].tolist() for _ in range(posts)],
+                     dtype=pl.List(pl.String))  # fmt: skip
+    items = BucketItems(
+        ids=ids, bucket=np.full((posts, 2), SIZE), original_size=np.full((posts, 2), 2 * SIZE),
+        crop=np.zeros((posts, 2), np.int64),
+        paths=pl.Series("path", [f"download/images/{i % 1000:04d}/{i}.webp" for i in ids]),
+        parts=pl.DataFrame({"head": [["1girl", "solo"]] * posts, "body": body,
+                            "tail": [["masterpiece", "newest", "safe"]] * posts},
+                           schema={p: pl.List(pl.String) for p in PARTS}),
+    )  # fmt: skip
+    print(f"\n## what a worker gets, {posts:,} posts ({load()})")
+    print("| form | build s | sent MB | send s | receive s | memory per worker |")
+    print("|---|---|---|---|---|---|")
+    start = time.perf_counter()
+    sent = pickle.dumps((items.paths, items.parts))
+    send = time.perf_counter() - start
+    start = time.perf_counter()
+    pickle.loads(sent)
+    print(f"| Polars columns, pickled | - | {len(sent) / 1e6:.0f} | {send:.1f} | "
+          f"{time.perf_counter() - start:.1f} | a copy each |")  # fmt: skip
+    start = time.perf_counter()
+    shared = SharedItems(items)
+    build = time.perf_counter() - start
+    start = time.perf_counter()
+    sent = ForkingPickler.dumps(shared)
+    send = time.perf_counter() - start
+    start = time.perf_counter()
+    pickle.loads(sent)
+    size = sum(t.numel() * t.element_size() for t in _tensors(shared)) / 1e6
+    print(
+        f"| `SharedItems` | {build:.1f} | {len(sent) / 1e6:.3f} | {send:.3f} | "
+        f"{time.perf_counter() - start:.3f} | none: {size:.0f} MB shared by all |"
+    )
+
+
+def _tensors(shared) -> list[torch.Tensor]:
+    lists = [t for part in shared.parts.values()
+             for t in (part.codes, part.offsets, part.vocab.data, part.vocab.offsets)]  # fmt: skip
+    return [shared.ids, shared.numbers, shared.paths.data, shared.paths.offsets, *lists]
+
+
 # ---------------------------------------------------------------- 3. overlap
 
 
@@ -241,7 +303,7 @@ def bench_tiny(run: Path, model: Path, steps: int, rounds: int) -> None:
     })  # fmt: skip
     trainer = Trainer(cfg, run, Dist(0, 1, torch.device("cpu")))
     order = BatchOrder(trainer.batches, DataPosition())
-    ahead = [trainer.source[b] for b, _ in zip(order, range(steps + 2), strict=False)]
+    ahead = [trainer.source[b] for b, _ in zip(order, range(steps + 4), strict=False)]
     size = int(ahead[0].target_size[0, 0])
 
     def in_memory():
@@ -303,12 +365,13 @@ def old_batch(source: BatchSource, batch) -> torch.Tensor:
 def _rounds(variants: dict, steps: int, rounds: int) -> dict:
     """Median ms per step of each variant: `rounds` rounds of every variant in turn (the
     load of a shared machine drifts), each a fresh step function (a fresh loader: one
-    variant's workers never run during another's steps), 2 warm-up steps, `steps` timed."""
+    variant's workers never run during another's steps), 4 warm-up steps (with fewer, a
+    worker still importing its modules competes with the timed steps), `steps` timed."""
     times: dict = {name: [] for name in variants}
     for _ in range(rounds):
         for name, make in variants.items():
             step = make()
-            for _ in range(2):  # warm-up (and the workers' start)
+            for _ in range(4):  # warm-up: every worker has started and sent a batch
                 step()
             for _ in range(steps):
                 start = time.perf_counter()
@@ -328,6 +391,7 @@ def main() -> None:
     ap.add_argument("--tiny-size", type=int, default=64, help="image side for the tiny SDXL")
     ap.add_argument("--gpu-ms", type=float, default=235.0, help="the stand-in GPU step (the "
                     "issue: batch 4 at 17 images/s on an H100)")  # fmt: skip
+    ap.add_argument("--share-posts", type=int, default=1_000_000, help="posts, share part")
     ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -338,6 +402,8 @@ def main() -> None:
         bench_decode(paths, args.repeat)
     if "loader" in args.parts:
         bench_loader(runs, args.batches)
+    if "share" in args.parts:
+        bench_share(args.share_posts)
     if "tiny" in args.parts:
         from kohaku.train.tiny import write_tiny_sdxl
 

@@ -5,16 +5,32 @@ worker count follows the config and the device; and changing it never restarts a
 from __future__ import annotations
 
 import pickle
+from multiprocessing.reduction import ForkingPickler
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
 
 from kohaku.errors import InputError
 from kohaku.train.config import LoaderConfig, TrainConfig
-from kohaku.train.data import BucketBatches, CaptionConfig, DataPosition, load_batch, load_items
+from kohaku.train.data import (
+    PARTS,
+    BucketBatches,
+    BucketItems,
+    CaptionConfig,
+    DataPosition,
+    load_batch,
+    load_items,
+)
 from kohaku.train.latents import LatentCache, cache_latents
-from kohaku.train.loader import BatchOrder, BatchSource, batch_loader, worker_count
+from kohaku.train.loader import (
+    BatchOrder,
+    BatchSource,
+    SharedItems,
+    batch_loader,
+    worker_count,
+)
 from kohaku.train.stage import _start_over_if_changed
 from kohaku.train.tiny import tiny_vae
 from tests.train.rundir import write_training_run
@@ -51,22 +67,45 @@ def test_two_workers_build_the_batches_of_the_training_process_in_its_order(tmp_
 
 
 def test_what_workers_get_is_small_and_holds_nothing_open(tmp_path):
-    """The source pickles its columns as columns (Polars: Arrow IPC), and the latent cache
-    as its index without the open shard files; unpickled, it builds the same batch."""
+    """Sent as multiprocessing sends it, the source is a few kB: the items as handles to
+    shared memory, the latent cache's index without its open shard files; it builds the
+    same batch on the other side."""
     run = write_training_run(tmp_path / "run", n=4, buckets=((64, 64),))
     items = load_items(run / "buckets/manifest.parquet", run / "tag/captions.parquet")
     index = cache_latents(items, run, tiny_vae().eval(), tmp_path / "cache")
     cache = LatentCache(index)
-    first = BatchSource(items, run, CaptionConfig(), 0, cache)
+    source = BatchSource(items, run, CaptionConfig(), 0, cache)
     batch = BucketBatches(items, 2).epoch_batches(0)[0]
-    built = first[batch]  # opens a shard in this process
+    built = source[batch]  # opens a shard in this process
     assert cache._handles and built.pixels is None and built.posterior.mean.shape[0] == 2
-    copy = pickle.loads(pickle.dumps(first))
-    assert not copy.cache._handles and isinstance(copy.items.paths, pl.Series)
+    sent = ForkingPickler.dumps(source)
+    assert len(sent) < 20_000, len(sent)
+    copy = pickle.loads(sent)
+    assert isinstance(copy.items, SharedItems) and not copy.cache._handles
     again = copy[batch]
     assert torch.equal(again.posterior.mean, built.posterior.mean)
-    assert again.captions == built.captions
-    assert len(pickle.dumps(first)) < 64_000  # items, index and config; no tensors, no model
+    assert again.captions == built.captions and again.ids == built.ids
+
+
+def test_shared_items_give_back_every_row():
+    items = BucketItems(
+        ids=np.array([3, 5, 9]), bucket=np.array([[64, 32], [32, 64], [64, 32]]),
+        original_size=np.array([[640, 320], [300, 600], [128, 64]]),
+        crop=np.array([[1, 0], [0, 2], [0, 0]]),
+        paths=pl.Series("path", ["a/é.webp", "b/1.png", "c/ü/2.jpg"]),
+        parts=pl.DataFrame({"head": [["1girl"], [], ["ñ"]], "body": [["x", "y"], [], ["x"]],
+                            "tail": [[], ["z"], ["masterpiece", "x"]]},
+                           schema={p: pl.List(pl.String) for p in PARTS}),
+        keep_separator="|||",
+    )  # fmt: skip
+    shared = SharedItems(items)
+    for ids in ([9, 3], [5], [3, 5, 9]):
+        got, rows = shared.subset(ids), items.rows(sorted(ids))
+        assert got.ids.tolist() == sorted(ids) and got.keep_separator == "|||"
+        assert got.paths.to_list() == items.paths.gather(rows).to_list()
+        assert got.parts.rows() == items.parts[rows].rows()
+        for column in ("bucket", "original_size", "crop"):
+            assert np.array_equal(getattr(got, column), getattr(items, column)[rows])
 
 
 def test_a_bad_image_is_a_one_line_input_error_at_its_batch(tmp_path):
