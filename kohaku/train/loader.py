@@ -18,8 +18,8 @@ on one CPU core costs ~39 ms per 1024x1024 image, more than decoding it.
 Workers are forked from a forkserver (a fresh process that imported torch and nothing else),
 never from the trainer: Polars (the items' columns) can deadlock in a child forked from a
 process that ran queries, and a worker holds only what `BatchSource` pickles (the items as
-NumPy arrays and Arrow-backed Polars columns, the run dir, the caption config, the latent
-cache's index), never the model. (Spawned workers would do too, but a spawned child runs the
+`SharedItems`, tensors in shared memory that every worker maps; the run dir, the caption
+config, the latent cache's index), never the model. (Spawned workers would do too, but a spawned child runs the
 interpreter's finalization on exit, where torch aborts a feeder thread still sharing a
 prefetched batch: "terminate called without an active exception".) Workers ignore SIGTERM:
 torchrun, Prefect and shells signal the whole process group, and the trainer answers
