@@ -3,10 +3,11 @@
 Reads an image file that the download stage already fitted to its bucket; writes nothing.
 `read_image` picks the decoder per format by FASTER, measured at 1024x1024 with
 bench/bench_loader.py (bench/README.md): WebP straight through libwebp's
-`WebPDecodeRGBInto` (the libwebp that Pillow ships) into its slot of the batch, about 25 %
+`WebPDecodeRGBInto` (the libwebp that Pillow ships) into its slot of the batch, 20-25 %
 less CPU than Pillow, whose WebP plugin decodes every file through libwebp's animation
-decoder into RGBX and copies it twice; JPEG and the rest through Pillow (libvips, the
-download stage's decoder, took 15-70 % more CPU for a plain decode of these files). The
+decoder into an RGBX canvas, copied into Pillow's image and again into the array; JPEG and
+the rest through Pillow (libvips, the
+download stage's decoder, took 30-70 % more CPU for a plain decode of these files). The
 decoders give the same pixels (tests/train/test_images.py); anything the libwebp path does
 not handle (animation, no libwebp found) goes through Pillow's `convert("RGB")`.
 """

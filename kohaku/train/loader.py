@@ -19,13 +19,13 @@ Workers are forked from a forkserver (a fresh process that imported torch and no
 never from the trainer: Polars (the items' columns) can deadlock in a child forked from a
 process that ran queries, and a worker holds only what `BatchSource` pickles (the items as
 `SharedItems`, tensors in shared memory that every worker maps; the run dir, the caption
-config, the latent cache's index), never the model. (Spawned workers would do too, but a spawned child runs the
-interpreter's finalization on exit, where torch aborts a feeder thread still sharing a
-prefetched batch: "terminate called without an active exception".) Workers ignore SIGTERM:
-torchrun, Prefect and shells signal the whole process group, and the trainer answers
-SIGTERM by finishing its step and writing a checkpoint, for which it still needs them; they
-exit when the trainer closes the loader or dies. SIGTERM stays blocked while the server and
-the workers start, so none dies before it ignores the signal.
+config, the latent cache's index), never the model. (Spawned workers would do too, but a
+spawned child runs the interpreter's finalization on exit, where torch aborts a feeder
+thread still sharing a prefetched batch: "terminate called without an active
+exception".) Workers ignore SIGTERM: torchrun, Prefect and shells signal the whole process
+group, and the trainer answers SIGTERM by finishing its step and writing a checkpoint, for
+which it still needs them; they exit when the trainer closes the loader or dies. SIGTERM
+stays blocked while the server and the workers start, so none dies before it ignores it.
 """
 
 from __future__ import annotations
