@@ -225,6 +225,24 @@ class LossConfig(_Frozen):
 ADDED_LOSS_FIELDS = {"zero_terminal_snr": False, "weighting": None}  # issue 14
 
 
+class LoaderConfig(_Frozen):
+    """How batches are built: images read, decoded and captioned in worker processes ahead
+    of the training step (a torch DataLoader), or in the training process between steps.
+    Nothing here changes what is trained: the order, captions and noise are the same for
+    every setting, so a run may resume with other values."""
+
+    workers: int | None = Field(
+        None, ge=0, description="worker processes that build batches while the GPU trains; "
+        "0 = in the training process, between steps; empty = min(4, CPU cores per "
+        "process) on a GPU, 0 on the CPU",
+    )  # fmt: skip
+    prefetch: int = Field(2, ge=1, description="batches each worker keeps ready ahead")
+    pin_memory: bool = Field(
+        True, description="page-locked host copies of the batches (GPU only), so that the "
+        "copy to the GPU runs alongside the computation",
+    )  # fmt: skip
+
+
 class ExportConfig(_Frozen):
     """Merged models written after training (the LoKr file is always written)."""
 
@@ -277,6 +295,10 @@ class TrainConfig(_Frozen):
     latent_cache: Path | None = Field(
         None, description="folder of the VAE latent cache (fp16 posteriors by post id, reused "
         "across runs with the same VAE and images); empty = encode every step",
+    )  # fmt: skip
+    loader: LoaderConfig = Field(
+        LoaderConfig(), description="batch building: worker processes and prefetch (the "
+        "results do not depend on it)",
     )  # fmt: skip
     checkpoint_every: int = Field(500, ge=1, description="optimizer steps between checkpoints")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the last ones)")

@@ -5,7 +5,9 @@ Reads `<run>/buckets/manifest.parquet` (id, run-relative path, original size, bu
 `<run>/tag/captions.parquet` (the tag groups; `kohaku.tagging.captions.lay_out` derives the
 head/body/tail lists; `text`, the natural-language captions, when the tag stage joined any)
 and the images under `<run>/download/images/`, which the download stage already resized and
-cropped to their bucket. Writes nothing.
+cropped to their bucket (`kohaku.train.images` decodes them; a batch carries them as uint8,
+and none at all when its latents come from the cache). Writes nothing.
+`kohaku.train.loader` runs `load_batch` in worker processes.
 
 Determinism. Every random choice comes from a PCG64 bit generator seeded through a
 `SeedSequence` of (domain, seed, epoch[, post id]), and only its raw 64-bit output is used:
@@ -29,15 +31,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from PIL import Image
 
 from kohaku.errors import ConfigError, InputError
 from kohaku.tagging.captions import LAYOUTS, lay_out
 from kohaku.train.config import CaptionConfig, CaptionKind
+from kohaku.train.images import read_batch
 from kohaku.train.tokens import TagBudget
 
 if TYPE_CHECKING:
     import torch
+
+    from kohaku.train.latents import Posterior
 
 log = logging.getLogger(__name__)
 ORDER_VERSION = "1"  # bump when the batch order of the same inputs changes
@@ -453,11 +457,16 @@ def example_captions(
 
 @dataclass(frozen=True, eq=False)
 class TrainBatch:
-    """One rank's micro-batch, ready for SDXL. Sizes are (height, width), the order of
-    SDXL's add_time_ids: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)."""
+    """One rank's micro-batch, ready for SDXL: the position it was drawn at, its images as
+    decoded (uint8, channels last: `loader.unit_pixels` converts them on the training
+    device) or, from the latent cache, their VAE posteriors and no pixels. Sizes are
+    (height, width), the order of SDXL's add_time_ids: (orig_h, orig_w, crop_top,
+    crop_left, target_h, target_w)."""
 
     ids: tuple[int, ...]
-    pixels: torch.Tensor  # float32 [B, 3, H, W] in [-1, 1]
+    epoch: int
+    index: int
+    pixels: torch.Tensor | None  # uint8 [B, H, W, 3]; None when training from the cache
     captions: list[str]
     original_size: torch.Tensor  # int64 [B, 2]
     crop_top_left: torch.Tensor  # int64 [B, 2]
@@ -466,6 +475,11 @@ class TrainBatch:
     captions_text: int = 0  # captions of the text in place of the body tags
     captions_both: int = 0  # captions of the tags and the text
     captions_fallback: int = 0  # text or both drawn for a post without text: its tags
+    posterior: Posterior | None = None  # float32 [B, C, h, w] mean and std, from the cache
+
+    @property
+    def position(self) -> DataPosition:
+        return DataPosition(self.epoch, self.index)
 
     def time_ids(self) -> torch.Tensor:
         """SDXL's add_time_ids, int64 [B, 6]."""
@@ -473,21 +487,34 @@ class TrainBatch:
 
         return torch.cat([self.original_size, self.crop_top_left, self.target_size], dim=1)
 
+    def pin_memory(self) -> TrainBatch:
+        """The same batch in page-locked memory (torch's DataLoader calls this in its pin
+        thread), so that the copy to the GPU can overlap the computation."""
+        post = self.posterior
+        return replace(
+            self, pixels=None if self.pixels is None else self.pixels.pin_memory(),
+            posterior=None if post is None else type(post)(*(t.pin_memory() for t in post)),
+        )  # fmt: skip
+
 
 def load_batch(
-    batch: Batch, items: BucketItems, run_dir: Path, cfg: CaptionConfig, seed: int
-) -> TrainBatch:
-    """Open the batch's images (already fitted to its bucket) and draw its captions."""
+    batch: Batch, items: BucketItems, run_dir: Path, cfg: CaptionConfig, seed: int,
+    read_images: bool = True,
+) -> TrainBatch:  # fmt: skip
+    """Draw the batch's captions and open its images (already fitted to its bucket), unless
+    `read_images` is False (the latents come from the cache: no file is opened)."""
     import torch
 
     rows = items.rows(batch.ids)
-    pictures = [_read_image(Path(run_dir) / p, batch.bucket) for p in items.paths.gather(rows)]
-    pixels = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    pixels = None
+    if read_images:
+        paths = [Path(run_dir) / p for p in items.paths.gather(rows)]
+        pixels = torch.from_numpy(read_batch(paths, batch.bucket))
     captions = draw_captions(items, rows, batch, cfg, seed)
     target = np.broadcast_to([batch.bucket[1], batch.bucket[0]], (len(rows), 2))
     return TrainBatch(
-        ids=batch.ids, pixels=pixels.contiguous(), captions=[c.text for c in captions],
-        captions_cut=sum(c.cut for c in captions),
+        ids=batch.ids, epoch=batch.epoch, index=batch.index, pixels=pixels,
+        captions=[c.text for c in captions], captions_cut=sum(c.cut for c in captions),
         captions_text=sum(c.kind == "text" for c in captions),
         captions_both=sum(c.kind == "both" for c in captions),
         captions_fallback=sum(c.fallback for c in captions),
@@ -495,16 +522,3 @@ def load_batch(
         crop_top_left=torch.from_numpy(items.crop[rows][:, ::-1].copy()),
         target_size=torch.tensor(target, dtype=torch.int64),
     )  # fmt: skip
-
-
-def _read_image(path: Path, bucket: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W, 3]; InputError when the file is gone or not of its bucket's size."""
-    if not path.is_file():
-        raise InputError(f"{path} is missing: rerun the download and buckets stages")
-    with Image.open(path) as img:
-        if img.size != bucket:
-            raise InputError(
-                f"{path} is {img.size[0]}x{img.size[1]}, its bucket {bucket[0]}x{bucket[1]}: "
-                "rerun the download stage (it fits every image to its bucket)"
-            )
-        return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))

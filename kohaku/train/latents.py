@@ -1,9 +1,10 @@
 """The optional latent cache of the train stage: every post's VAE posterior, encoded once
 and reused across runs.
 
-Reads `BucketItems`, their bucket-sized images (through `data.load_batch`, so the pixels
-are exactly the trainer's) and a VAE. Writes, under `<cache_dir>/<key[:16]>/`, where `key`
-is `vae_key(vae)` (the cache version, the VAE's config and the bytes of its weights):
+Reads `BucketItems`, their bucket-sized images (through `loader.batch_loader`, so the
+pixels are exactly the trainer's, decoded by its workers) and a VAE. Writes, under
+`<cache_dir>/<key[:16]>/`, where `key` is `vae_key(vae)` (the cache version, the VAE's
+config and the bytes of its weights):
 
 - `shard-NNNNN.safetensors`: tensors `"<id>.mean"` and `"<id>.std"`, fp16 [C, h, w];
 - `index.parquet`: id, bucket_w, bucket_h, shard, and the image the entry was encoded from
@@ -42,7 +43,9 @@ from safetensors.torch import save_file
 
 from kohaku.errors import ConfigError, InputError
 from kohaku.stage import atomic_path, pid_alive
-from kohaku.train.data import Batch, BucketItems, CaptionConfig, load_batch
+from kohaku.train.config import CaptionConfig, LoaderConfig
+from kohaku.train.data import Batch, BucketItems
+from kohaku.train.loader import BatchSource, batch_loader, unit_pixels
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "1"  # bump when what a cache holds for the same VAE and images changes
@@ -118,10 +121,12 @@ def cache_latents(
     cache_dir: Path,
     shard_size: int = 1000,
     batch_size: int = 8,
+    loader: LoaderConfig | None = None,
 ) -> LatentIndex:
     """Encode every item not yet in `<cache_dir>/<vae_key[:16]>/` (new posts, and posts
     whose image or bucket changed) in single-bucket batches of `batch_size`, `shard_size`
-    posts per new shard; reuse the rest. Nothing to encode: nothing is written."""
+    posts per new shard; reuse the rest. Nothing to encode: nothing is written. The images
+    are decoded by `loader`'s workers (default: in this process)."""
     if shard_size < 1 or batch_size < 1:
         raise ConfigError(f"shard_size ({shard_size}) and batch_size ({batch_size}) must be >= 1")
     key = vae_key(vae)
@@ -135,9 +140,7 @@ def cache_latents(
     log.info("latent cache %s: %d of %d posts cached, %d to encode", folder,
              current.height - todo.height, current.height, todo.height)  # fmt: skip
     writer = _ShardWriter(folder, {"key": key, "vae_config": vae_config(vae)}, entries, shard_size)
-    for rows in _batches(todo, batch_size):
-        batch = Batch(tuple(rows["id"].to_list()), (rows["bucket_w"][0], rows["bucket_h"][0]), 0, 0)
-        pixels = load_batch(batch, items, Path(run_dir), CaptionConfig(), 0).pixels
+    for rows, pixels in _decoded(items, Path(run_dir), todo, batch_size, loader, vae):
         writer.add(rows, encode(vae, pixels))
     entries = writer.close()
     return LatentIndex(folder, key, entries, todo.height, current.height - todo.height)
@@ -150,6 +153,22 @@ def encode(vae: torch.nn.Module, pixels: torch.Tensor) -> Posterior:
     with torch.no_grad():
         dist = vae.encode(pixels.to(device, vae.dtype)).latent_dist
     return Posterior(dist.mean.float().cpu(), dist.std.float().cpu())
+
+
+def _decoded(items: BucketItems, run_dir: Path, todo: pl.DataFrame, size: int,
+             loader: LoaderConfig | None, vae: torch.nn.Module) -> Iterator[tuple]:  # fmt: skip
+    """(rows, pixels in [-1, 1] on the VAE's device) of each batch to encode; the loader's
+    workers start only when there is something to decode."""
+    groups = list(_batches(todo, size))
+    if not groups:
+        return
+    order = [Batch(tuple(g["id"].to_list()), (g["bucket_w"][0], g["bucket_h"][0]), 0, 0)
+             for g in groups]  # fmt: skip
+    device = next(vae.parameters()).device
+    source = BatchSource(items, run_dir, CaptionConfig(), 0)
+    stream = batch_loader(source, order, loader or LoaderConfig(workers=0), device)
+    for rows, data in zip(groups, stream, strict=True):
+        yield rows, unit_pixels(data.pixels, device)
 
 
 def _batches(todo: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
@@ -280,6 +299,10 @@ class LatentCache:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def __getstate__(self) -> dict:
+        """Pickled for the loader's workers: the index, no open file (each opens its own)."""
+        return {**self.__dict__, "_handles": OrderedDict()}
 
     def get(self, ids: Sequence[int]) -> Posterior:
         """Mean and std of `ids` (one bucket), float32 [B, C, h, w]; InputError for an id

@@ -24,9 +24,10 @@ import torch.distributed as dist
 from kohaku.train import checkpoint as ckpt
 from kohaku.train import lokr, objective
 from kohaku.train.config import TrainConfig, check_bitsandbytes
-from kohaku.train.data import BucketBatches, DataPosition, load_batch, load_items, with_budget
+from kohaku.train.data import BucketBatches, DataPosition, TrainBatch, load_items, with_budget
 from kohaku.train.embeddings import read_embeddings, restore_embeddings
 from kohaku.train.latents import LatentCache, cache_latents, latents_from_cache, vae_key
+from kohaku.train.loader import BatchOrder, BatchSource, batch_loader, unit_pixels
 from kohaku.train.model import check_model, load_sdxl, vae_dtype_for
 from kohaku.train.tokens import token_stats
 
@@ -65,21 +66,21 @@ def init_dist() -> Dist:
 class Denoiser(torch.nn.Module):
     """Everything one step runs, as one module (so DDP sees the LoKr parameters)."""
 
-    def __init__(self, parts, adapters: lokr.Adapters, cfg: TrainConfig, cache=None):
+    def __init__(self, parts, adapters: lokr.Adapters, cfg: TrainConfig):
         super().__init__()
-        self.parts, self.cfg, self.cache = parts, cfg, cache
+        self.parts, self.cfg = parts, cfg
         self.unet, self.vae = parts.unet, parts.vae
         self.text_encoder, self.text_encoder_2 = parts.text_encoder, parts.text_encoder_2
         self.networks = torch.nn.ModuleDict(adapters.networks)
 
-    def forward(self, batch, gens: list[torch.Generator]) -> torch.Tensor:
+    def forward(self, batch: TrainBatch, gens: list[torch.Generator]) -> torch.Tensor:
         device = next(self.unet.parameters()).device
-        pixels = batch.pixels.to(device)
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        shape = (self.unet.config.in_channels, pixels.shape[2] // scale, pixels.shape[3] // scale)
+        height, width = (int(v) // scale for v in batch.target_size[0])
+        shape = (self.unet.config.in_channels, height, width)
         draws = objective.draw(gens, shape, self.cfg.loss,
                                self.parts.noise_scheduler.config.num_train_timesteps)  # fmt: skip
-        latents = self._latents(batch, pixels, draws.latent_eps.to(device))
+        latents = self._latents(batch, draws.latent_eps.to(device))
         ids = objective.time_ids(batch.original_size, batch.crop_top_left, batch.target_size)
         text_grad = self.cfg.adapter.train_text_encoders
         with nullcontext() if text_grad else torch.no_grad():
@@ -87,13 +88,13 @@ class Denoiser(torch.nn.Module):
                                             self.cfg.captions.max_tokens)  # fmt: skip
         return objective.sample_losses(self.parts, latents, cond, draws, self.cfg.loss)
 
-    def _latents(self, batch, pixels: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """VAE posterior samples, from the cache when there is one."""
-        if self.cache is None:
-            return objective.to_latents(self.vae, pixels, eps)
-        post = self.cache.get(batch.ids)
-        return latents_from_cache(post.mean.to(eps), post.std.to(eps), eps,
-                                  self.vae.config.scaling_factor)  # fmt: skip
+    def _latents(self, batch: TrainBatch, eps: torch.Tensor) -> torch.Tensor:
+        """VAE posterior samples: of the images, or of the cached posterior the batch carries."""
+        post = batch.posterior
+        if post is None:
+            return objective.to_latents(self.vae, unit_pixels(batch.pixels, eps.device), eps)
+        mean, std = (t.to(eps, non_blocking=True) for t in post)
+        return latents_from_cache(mean, std, eps, self.vae.config.scaling_factor)
 
 
 def caption_tally(data) -> list[int]:
@@ -141,7 +142,11 @@ class Trainer:
         self.items = load_items(self.run_dir / "buckets" / "manifest.parquet", captions,
                                 cfg.layout or "epsilon")  # fmt: skip
         self.batches = BucketBatches(self.items, cfg.batch_size, d.world, d.rank, cfg.seed)
+        loading = time.perf_counter()
         self.parts, self.adapters = self._model()
+        if d.rank == 0:
+            print(f"kohaku-train: model loaded in {time.perf_counter() - loading:.1f} s "
+                  f"({cfg.precision}, {d.device})", flush=True)  # fmt: skip
         self.items = with_budget(self.items, self.parts.tokenizer, cfg.captions)
         lengths = self.items.budget.lengths  # rank 0 counts the full captions once
         self.token_stats = (token_stats(self.items.parts, lengths, cfg.captions.max_tokens)
@@ -150,7 +155,8 @@ class Trainer:
         # of tags and text, fallen back to tags (text drawn, none there)
         self.captions = [0] * len(CAPTION_COUNTS)
         self.cache = self._latent_cache()
-        self.model = self._wrap(Denoiser(self.parts, self.adapters, cfg, self.cache))
+        self.model = self._wrap(Denoiser(self.parts, self.adapters, cfg))
+        self.source = BatchSource(self.items, self.run_dir, cfg.captions, cfg.seed, self.cache)
         self.optimizer = build_optimizer(cfg, self.adapters)
         self.total = cfg.max_steps or cfg.epochs * self.batches.batches_per_epoch // cfg.grad_accum
         self.scheduler = build_schedule(cfg, self.optimizer, self.total)
@@ -186,7 +192,9 @@ class Trainer:
             return None
         vae = self.parts.vae
         if self.d.rank == 0:
-            cache_latents(self.items, self.run_dir, vae, Path(self.cfg.latent_cache))
+            cache_latents(
+                self.items, self.run_dir, vae, Path(self.cfg.latent_cache), loader=self.cfg.loader
+            )
         self.d.barrier()
         return LatentCache(Path(self.cfg.latent_cache) / vae_key(vae)[:16])
 
@@ -200,13 +208,14 @@ class Trainer:
         """Resume if a checkpoint exists, run to the last step, export; returns a summary."""
         pos = self._resume()
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        stream = self.batches.iterate(DataPosition(pos.epoch, pos.index))
+        order = BatchOrder(self.batches, DataPosition(pos.epoch, pos.index))
+        stream = batch_loader(self.source, order, self.cfg.loader, self.d.device)
         step, start, images = pos.step, time.perf_counter(), 0
         while step < self.total:
             micro = [next(stream) for _ in range(self.cfg.grad_accum)]
-            loss = self.train_step([b for _, b in micro])
+            loss = self.train_step(micro)
             step, images = step + 1, images + len(micro) * self.cfg.batch_size * self.d.world
-            nxt = self.batches.next_position(micro[-1][0])
+            nxt = self.batches.next_position(micro[-1].position)
             pos = ckpt.Position(step, nxt.epoch, nxt.index)
             self._log(step, loss, images / (time.perf_counter() - start))
             if self._should_stop() or step % self.cfg.checkpoint_every == 0:
@@ -215,18 +224,17 @@ class Trainer:
                     return {"status": "stopped", "step": step}
         return self._finish(step)
 
-    def train_step(self, batches: list) -> float:
+    def train_step(self, batches: list[TrainBatch]) -> float:
         """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
         total = 0.0
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1 or self.d.world == 1
             gens = [objective.sample_generator(self.cfg.seed, batch.epoch, pid)
                     for pid in batch.ids]  # fmt: skip
-            data = load_batch(batch, self.items, self.run_dir, self.cfg.captions, self.cfg.seed)
-            self.captions = [a + b for a, b in zip(self.captions, caption_tally(data),
+            self.captions = [a + b for a, b in zip(self.captions, caption_tally(batch),
                                                    strict=True)]  # fmt: skip
             with self._autocast(), nullcontext() if sync else self.model.no_sync():
-                loss = self.model(data, gens).mean() / len(batches)
+                loss = self.model(batch, gens).mean() / len(batches)
                 self.scaler.scale(loss).backward()
             total += loss.item()
         self._clip()

@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from kohaku.train.loop import STOPPED, Trainer, init_dist  # its imports log: after routing
+    # here, not at the top: its imports log (after the routing above), and every loader
+    # worker imports the main module (this one) again and must not pay for diffusers
+    from kohaku.train.loop import STOPPED, Trainer, init_dist
 
     cfg = TrainConfig.model_validate(json.loads(args.config.read_text()))
     d = init_dist()

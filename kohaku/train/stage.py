@@ -26,7 +26,7 @@ from kohaku.errors import ConfigError, InputError
 from kohaku.stage import MANIFEST, Manifest, atomic_write_text, config_hash, library_versions
 from kohaku.stage import read_manifest as read_stage
 from kohaku.train import lokr
-from kohaku.train.config import TRAIN_VERSION, TrainConfig
+from kohaku.train.config import TRAIN_VERSION, LoaderConfig, TrainConfig
 from kohaku.train.data import BucketBatches, check_texts, load_items
 from kohaku.train.embeddings import locate_embeddings
 from kohaku.train.launch import command, launch
@@ -103,7 +103,8 @@ def _start_over_if_changed(cfg: TrainConfig, run_dir: Path, source: ModelSource)
               for name in ("buckets", "tag")}  # fmt: skip
     if source.lokr is not None:  # absent without one: the keys of earlier runs hold
         inputs["base_lokr"] = source.lokr.sha256
-    key = json.dumps({"config": config_hash(cfg), "inputs": inputs})
+    same = cfg.model_copy(update={"loader": LoaderConfig()})  # workers change no result
+    key = json.dumps({"config": config_hash(same), "inputs": inputs})
     if out.is_dir() and any(out.iterdir()) and (not stamp.is_file() or stamp.read_text() != key):
         old = run_dir / f"{STAGE}.superseded"
         shutil.rmtree(old, ignore_errors=True)

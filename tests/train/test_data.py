@@ -31,6 +31,7 @@ from kohaku.train.data import (
     make_caption,
     with_budget,
 )
+from kohaku.train.loader import unit_pixels
 from kohaku.train.tiny import tiny_tokenizers
 from kohaku.train.tokens import TagBudget
 
@@ -391,10 +392,14 @@ def test_load_batch_gives_sdxl_tensors(tmp_path: Path) -> None:
     items = load_items(tmp_path / "buckets/manifest.parquet", tmp_path / "tag/captions.parquet")
     batch = Batch(ids=(13, 10, 11), bucket=(16, 8), epoch=2, index=0)
     got = load_batch(batch, items, tmp_path, CaptionConfig(tag_dropout=0.0), seed=1)
-    assert got.pixels.shape == (3, 3, 8, 16) and got.pixels.dtype == torch.float32
-    assert torch.allclose(got.pixels[0], torch.tensor(64 / 127.5 - 1))  # grayscale -> RGB
-    assert got.pixels[1, :2].eq(-1).all() and got.pixels[1, 2].eq(1).all()
-    assert got.pixels[2, :2].eq(1).all() and got.pixels[2, 2].eq(-1).all()
+    assert (got.ids, got.position) == ((13, 10, 11), DataPosition(2, 0))
+    assert got.pixels.shape == (3, 8, 16, 3) and got.pixels.dtype == torch.uint8  # as decoded
+    pixels = unit_pixels(got.pixels, torch.device("cpu"))  # on the training device
+    assert pixels.shape == (3, 3, 8, 16) and pixels.dtype == torch.float32
+    assert pixels.is_contiguous() and got.posterior is None
+    assert torch.allclose(pixels[0], torch.tensor(64 / 127.5 - 1))  # grayscale -> RGB
+    assert pixels[1, :2].eq(-1).all() and pixels[1, 2].eq(1).all()
+    assert pixels[2, :2].eq(1).all() and pixels[2, 2].eq(-1).all()
     assert got.original_size.tolist() == [[16, 32], [30, 64], [35, 70]]  # (h, w)
     assert got.crop_top_left.tolist() == [[0, 0], [0, 1], [0, 0]]  # (top, left)
     assert got.target_size.tolist() == [[8, 16]] * 3

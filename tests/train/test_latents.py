@@ -24,6 +24,7 @@ from kohaku.train.latents import (
     latents_from_cache,
     vae_key,
 )
+from kohaku.train.loader import unit_pixels
 from kohaku.train.tiny import tiny_vae
 from tests.train.rundir import write_training_run
 
@@ -60,7 +61,8 @@ def first(items: BucketItems, k: int) -> BucketItems:
 
 def pixels_of(items: BucketItems, run: Path, ids: tuple[int, ...]) -> torch.Tensor:
     bucket = tuple(int(v) for v in items.bucket[items.rows(ids)[0]])
-    return load_batch(Batch(ids, bucket, 0, 0), items, run, CaptionConfig(), 0).pixels
+    pixels = load_batch(Batch(ids, bucket, 0, 0), items, run, CaptionConfig(), 0).pixels
+    return unit_pixels(pixels, torch.device("cpu"))
 
 
 def mtimes(folder: Path) -> dict[str, int]:

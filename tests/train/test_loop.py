@@ -1,6 +1,8 @@
 """The training loop on a tiny SDXL (CPU, seeded): it learns, its LoKr saves, reloads and
-merges to the same outputs, a killed run resumes to bit-identical weights, and a
-2-process gloo DDP run equals a 1-process run with the same global batch."""
+merges to the same outputs, a run with loader workers that is stopped, killed and resumed
+gives the losses and bit-identical weights of an uninterrupted run without workers, a
+2-process gloo DDP run equals a 1-process run with the same global batch, and training
+from the latent cache opens no image."""
 
 from __future__ import annotations
 
@@ -16,8 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from kohaku.train import lokr, objective
-from kohaku.train.config import TrainConfig
-from kohaku.train.data import load_batch
+from kohaku.train.config import LoaderConfig, TrainConfig
 from kohaku.train.launch import command
 from kohaku.train.loop import STOPPED, Dist, Trainer
 from tests.train.rundir import write_training_run
@@ -42,7 +43,7 @@ def fixed_loss(trainer: Trainer) -> float:
     losses = []
     with torch.no_grad():
         for batch in trainer.batches.epoch_batches(0):
-            data = load_batch(batch, trainer.items, trainer.run_dir, trainer.cfg.captions, 0)
+            data = trainer.source[batch]  # the images, or the posteriors of the latent cache
             gens = [objective.sample_generator(123, 0, pid) for pid in batch.ids]
             losses.append(trainer.model(data, gens).mean().item())
     trainer.model.train()
@@ -90,9 +91,11 @@ def test_lokr_saves_reloads_and_merges_to_the_same_outputs(tiny_sdxl_dir, tmp_pa
 def start(cfg: TrainConfig, run: Path, env: dict | None = None) -> subprocess.Popen:
     cfg_file = run / "train-config.json"
     cfg_file.write_text(cfg.model_dump_json())
+    # start_new_session: a process group of its own, the trainer's and its loader workers'
     return subprocess.Popen(command(cfg, cfg_file, run), cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> int:
@@ -117,28 +120,40 @@ def final_weights(run: Path, step: int) -> dict[str, torch.Tensor]:
     )
 
 
-def test_killed_and_stopped_runs_resume_to_bit_identical_weights(tiny_sdxl_dir, tmp_path):
-    """grad_accum 4, batch 1, 6 steps over two buckets (epochs cross); the second run is
-    stopped by SIGTERM after step 2, killed with SIGKILL after step 4, resumed twice."""
+def losses(run: Path) -> dict[int, float]:
+    """Loss by step from metrics.jsonl (a resumed run logs some steps twice: the last wins)."""
+    lines = (run / "train/metrics.jsonl").read_text().splitlines()
+    return {x["step"]: x["loss"] for x in map(json.loads, lines)}
+
+
+def test_killed_and_stopped_runs_with_workers_resume_to_bit_identical_weights(
+    tiny_sdxl_dir, tmp_path
+):
+    """grad_accum 4, batch 1, 6 steps over two buckets (epochs cross). Uninterrupted: in
+    process, no loader workers. Interrupted: 2 workers, SIGTERM to the whole process group
+    (as torchrun and Prefect send it) after step 2; 2 workers again, SIGKILL after step 4;
+    then resumed to the end without workers. Same losses at every step, same weights."""
     cfg = config(tiny_sdxl_dir, batch_size=1, grad_accum=4, max_steps=6,
                  optim={"kind": "lion8bit", "lr_unet": 1e-4, "lr_text": 1e-4},
                  loss={"noise_offset": 0.05})  # fmt: skip
+    workers = cfg.model_copy(update={"loader": LoaderConfig(workers=2, prefetch=1)})
     whole = write_training_run(tmp_path / "whole", n=6)
     Trainer(cfg, whole, Dist(0, 1, torch.device("cpu"))).train()  # uninterrupted, in process
 
     broken = write_training_run(tmp_path / "broken", n=6)
     ckpts = broken / "train" / "checkpoints"
-    proc = start(cfg, broken)
+    proc = start(workers, broken)
     wait_for(ckpts / "step-000002" / "meta.json", proc)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # the trainer and its workers
     assert finish(proc) == STOPPED  # it checkpoints the step it is in, then exits
-    proc = start(cfg, broken)
+    proc = start(workers, broken)
     wait_for(ckpts / "step-000005" / "meta.json", proc)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (broken / "train" / "result.json").exists()
     assert finish(start(cfg, broken)) == 0
 
+    assert losses(broken) == losses(whole) and sorted(losses(whole)) == [1, 2, 3, 4, 5, 6]
     a, b = final_weights(whole, 6), final_weights(broken, 6)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     exported = [load_file(str(r / "train/lokr.safetensors")) for r in (whole, broken)]
@@ -172,22 +187,25 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tiny_sdxl
 
 
 def test_training_from_the_latent_cache(tiny_sdxl_dir, tmp_path):
-    """The VAE runs once per image into the cache; training then reads posteriors from it,
-    and a second run with the same VAE and images encodes nothing."""
+    """The VAE runs once per image into the cache; training then reads posteriors from it
+    (in a loader worker) and opens no image file: the images are gone while it trains. A
+    second run with the same VAE and images encodes nothing."""
     run = write_training_run(tmp_path / "run", n=4, buckets=((64, 64),))
-    cache = tmp_path / "cache"
-    cfg = config(tiny_sdxl_dir, max_steps=2, latent_cache=str(cache))
-    first = Trainer(cfg, run, Dist(0, 1, torch.device("cpu")))
-    assert first.train() == {"status": "done", "step": 2}
-    shards = sorted(cache.rglob("shard-*.safetensors"))
-    assert shards and len(first.cache) == 4
-    stamps = [p.stat().st_mtime_ns for p in shards]
     again = write_training_run(tmp_path / "again", n=4, buckets=((64, 64),))
     for pid in range(100, 104):  # the same pictures: copy them with their times
         src, dst = run / f"download/images/{pid}.png", again / f"download/images/{pid}.png"
         dst.write_bytes(src.read_bytes())
         os.utime(dst, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns))
+    cache = tmp_path / "cache"
+    cfg = config(tiny_sdxl_dir, max_steps=2, latent_cache=str(cache), loader={"workers": 1})
+    first = Trainer(cfg, run, Dist(0, 1, torch.device("cpu")))  # encodes the cache
+    (run / "download/images").rename(run / "images-gone")
+    assert first.train() == {"status": "done", "step": 2}
+    shards = sorted(cache.rglob("shard-*.safetensors"))
+    assert shards and len(first.cache) == 4
+    stamps = [p.stat().st_mtime_ns for p in shards]
     second = Trainer(cfg, again, Dist(0, 1, torch.device("cpu")))
     assert [p.stat().st_mtime_ns for p in sorted(cache.rglob("shard-*.safetensors"))] == stamps
     plain = Trainer(config(tiny_sdxl_dir, max_steps=2), again, Dist(0, 1, torch.device("cpu")))
-    assert fixed_loss(second) == pytest.approx(fixed_loss(plain), rel=1e-2)  # fp16 posteriors
+    cached, decoded = fixed_loss(second), fixed_loss(plain)
+    assert cached == pytest.approx(decoded, rel=1e-2) and cached != decoded  # fp16 posteriors
