@@ -95,13 +95,14 @@ def run_train(cfg: TrainConfig, run_dir: Path, on_line: Callable[[str], None] = 
                            time.perf_counter() - start, source)  # fmt: skip
 
 
-def _start_over_if_changed(cfg: TrainConfig, run_dir: Path, source: ModelSource) -> None:
+def _start_over_if_changed(cfg: TrainConfig, run_dir: Path,
+                           source: ModelSource | None = None) -> None:  # fmt: skip
     """Resume only what this config on these buckets and captions (and this base LoKr's
-    content) started."""
+    content, when the checked `source` has one) started."""
     out, stamp = run_dir / STAGE, run_dir / STAGE / "resume.json"
     inputs = {name: (m.config_hash, m.created_at) if (m := read_stage(run_dir / name)) else None
               for name in ("buckets", "tag")}  # fmt: skip
-    if source.lokr is not None:  # absent without one: the keys of earlier runs hold
+    if source is not None and source.lokr is not None:  # absent: earlier runs keep their keys
         inputs["base_lokr"] = source.lokr.sha256
     same = cfg.model_copy(update={"loader": LoaderConfig()})  # workers change no result
     key = json.dumps({"config": config_hash(same), "inputs": inputs})
