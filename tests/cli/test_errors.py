@@ -36,7 +36,7 @@ def fails(argv: list[str], capsys) -> str:
          "download.bogus: Extra inputs are not permitted"),
         (["buckets", "--preset", "delta", "--run-dir", "run"], None,
          "has no finished download stage"),
-        (["config", "--preset", "zeta"], None, "unknown preset 'zeta'"),
+        (["config", "--preset", "omega"], None, "unknown preset 'omega'"),
         (["config", "-c", "run.toml"], "[sample\n", "is not valid TOML"),
         (["train", "-c", "run.toml"], "[sample]\nsource = 'db'\n",
          "the config has no [train] section"),
