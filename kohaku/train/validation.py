@@ -191,7 +191,10 @@ class Validator:
     def __init__(self, vset: ValidationSet, items: BucketItems, run_dir: Path,
                  captions: CaptionConfig, loader: LoaderConfig, device: torch.device,
                  rank: int, world: int, cache=None) -> None:  # fmt: skip
-        self.vset, self.loader, self.device, self.world = vset, loader, device, world
+        # read in this process: loader workers would start anew at every validation (a
+        # fork and the items' transfer, seconds each time), for a few batches every K steps
+        self.loader = loader.model_copy(update={"workers": 0})
+        self.vset, self.device, self.world = vset, device, world
         self.source = BatchSource(items, run_dir, fixed_captions(captions), vset.cfg.seed, cache)
         self.batches = vset.for_rank(rank, world)
 
