@@ -32,6 +32,10 @@ import torch
 
 from kohaku.train.config import EmaConfig
 
+# the EMA's LoKr file beside lokr.safetensors, and its metadata key (JSON: decay, warmup,
+# start_step, step), which the evaluate stage offers beside the raw weights
+EMA_LOKR, META_EMA = "lokr-ema.safetensors", "kohaku_ema"
+
 
 def ema_decay(cfg: EmaConfig, step: int) -> float:
     """The decay applied after optimizer step `step` (1-based); 0 while it only copies."""

@@ -29,7 +29,7 @@ from kohaku.train import lokr, objective
 from kohaku.train import validation as val
 from kohaku.train.config import TrainConfig, check_bitsandbytes
 from kohaku.train.data import BucketBatches, DataPosition, TrainBatch, load_items, with_budget
-from kohaku.train.ema import EMA, trainable
+from kohaku.train.ema import EMA, EMA_LOKR, META_EMA, trainable
 from kohaku.train.embeddings import read_embeddings, restore_embeddings
 from kohaku.train.latents import LatentCache, cache_latents, latents_from_cache, vae_key
 from kohaku.train.loader import BatchOrder, BatchSource, batch_loader, unit_pixels
@@ -42,8 +42,6 @@ STOPPED = 75  # exit code after a SIGTERM: checkpoint written, run again to resu
 CAPTION_COUNTS = ("captions_cut", "captions_drawn", "captions_text", "captions_both",
                   "captions_text_fallback")  # fmt: skip
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# the EMA's LoKr file, and its metadata key (JSON: decay, warmup, start_step, step)
-EMA_LOKR, META_EMA = "lokr-ema.safetensors", "kohaku_ema"
 
 
 @dataclass

@@ -18,8 +18,8 @@ from kohaku.errors import user_message
 from kohaku.stage import config_hash
 from kohaku.train import stage
 from kohaku.train.config import EmaConfig, TrainConfig
-from kohaku.train.ema import EMA, ema_decay
-from kohaku.train.loop import EMA_LOKR, META_EMA, Dist, Trainer
+from kohaku.train.ema import EMA, EMA_LOKR, META_EMA, ema_decay
+from kohaku.train.loop import Dist, Trainer
 from kohaku.train.model import check_model
 from tests.train.rundir import write_training_run
 from tests.train.test_loop import config, losses
