@@ -85,3 +85,10 @@ def loss_chart_markdown(metrics: Sequence[dict]) -> str:
     curves = loss_curves(metrics)
     title = "training loss by step" if len(curves) == 1 else "loss by step"
     return "## Training loss\n\n" + image_markdown(curves_png(curves, title), "training loss")
+
+
+def metric_table(metrics: Sequence[dict]) -> list[dict]:
+    """Metric lines as table rows with the same columns each (a line without a validation
+    loss gets an empty one), so that a table shows every column whatever its first row."""
+    keys = list(dict.fromkeys(k for m in metrics for k in m))
+    return [{k: m.get(k) for k in keys} for m in metrics]

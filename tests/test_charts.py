@@ -9,7 +9,14 @@ import io
 import numpy as np
 from PIL import Image
 
-from kohaku.charts import CURVES, curves_png, line_png, loss_chart_markdown, loss_curves
+from kohaku.charts import (
+    CURVES,
+    curves_png,
+    line_png,
+    loss_chart_markdown,
+    loss_curves,
+    metric_table,
+)
 
 
 def metrics(validation: bool) -> list[dict]:
@@ -49,3 +56,9 @@ def test_without_validation_the_chart_is_the_training_loss_alone():
     )
     assert not has(colours(line_png(curve.xs, curve.ys, "t")), CURVES["val_loss"][1])
     assert has(colours(line_png([], [], "t")), (0, 0, 0))  # "no points yet"
+
+
+def test_the_metric_table_has_the_same_columns_on_every_row():
+    rows = metric_table(metrics(validation=True)[5:12])
+    assert [list(r) for r in rows] == [["step", "loss", "lr_unet", "val_loss", "val_loss_ema"]] * 7
+    assert rows[0]["val_loss"] is None and rows[4]["val_loss"] == 0.85
