@@ -381,6 +381,8 @@ class Trainer:
     def _finish(self, step: int) -> dict:
         self.metrics.close()
         tally = dict(zip(CAPTION_COUNTS, self._sum_over_ranks(self.captions), strict=True))
+        if self.validator is not None and self.val_loss is None:  # resumed after the last step
+            self._validate(step)
         if self.d.rank == 0:
             self._export("lokr.safetensors", self.run_dir.name, {})
             result = {"status": "done", "step": step, "lokr": "lokr.safetensors", **tally,

@@ -48,6 +48,11 @@ def test_update_averages_in_fp32_and_swapping_restores_the_weights():
         assert w.tolist() == [2.0, 4.0]
     assert w.tolist() == [3.0, 6.0]
     assert ema.state({"unet.w": w, "unet.alpha": torch.ones(())})["unet.w"].tolist() == [2.0, 4.0]
+    late = EMA({"unet.w": w}, EmaConfig(decay=0.5, start_step=1), CPU)
+    with torch.no_grad():
+        w.copy_(torch.tensor([5.0, 7.0]))
+    late.update(1)  # up to start_step: a copy
+    assert late.shadow["unet.w"].tolist() == [5.0, 7.0]
 
 
 @pytest.mark.parametrize("decay", [0, 1, 1.5, -0.1, float("nan")])
