@@ -1,5 +1,6 @@
 """Flow `train`: LoKr fine-tuning of SDXL on a run's bucket manifest and captions, with
-the loss curve, the metrics and the summary in the UI.
+the loss curve (the validation loss beside it, with `train.validation`), the metrics and
+the summary in the UI.
 Run it: `python -m flows.train --config run.toml` after `images`."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.params import config_from, config_parser, documented, resolve
 from flows.report import finished
-from kohaku.charts import loss_chart_markdown
+from kohaku.charts import loss_chart_markdown, metric_table
 from kohaku.cli.common import one_line_errors
 from kohaku.config import RunConfig, stage_section
 from kohaku.stage import FileFingerprint, fingerprint
@@ -37,9 +38,10 @@ def train(
     )
     manifest = finished("train", state)
     metrics = [json.loads(line) for line in (run_dir / "train" / "metrics.jsonl").open()]
-    create_table_artifact(metrics[-50:], key="train-metrics", description="train: last steps")
+    create_table_artifact(metric_table(metrics[-50:]), key="train-metrics",
+                          description="train: last steps")  # fmt: skip
     create_markdown_artifact(loss_chart_markdown(metrics), key="train-loss",
-                             description="train: loss curve")  # fmt: skip
+                             description="train: loss curve (and validation loss)")  # fmt: skip
     return manifest.counts
 
 

@@ -4,8 +4,10 @@ Reads `<run>/buckets/manifest.json` (+ its parquet), `<run>/tag/manifest.json` (
 captions), the base model's configs (not its weights), the base LoKr's header and hash
 (`train.model.lokr`) and the LoKr preset; every check runs before a tensor is allocated.
 Writes `<run>/train/config.json` and, through the trainer, `checkpoints/`, `metrics.jsonl`,
-`lokr.safetensors` (recording the base LoKr it was trained on top of); then, last,
-`<run>/train/manifest.json` (the base LoKr's path, sha256 and weight among its inputs).
+`lokr.safetensors` (recording the base LoKr it was trained on top of), `lokr-ema.safetensors`
+(`train.ema`) and `validation.json` (`train.validation`'s held-out posts); then, last,
+`<run>/train/manifest.json` (the base LoKr's path, sha256 and weight among its inputs; the
+held-out posts' count and digest and the last validation loss among its counts).
 Like the download stage it works in place: a stopped or killed run resumes from its newest
 checkpoint when started again; a train folder left by another config or other data
 (`resume.json` differs) is moved to `train.superseded/` and the run starts over, so a
@@ -26,6 +28,7 @@ from kohaku.errors import ConfigError, InputError
 from kohaku.stage import MANIFEST, Manifest, atomic_write_text, config_hash, library_versions
 from kohaku.stage import read_manifest as read_stage
 from kohaku.train import lokr
+from kohaku.train import validation as val
 from kohaku.train.config import TRAIN_VERSION, LoaderConfig, TrainConfig
 from kohaku.train.data import BucketBatches, check_texts, load_items
 from kohaku.train.embeddings import locate_embeddings
@@ -61,6 +64,7 @@ def check_inputs(cfg: TrainConfig, run_dir: Path) -> ModelSource:
     items = load_items(run_dir / "buckets" / "manifest.parquet",
                        run_dir / "tag" / "captions.parquet", cfg.layout)  # fmt: skip
     check_texts(items, cfg.captions, run_dir / "tag" / "captions.parquet")
+    items = val.split(items, cfg.validation, cfg.batch_size)[0]  # held-out posts left out
     try:
         BucketBatches(items, cfg.batch_size, cfg.dist.world_size, 0, cfg.seed)
     except ValueError as exc:
@@ -135,6 +139,22 @@ def caption_counts(result: dict) -> dict:
     return {**result.get("caption_tokens", {}), **{k: result[k] for k in keys if k in result}}
 
 
+def added_outputs(result: dict) -> dict[str, str]:
+    """The EMA's LoKr file and the held-out posts' record, when the run has them."""
+    out = {"lokr_ema": result.get("lokr_ema")}
+    out["validation"] = result["validation"]["file"] if "validation" in result else None
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def validation_counts(result: dict) -> dict:
+    """How many posts were held out, the sha256 of their ids, and the last validation loss."""
+    if "validation" not in result:
+        return {}
+    held = result["validation"]
+    return {"validation_posts": held["posts"], "validation_sha256": held["sha256"],
+            "final_val_loss": result.get("val_loss")}  # fmt: skip
+
+
 def _write_manifest(cfg: TrainConfig, run_dir: Path, metrics: dict, merged: dict[str, str],
                     seconds: float, source: ModelSource) -> Manifest:  # fmt: skip
     result = json.loads((run_dir / STAGE / "result.json").read_text())
@@ -146,9 +166,11 @@ def _write_manifest(cfg: TrainConfig, run_dir: Path, metrics: dict, merged: dict
         stage=STAGE, stage_version=TRAIN_VERSION, config_hash=config_hash(cfg),
         inputs={"buckets": {"config_hash": buckets.config_hash, "created_at": buckets.created_at},
                 "model": str(cfg.model.path), **base_lokr},
-        outputs={"lokr": result["lokr"], "metrics": "metrics.jsonl", **merged},
+        outputs={"lokr": result["lokr"], "metrics": "metrics.jsonl", **merged,
+                 **added_outputs(result)},
         counts={"steps": result["step"], "final_loss": metrics.get("loss"),
-                "images_per_s": metrics.get("images_per_s"), **caption_counts(result)},
+                "images_per_s": metrics.get("images_per_s"), **caption_counts(result),
+                **validation_counts(result)},
         timings={"total": round(seconds, 3)},
         versions=library_versions("torch", "diffusers", "transformers", "lycoris-lora",
                                   "bitsandbytes", "safetensors"),
