@@ -3,21 +3,29 @@ captions, and the tensors of one batch.
 
 Reads `<run>/buckets/manifest.parquet` (id, run-relative path, original size, bucket, crop),
 `<run>/tag/captions.parquet` (the tag groups; `kohaku.tagging.captions.lay_out` derives the
-head/body/tail lists; `text`, the natural-language captions, when the tag stage joined any)
-and the images under `<run>/download/images/`, which the download stage already resized and
+head/body/tail lists; `text`, the natural-language captions, when the tag stage joined any),
+`<run>/sample/posts.parquet` (`id`, `repeats`: how often each image is shown per epoch, by
+its range or subset; a run dir without it shows each image once) and the images under
+`<run>/download/images/`, which the download stage already resized and
 cropped to their bucket (`kohaku.train.images` decodes them; a batch carries them as uint8,
 and none at all when its latents come from the cache). Writes nothing.
 `kohaku.train.loader` runs `load_batch` in worker processes.
 
 Determinism. Every random choice comes from a PCG64 bit generator seeded through a
-`SeedSequence` of (domain, seed, epoch[, post id]), and only its raw 64-bit output is used:
-a permutation is the stable argsort of raw draws, a uniform is the top 53 bits of one. NumPy
-keeps PCG64's raw stream fixed for a fixed seed across versions and machines (the PCG64
-docstring's compatibility guarantee), while `Generator` methods such as `permutation` only
-promise the same stream on the same build of NumPy (numpy.random compatibility policy,
-NEP 19), so they are not used. The order therefore depends on nothing but the items, the
-seed, the epoch and the global batch size: not on the manifest's row order, the rank, the
-NumPy version or the machine.
+`SeedSequence` of (domain, seed, epoch[, post id[, repeat]]), and only its raw 64-bit output
+is used: a permutation is the stable argsort of raw draws, a uniform is the top 53 bits of
+one. NumPy keeps PCG64's raw stream fixed for a fixed seed across versions and machines (the
+PCG64 docstring's compatibility guarantee), while `Generator` methods such as `permutation`
+only promise the same stream on the same build of NumPy (numpy.random compatibility policy,
+NEP 19), so they are not used. The order therefore depends on nothing but the items (and
+their repeats), the seed, the epoch and the global batch size: not on the manifest's row
+order, the rank, the NumPy version or the machine.
+
+Repeats. An image with `repeats = r` is r entries of its bucket, (id, 0) .. (id, r - 1),
+shuffled with the others; the repeat index keys its captions and noise (only when >= 1, so
+the first showing, and a run where every image is shown once, draw exactly as before
+repeats existed). `_spread` then swaps entries so that no global micro-batch holds a post
+twice, wherever a swap can avoid it.
 """
 
 from __future__ import annotations
@@ -69,12 +77,16 @@ class BucketItems:
     keep_separator: str | None = None  # the layout's (hakubooru: "|||"); never in a caption
     budget: TagBudget | None = None  # max caption tokens; the trainer sets it (tokenizer)
     texts: pl.Series | None = None  # natural-language caption or null per row; None: no texts
+    repeats: np.ndarray | None = None  # int64 [N] showings per epoch (>= 1); None: each once
 
     def __post_init__(self) -> None:
         n = len(self.ids)
         columns = (self.bucket, self.original_size, self.crop, self.paths)
-        if any(len(a) != n for a in columns + (() if self.texts is None else (self.texts,))):
+        optional = tuple(c for c in (self.texts, self.repeats) if c is not None)
+        if any(len(a) != n for a in columns + optional):
             raise ValueError("BucketItems: every column needs one row per id")
+        if self.repeats is not None and n and int(np.min(self.repeats)) < 1:
+            raise ValueError("BucketItems: repeats must be >= 1")
         if self.parts.height != n or self.parts.columns != PARTS:
             raise ValueError(f"BucketItems: parts needs columns {PARTS} and {n} rows")
         if n and not bool(np.all(np.diff(self.ids) > 0)):
@@ -91,11 +103,13 @@ class BucketItems:
 
 
 def load_items(
-    buckets_manifest: Path, captions: Path | None, layout: str = "epsilon"
-) -> BucketItems:
+    buckets_manifest: Path, captions: Path | None, layout: str = "epsilon",
+    posts: Path | None = None,
+) -> BucketItems:  # fmt: skip
     """Read the buckets stage's `manifest.parquet` and, when `captions` is given, the tag
-    stage's `captions.parquet` laid out by `layout` (the run's `tag.layout`). Without
-    captions every caption is empty."""
+    stage's `captions.parquet` laid out by `layout` (the run's `tag.layout`); when `posts`
+    is given, the sample stage's `posts.parquet` for each image's `repeats` (`posts_file`).
+    Without captions every caption is empty; without posts every image is shown once."""
     _check_columns(Path(buckets_manifest), BUCKET_COLUMNS, "run `kohaku buckets` first")
     frame = pl.read_parquet(buckets_manifest, columns=BUCKET_COLUMNS).sort("id")
     if frame["id"].is_duplicated().any():
@@ -112,8 +126,40 @@ def load_items(
         original_size=_pairs(frame, "orig_w", "orig_h"),
         crop=_pairs(frame, "crop_left", "crop_top"), paths=frame["path"], parts=parts,
         keep_separator=LAYOUTS[layout].keep_separator if captions is not None else None,
-        texts=texts,
+        texts=texts, repeats=None if posts is None else _read_repeats(Path(posts), frame["id"]),
     )  # fmt: skip
+
+
+def posts_file(run_dir: Path) -> Path | None:
+    """The sample stage's `posts.parquet` of `run_dir`, or None when the run has none
+    (images and tags made without the sample stage: each image is shown once)."""
+    path = Path(run_dir) / "sample" / "posts.parquet"
+    return path if path.is_file() else None
+
+
+def _read_repeats(path: Path, ids: pl.Series) -> np.ndarray | None:
+    """Each id's `repeats` from the sample stage's posts, in the order of `ids`; None when
+    all are 1 (or the file predates repeats), so such a run is exactly a run without them."""
+    fix = "rebuild the sample stage (`kohaku sample`) and the stages after it"
+    _check_columns(path, ["id"], fix)
+    if "repeats" not in pl.read_parquet_schema(path):  # a sample stage before issue 14
+        return None
+    wanted = pl.LazyFrame({"id": ids})
+    found = pl.scan_parquet(path).select("id", "repeats").join(wanted, on="id", how="semi")
+    frame = wanted.join(found, on="id", how="left", maintain_order="left").collect()
+    if frame.height != len(ids):
+        raise InputError(f"{path}: duplicate ids; {fix}")
+    missing = frame.filter(pl.col("repeats").is_null())["id"]
+    if len(missing):
+        raise InputError(
+            f"{len(missing)} of {len(ids)} images in the buckets manifest are not among the "
+            f"posts of {path} (first ids: {missing.head(5).to_list()}): the sample changed "
+            "since the images were fetched; rebuild the download and buckets stages"
+        )
+    repeats = frame["repeats"].to_numpy().astype(np.int64)
+    if len(repeats) and int(repeats.min()) < 1:
+        raise InputError(f"{path}: repeats below 1; {fix}")
+    return None if bool(np.all(repeats == 1)) else repeats
 
 
 def check_texts(items: BucketItems, cfg: CaptionConfig, captions: Path) -> None:
@@ -191,32 +237,45 @@ class DataPosition:
 
 @dataclass(frozen=True)
 class Batch:
-    """One rank's micro-batch: its ids, all from one `bucket` (width, height), and the
-    position of the global micro-batch it belongs to."""
+    """One rank's micro-batch: its ids, all from one `bucket` (width, height), the position
+    of the global micro-batch it belongs to, and which showing of its post in the epoch each
+    sample is (`repeat`, 0 .. repeats - 1; left empty: all 0)."""
 
     ids: tuple[int, ...]
     bucket: tuple[int, int]
     epoch: int
     index: int
+    repeat: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.repeat:
+            object.__setattr__(self, "repeat", (0,) * len(self.ids))
+        if len(self.repeat) != len(self.ids):
+            raise ValueError(f"Batch: {len(self.ids)} ids but {len(self.repeat)} repeats")
 
 
 @dataclass(frozen=True, eq=False)
 class GlobalOrder:
-    """An epoch's global micro-batches: `ids[k]` (all ranks' items) from bucket `bucket[k]`."""
+    """An epoch's global micro-batches: `ids[k]` (all ranks' items) from bucket `bucket[k]`,
+    `repeat[k]` the showing of each; `crowded` counts those holding a post twice (`_spread`)."""
 
     ids: np.ndarray  # int64 [K, batch_size * world_size]
     bucket: np.ndarray  # int64 [K, 2] (width, height)
+    repeat: np.ndarray  # int64 [K, batch_size * world_size]
+    crowded: int = 0
 
 
 class BucketBatches:
     """The deterministic, resumable order of one rank's micro-batches.
 
-    Per epoch: each bucket's ids are shuffled by (seed, epoch), cut into global batches of
-    `batch_size * world_size` (a bucket's incomplete remainder is left out of that epoch,
-    see `dropped_per_epoch`), and the batches of all buckets are shuffled by (seed, epoch).
-    Rank r takes items [r * batch_size, (r + 1) * batch_size) of every global batch, so all
-    ranks step through the same buckets together. The global order depends only on the
-    global batch size: 1 rank with batch B sees what 2 ranks with B/2 see together."""
+    Per epoch: each bucket's entries (an image with `repeats = r` is r of them) are shuffled
+    by (seed, epoch), cut into global batches of `batch_size * world_size` (a bucket's
+    incomplete remainder is left out of that epoch, see `dropped_per_epoch`), and the
+    batches of all buckets are shuffled by (seed, epoch). Rank r takes items
+    [r * batch_size, (r + 1) * batch_size) of every global batch, so all ranks step through
+    the same buckets together. The global order depends only on the global batch size:
+    1 rank with batch B sees what 2 ranks with B/2 see together. `images_per_epoch` counts
+    the entries (repeats included), `batches_per_epoch` and `dropped_per_epoch` follow it."""
 
     def __init__(
         self, items: BucketItems, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0
@@ -224,8 +283,9 @@ class BucketBatches:
         _check_ranks(batch_size, world_size, rank, seed)
         self.batch_size, self.world_size, self.rank, self.seed = batch_size, world_size, rank, seed
         self.global_batch = batch_size * world_size
-        self.buckets, self._groups = _group_by_bucket(items)
+        self.buckets, self._groups, self._repeat = _group_by_bucket(items)
         sizes = np.array([len(g) for g in self._groups], dtype=np.int64)
+        self.images, self.images_per_epoch = len(items.ids), int(sizes.sum())
         self.batches_per_epoch = int((sizes // self.global_batch).sum())
         self.dropped_per_epoch = int((sizes % self.global_batch).sum())
         if self.batches_per_epoch == 0:
@@ -234,15 +294,27 @@ class BucketBatches:
                 f"every bucket (the largest holds {int(sizes.max(initial=0))} images)"
             )
         log.info("data: %d batches of %d per epoch; %d of %d images left out (incomplete "
-                 "batches of their bucket)", self.batches_per_epoch, self.global_batch,
-                 self.dropped_per_epoch, int(sizes.sum()))  # fmt: skip
+                 "batches of their bucket); %d images, %d showings per epoch with repeats",
+                 self.batches_per_epoch, self.global_batch, self.dropped_per_epoch,
+                 self.images_per_epoch, self.images, self.images_per_epoch)  # fmt: skip
         self._cache: tuple[int, GlobalOrder] | None = None
+
+    @property
+    def repeated(self) -> bool:
+        """Whether some image is shown more than once per epoch."""
+        return self.images_per_epoch != self.images
 
     def global_order(self, epoch: int) -> GlobalOrder:
         """Every rank's micro-batches of `epoch` (the last epoch asked is cached)."""
         if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, _shuffle_epoch(self._groups, self.buckets, self.seed, epoch,
-                                                 self.global_batch))  # fmt: skip
+            order = _shuffle_epoch(self._groups, self._repeat, self.buckets, self.seed, epoch,
+                                   self.global_batch)  # fmt: skip
+            if order.crowded:
+                log.warning("data: epoch %d: %d of %d batches hold a post twice (a post with "
+                            "more repeats than its bucket has batches, or a bucket with "
+                            "fewer posts than a batch)", epoch, order.crowded,
+                            len(order.ids))  # fmt: skip
+            self._cache = (epoch, order)
         return self._cache[1]
 
     def epoch_batches(self, epoch: int) -> list[Batch]:
@@ -277,18 +349,21 @@ class BucketBatches:
         return pos
 
     def fingerprint(self) -> str:
-        """What the global order depends on (items, buckets, seed, global batch, version):
-        store it with a checkpoint and resume only when it matches."""
+        """What the global order depends on (items, their repeats, buckets, seed, global
+        batch, version): store it with a checkpoint and resume only when it matches. Each
+        bucket's entries list an image once per repeat, so with every image shown once the
+        fingerprint is the one of before repeats existed."""
         digest = hashlib.sha256(f"{ORDER_VERSION}/{self.seed}/{self.global_batch}".encode())
         for bucket, ids in zip(self.buckets, self._groups, strict=True):
             digest.update(np.asarray(bucket, dtype=np.int64).tobytes() + ids.tobytes())
         return digest.hexdigest()[:16]
 
     def _batch(self, order: GlobalOrder, epoch: int, k: int) -> Batch:
-        lo = self.rank * self.batch_size
-        ids = tuple(int(i) for i in order.ids[k, lo : lo + self.batch_size])
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        ids = tuple(int(i) for i in order.ids[k, lo:hi])
         width, height = (int(v) for v in order.bucket[k])
-        return Batch(ids=ids, bucket=(width, height), epoch=epoch, index=k)
+        repeat = tuple(int(r) for r in order.repeat[k, lo:hi])
+        return Batch(ids=ids, bucket=(width, height), epoch=epoch, index=k, repeat=repeat)
 
 
 def _check_ranks(batch_size: int, world_size: int, rank: int, seed: int) -> None:
@@ -300,30 +375,80 @@ def _check_ranks(batch_size: int, world_size: int, rank: int, seed: int) -> None
         raise ConfigError(f"seed must be >= 0, got {seed}")
 
 
-def _group_by_bucket(items: BucketItems) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
-    """Buckets sorted by (width, height) and the ascending ids of each."""
+def _group_by_bucket(
+    items: BucketItems,
+) -> tuple[list[tuple[int, int]], list[np.ndarray], list[np.ndarray]]:
+    """Buckets sorted by (width, height), the entries of each sorted by (id, repeat): each
+    id once per repeat, and the repeat index (0 .. repeats - 1) of each entry."""
     if len(items.ids) == 0:
-        return [], []
+        return [], [], []
+    ids = np.asarray(items.ids, dtype=np.int64)
     bucket = np.asarray(items.bucket, dtype=np.int64).reshape(-1, 2)
-    order = np.lexsort((items.ids, bucket[:, 1], bucket[:, 0]))
+    repeat = np.zeros(len(ids), dtype=np.int64)
+    if items.repeats is not None:
+        counts = np.asarray(items.repeats, dtype=np.int64)
+        ids, bucket = np.repeat(ids, counts), np.repeat(bucket, counts, axis=0)
+        repeat = np.arange(len(ids), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    order = np.lexsort((repeat, ids, bucket[:, 1], bucket[:, 0]))
     keys, starts = np.unique(bucket[order], axis=0, return_index=True)
-    groups = np.split(np.asarray(items.ids, dtype=np.int64)[order], starts[1:])
-    return [(int(w), int(h)) for w, h in keys], groups
+    groups, repeats = np.split(ids[order], starts[1:]), np.split(repeat[order], starts[1:])
+    return [(int(w), int(h)) for w, h in keys], groups, repeats
 
 
 def _shuffle_epoch(
-    groups: list[np.ndarray], buckets: list[tuple[int, int]], seed: int, epoch: int, size: int
-) -> GlobalOrder:
+    groups: list[np.ndarray], repeats: list[np.ndarray], buckets: list[tuple[int, int]],
+    seed: int, epoch: int, size: int,
+) -> GlobalOrder:  # fmt: skip
     rng = _rng(_ORDER_DOMAIN, seed, epoch)
-    chunks, owners = [], []
-    for b, ids in enumerate(groups):
-        shuffled = ids[_permutation(rng, len(ids))]  # drawn for every bucket, full or not
-        k = len(ids) // size
-        chunks.append(shuffled[: k * size].reshape(k, size))
+    chunks, copies, owners, crowded = [], [], [], 0
+    for b, (ids, repeat) in enumerate(zip(groups, repeats, strict=True)):
+        perm = _permutation(rng, len(ids))  # drawn for every bucket, full or not
+        ids, repeat, k = ids[perm], repeat[perm], len(ids) // size
+        crowded += _spread(ids, repeat, size, k)
+        chunks.append(ids[: k * size].reshape(k, size))
+        copies.append(repeat[: k * size].reshape(k, size))
         owners.append(np.full(k, b, dtype=np.int64))
     batches, owner = np.concatenate(chunks), np.concatenate(owners)
     perm = _permutation(rng, len(batches))
-    return GlobalOrder(ids=batches[perm], bucket=np.asarray(buckets, dtype=np.int64)[owner[perm]])
+    return GlobalOrder(ids=batches[perm], bucket=np.asarray(buckets, dtype=np.int64)[owner[perm]],
+                       repeat=np.concatenate(copies)[perm], crowded=crowded)  # fmt: skip
+
+
+def _spread(ids: np.ndarray, repeat: np.ndarray, size: int, k: int) -> int:
+    """Swap entries of one bucket's shuffled entries (in place, ids and repeat together) so
+    that none of its `k` global batches of `size` holds a post twice, wherever a swap can
+    avoid it; returns the batches that still do. Nothing moves when no batch holds a post
+    twice (always so when every post is shown once). Two showings in one batch would be
+    two samples of one image in one step, half the variety the step should have."""
+    if k == 0 or not repeat.any():
+        return 0
+    rows = np.sort(ids[: k * size].reshape(k, size), axis=1)
+    crowded = np.flatnonzero((rows[:, 1:] == rows[:, :-1]).any(axis=1))
+    return sum(not _unique_batch(ids, repeat, size, k, int(b)) for b in crowded)
+
+
+def _unique_batch(ids: np.ndarray, repeat: np.ndarray, size: int, k: int, b: int) -> bool:
+    """Batch `b` with each second showing of a post swapped for an entry of another batch
+    (or of the left-out remainder): a post not in `b`, from a batch without the post it
+    receives, so no swap adds a repeat anywhere. The first such entry after `b`, cyclically,
+    keeps it deterministic. False when one repeat found no partner."""
+    lo, hi = b * size, (b + 1) * size
+    full = ids[: k * size].reshape(k, size)  # a view: sees the swaps
+    done = True
+    for p in range(lo + 1, hi):
+        x = ids[p]
+        if not np.any(ids[lo:p] == x):
+            continue
+        free = ~np.isin(ids, ids[lo:hi])
+        free[: k * size] &= ~np.repeat((full == x).any(axis=1), size)
+        after = np.concatenate([np.arange(hi, len(ids)), np.arange(lo)])
+        hits = after[free[after]]
+        if len(hits) == 0:
+            done = False
+            continue
+        q = int(hits[0])
+        ids[[p, q]], repeat[[p, q]] = ids[[q, p]], repeat[[q, p]]
+    return done
 
 
 # ---------------------------------------------------------------- randomness
@@ -345,10 +470,12 @@ def _uniform(rng: np.random.Generator, n: int) -> np.ndarray:
     return (rng.bit_generator.random_raw(n) >> np.uint64(11)) * (1.0 / 2**53)
 
 
-def caption_rng(seed: int, epoch: int, post_id: int) -> np.random.Generator:
-    """The generator of one post's caption in one epoch: a post is drawn once per epoch,
-    so a resumed run rebuilds exactly the captions the interrupted one would have."""
-    return _rng(_CAPTION_DOMAIN, seed, epoch, post_id)
+def caption_rng(seed: int, epoch: int, post_id: int, repeat: int = 0) -> np.random.Generator:
+    """The generator of one post's caption in one epoch, at its `repeat`-th showing: a
+    resumed run rebuilds exactly the captions the interrupted one would have. The repeat
+    joins the key only from 1 on, so the first showing draws what a run without repeats
+    draws."""
+    return _rng(_CAPTION_DOMAIN, seed, epoch, post_id, *((repeat,) if repeat else ()))
 
 
 # ---------------------------------------------------------------- captions
@@ -425,12 +552,13 @@ def draw_caption(
 def draw_captions(
     items: BucketItems, rows: np.ndarray, batch: Batch, cfg: CaptionConfig, seed: int
 ) -> list[Caption]:
-    """The captions of a micro-batch, each from its post's generator of the epoch, cut to
-    the items' token budget when they have one."""
+    """The captions of a micro-batch, each from its post's generator of the epoch and
+    showing, cut to the items' token budget when they have one."""
     parts = items.parts[rows].rows()
     texts = [None] * len(rows) if items.texts is None else items.texts.gather(rows).to_list()
-    return [draw_caption(*p, cfg, caption_rng(seed, batch.epoch, i), items.budget, t)
-            for p, t, i in zip(parts, texts, batch.ids, strict=True)]  # fmt: skip
+    keys = zip(batch.ids, batch.repeat, strict=True)
+    return [draw_caption(*p, cfg, caption_rng(seed, batch.epoch, i, r), items.budget, t)
+            for p, t, (i, r) in zip(parts, texts, keys, strict=True)]  # fmt: skip
 
 
 def example_captions(
@@ -476,10 +604,15 @@ class TrainBatch:
     captions_both: int = 0  # captions of the tags and the text
     captions_fallback: int = 0  # text or both drawn for a post without text: its tags
     posterior: Posterior | None = None  # float32 [B, C, h, w] mean and std, from the cache
+    repeat: tuple[int, ...] = ()  # each sample's showing in the epoch (`Batch`); () = all 0
 
     @property
     def position(self) -> DataPosition:
         return DataPosition(self.epoch, self.index)
+
+    def samples(self) -> list[tuple[int, int]]:
+        """(post id, repeat) of each sample: the key of its noise and timestep draws."""
+        return list(zip(self.ids, self.repeat or (0,) * len(self.ids), strict=True))
 
     def time_ids(self) -> torch.Tensor:
         """SDXL's add_time_ids, int64 [B, 6]."""
@@ -513,7 +646,7 @@ def load_batch(
     captions = draw_captions(items, rows, batch, cfg, seed)
     target = np.broadcast_to([batch.bucket[1], batch.bucket[0]], (len(rows), 2))
     return TrainBatch(
-        ids=batch.ids, epoch=batch.epoch, index=batch.index, pixels=pixels,
+        ids=batch.ids, epoch=batch.epoch, index=batch.index, pixels=pixels, repeat=batch.repeat,
         captions=[c.text for c in captions], captions_cut=sum(c.cut for c in captions),
         captions_text=sum(c.kind == "text" for c in captions),
         captions_both=sum(c.kind == "both" for c in captions),
