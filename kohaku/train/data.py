@@ -428,27 +428,36 @@ def _spread(ids: np.ndarray, repeat: np.ndarray, size: int, k: int) -> int:
 
 
 def _unique_batch(ids: np.ndarray, repeat: np.ndarray, size: int, k: int, b: int) -> bool:
-    """Batch `b` with each second showing of a post swapped for an entry of another batch
-    (or of the left-out remainder): a post not in `b`, from a batch without the post it
-    receives, so no swap adds a repeat anywhere. The first such entry after `b`, cyclically,
-    keeps it deterministic. False when one repeat found no partner."""
-    lo, hi = b * size, (b + 1) * size
-    full = ids[: k * size].reshape(k, size)  # a view: sees the swaps
+    """Batch `b` with each second showing of a post swapped for a partner (`_partner`);
+    False when one found none. A swap brings in a post `b` lacks and hands the other batch
+    a post it lacks, so no swap adds a repeat anywhere and one pass over the batches ends."""
+    lo = b * size
+    _, first = np.unique(ids[lo : lo + size], return_index=True)
     done = True
-    for p in range(lo + 1, hi):
-        x = ids[p]
-        if not np.any(ids[lo:p] == x):
-            continue
-        free = ~np.isin(ids, ids[lo:hi])
-        free[: k * size] &= ~np.repeat((full == x).any(axis=1), size)
-        after = np.concatenate([np.arange(hi, len(ids)), np.arange(lo)])
-        hits = after[free[after]]
-        if len(hits) == 0:
+    for p in np.setdiff1d(np.arange(size), first) + lo:
+        q = _partner(ids, size, k, int(p))
+        if q is None:
             done = False
             continue
-        q = int(hits[0])
         ids[[p, q]], repeat[[p, q]] = ids[[q, p]], repeat[[q, p]]
     return done
+
+
+def _partner(ids: np.ndarray, size: int, k: int, p: int) -> int | None:
+    """The first entry after the batch of `p`, cyclically, whose post that batch lacks and
+    that sits in a batch lacking the post at `p` (or among the left-out remainder), looked
+    for a window of a few batches at a time: almost always the next batch has one."""
+    n, lo, x = len(ids), p // size * size, ids[p]
+    full, window = ids[: k * size].reshape(k, size), max(4 * size, 64)
+    for start in range(0, n - size, window):
+        pos = (lo + size + np.arange(start, min(start + window, n - size))) % n
+        owner = np.where(pos < k * size, pos // size, -1)
+        owners = np.unique(owner[owner >= 0])
+        holding = owners[(full[owners] == x).any(axis=1)]
+        ok = ~np.isin(ids[pos], ids[lo : lo + size]) & ~np.isin(owner, holding)
+        if ok.any():
+            return int(pos[np.argmax(ok)])
+    return None
 
 
 # ---------------------------------------------------------------- randomness
