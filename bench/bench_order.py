@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 import kohaku.train.data as data
+import kohaku.train.order as order
 
 
 def items(n: int, repeated: float, buckets: int, seed: int = 0) -> data.BucketItems:
@@ -30,8 +31,8 @@ def items(n: int, repeated: float, buckets: int, seed: int = 0) -> data.BucketIt
                             parts=empty, repeats=repeats)  # fmt: skip
 
 
-def unique_rows(order: data.GlobalOrder) -> int:
-    rows = np.sort(order.ids, axis=1)
+def unique_rows(epoch: order.GlobalOrder) -> int:
+    rows = np.sort(epoch.ids, axis=1)
     return int((rows[:, 1:] == rows[:, :-1]).any(axis=1).sum())
 
 
@@ -49,23 +50,23 @@ def main() -> None:
             start = time.perf_counter()
             batches = data.BucketBatches(its, size)
             built = time.perf_counter()
-            order = batches.global_order(0)
+            epoch = batches.global_order(0)
             done = time.perf_counter()
             print(
                 f"global batch {size:4d} {name:7s}: {batches.images_per_epoch:,} showings, "
                 f"build {built - start:.2f} s, epoch order {done - built:.2f} s, "
-                f"batches with a post twice {unique_rows(order)} (crowded {order.crowded}), "
-                f"{plain_shuffle(its, size)} of {len(order.ids):,} without _spread"
+                f"batches with a post twice {unique_rows(epoch)} (crowded {epoch.crowded}), "
+                f"{plain_shuffle(its, size)} of {len(epoch.ids):,} without _spread"
             )
 
 
 def plain_shuffle(its: data.BucketItems, size: int) -> int:
     """Batches holding a post twice when the shuffled entries are cut as they fall."""
-    spread, data._spread = data._spread, lambda *_: 0
+    spread, order._spread = order._spread, lambda *_: 0
     try:
         return unique_rows(data.BucketBatches(its, size).global_order(0))
     finally:
-        data._spread = spread
+        order._spread = spread
 
 
 if __name__ == "__main__":

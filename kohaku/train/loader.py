@@ -46,15 +46,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from kohaku.errors import ConfigError
 from kohaku.train.config import CaptionConfig, LoaderConfig
-from kohaku.train.data import (
-    PARTS,
-    Batch,
-    BucketBatches,
-    BucketItems,
-    DataPosition,
-    TrainBatch,
-    load_batch,
-)
+from kohaku.train.data import PARTS, BucketItems, TrainBatch, load_batch
+from kohaku.train.order import Batch, BucketBatches, DataPosition
 
 if TYPE_CHECKING:
     from kohaku.train.latents import LatentCache

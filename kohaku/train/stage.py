@@ -31,13 +31,14 @@ from kohaku.stage import MANIFEST, Manifest, atomic_write_text, config_hash, lib
 from kohaku.stage import read_manifest as read_stage
 from kohaku.train import lokr
 from kohaku.train.config import TRAIN_VERSION, LoaderConfig, TrainConfig
-from kohaku.train.data import BucketBatches, check_texts, load_items, posts_file
+from kohaku.train.data import check_texts, load_items, posts_file
 from kohaku.train.embeddings import locate_embeddings
 from kohaku.train.launch import command, launch
 from kohaku.train.loop import CAPTION_COUNTS, STOPPED
 from kohaku.train.model import ModelSource, check_model
 from kohaku.train.model import meta_models as model_meta_models
 from kohaku.train.objective import schedule_source
+from kohaku.train.order import BucketBatches
 
 STAGE = "train"
 

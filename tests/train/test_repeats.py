@@ -102,7 +102,7 @@ def test_no_global_batch_holds_a_post_twice_when_it_can_be_avoided(seed: int) ->
 def test_a_bucket_with_fewer_posts_than_a_batch_holds_repeats_and_says_so(caplog) -> None:
     items = repeated({0: 4, 1: 4}, sizes={(8, 8): 3})  # 9 entries of 3 posts, batches of 4
     batches = BucketBatches(items, 4, seed=0)
-    with caplog.at_level(logging.WARNING, logger="kohaku.train.data"):
+    with caplog.at_level(logging.WARNING, logger="kohaku.train.order"):
         order = batches.global_order(0)
     assert order.crowded == 2 and "2 of 2 batches hold a post twice" in caplog.text
 
