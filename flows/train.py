@@ -16,8 +16,8 @@ from flows.report import finished
 from kohaku.charts import loss_chart_markdown, metric_table
 from kohaku.cli.common import one_line_errors
 from kohaku.config import RunConfig, stage_section
-from kohaku.stage import FileFingerprint, fingerprint
-from tasks.policy import for_run, inputs_of
+from kohaku.stage import FileFingerprint
+from tasks.policy import file_key, for_run, inputs_of
 from tasks.train import train_task
 
 
@@ -34,8 +34,9 @@ def train(
     run_dir, cfg = config.run_dir.resolve(), stage_section(config, "train")
     upstream = inputs_of(run_dir, "buckets", "tag", then="train")
     state = for_run(train_task, run_dir, "train")(
-        cfg, run_dir, upstream, model_key(cfg.model.path), return_state=True
-    )
+        cfg, run_dir, upstream, model_key(cfg.model.path), file_key(cfg.model.lokr),
+        return_state=True,
+    )  # fmt: skip
     manifest = finished("train", state)
     metrics = [json.loads(line) for line in (run_dir / "train" / "metrics.jsonl").open()]
     create_table_artifact(metric_table(metrics[-50:]), key="train-metrics",
@@ -48,7 +49,7 @@ def train(
 def model_key(path: Path) -> FileFingerprint | None:
     """The base model's identity for the task's cache key; None for a missing path, which
     the task then reports as its input error (one line, in seconds, never retried)."""
-    return fingerprint(path) if Path(path).exists() else None
+    return file_key(path)
 
 
 def main(argv: list[str] | None = None) -> None:

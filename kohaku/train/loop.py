@@ -28,7 +28,14 @@ from kohaku.train import checkpoint as ckpt
 from kohaku.train import lokr, objective
 from kohaku.train import validation as val
 from kohaku.train.config import TrainConfig, check_bitsandbytes
-from kohaku.train.data import BucketBatches, DataPosition, TrainBatch, load_items, with_budget
+from kohaku.train.data import (
+    BucketBatches,
+    DataPosition,
+    TrainBatch,
+    load_items,
+    posts_file,
+    with_budget,
+)
 from kohaku.train.ema import EMA, EMA_LOKR, META_EMA, trainable
 from kohaku.train.embeddings import read_embeddings, restore_embeddings
 from kohaku.train.latents import LatentCache, cache_latents, latents_from_cache, vae_key
@@ -154,7 +161,7 @@ class Trainer:
         self.out = self.run_dir / "train"
         captions = self.run_dir / "tag" / "captions.parquet"
         items = load_items(self.run_dir / "buckets" / "manifest.parquet", captions,
-                           cfg.layout or "epsilon")  # fmt: skip
+                           cfg.layout or "epsilon", posts_file(self.run_dir))  # fmt: skip
         # with validation off: `items` itself, and today's batch order
         self.items, held, self.validation = val.split(items, cfg.validation, cfg.batch_size)
         self.batches = BucketBatches(self.items, cfg.batch_size, d.world, d.rank, cfg.seed)
@@ -267,8 +274,8 @@ class Trainer:
         total = 0.0
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1 or self.d.world == 1
-            gens = [objective.sample_generator(self.cfg.seed, batch.epoch, pid)
-                    for pid in batch.ids]  # fmt: skip
+            gens = [objective.sample_generator(self.cfg.seed, batch.epoch, pid, repeat)
+                    for pid, repeat in batch.samples()]  # fmt: skip
             self.captions = [a + b for a, b in zip(self.captions, caption_tally(batch),
                                                    strict=True)]  # fmt: skip
             with self._autocast(), nullcontext() if sync else self.model.no_sync():

@@ -48,6 +48,8 @@ def fails(argv: list[str], capsys) -> str:
         (["export", "--base", "nowhere", "--lokr", "x", "--out", "o"], None,
          "model path nowhere does not exist"),
         (["metadata", "sync", "-c", "missing.toml"], None, "sync config missing.toml"),
+        (["metadata", "snapshots", "--store", "nowhere"], None,
+         "nowhere is not a metadata store (no store.json)"),
         (["export-parquet", "--source", "nowhere.db", "--out", "pq"], None,
          "sample.source nowhere.db does not exist"),
     ],

@@ -20,7 +20,6 @@ from kohaku.train import stage
 from kohaku.train.config import EmaConfig, TrainConfig
 from kohaku.train.ema import EMA, EMA_LOKR, META_EMA, ema_decay
 from kohaku.train.loop import Dist, Trainer
-from kohaku.train.model import check_model
 from tests.train.rundir import write_training_run
 from tests.train.test_loop import config, losses
 
@@ -114,7 +113,8 @@ def test_stopped_and_resumed_run_ends_with_bit_identical_ema(tiny_sdxl_dir, tmp_
     assert all(torch.equal(exported[0][k], exported[1][k]) for k in exported[0])
     assert_the_average_of_the_checkpoints(whole, cfg.ema)
     assert_a_lokr_file_beside_the_raw_one(whole)
-    manifest = stage._write_manifest(cfg, whole, {"loss": 1.0}, {}, 1.0, check_model(cfg.model))
+    manifest = stage._write_manifest(cfg, whole, {"loss": 1.0}, {}, 1.0,
+                                     stage.checked_inputs(cfg, whole))  # fmt: skip
     assert manifest.outputs["lokr_ema"] == EMA_LOKR
     assert manifest.outputs["validation"] == "validation.json"
     counts = manifest.counts
