@@ -20,7 +20,10 @@ def test_library_chatter_to_the_file_real_warnings_to_the_console(tmp_path, capf
     # LyCORIS' handler holds the sys.stdout of the moment it was imported (under pytest, maybe
     # an earlier test's capture, closed since): give it a stream of this test's own
     own = io.StringIO()
-    streams = [(h, h.setStream(own)) for h in before if isinstance(h, logging.StreamHandler)]
+    # (set, not setStream: that flushes the old stream, which may be closed)
+    streams = [(h, h.stream) for h in before if isinstance(h, logging.StreamHandler)]
+    for handler, _ in streams:
+        handler.stream = own
     log = tmp_path / "logs" / "train.log"
     with library_logs(log):
         lycoris.info("Bypass mode is enabled")
@@ -42,4 +45,4 @@ def test_library_chatter_to_the_file_real_warnings_to_the_console(tmp_path, capf
     lycoris.info("after")  # LyCORIS' own handler again, not the file
     assert "after" in own.getvalue() and "after" not in log.read_text()
     for handler, stream in streams:
-        handler.setStream(stream)
+        handler.stream = stream

@@ -24,9 +24,10 @@ def test_the_form_shows_every_parameter_and_config_field_described():
             assert spec.get("description"), f"{name}.{field} has no description"
 
 
-def test_every_help_names_the_registered_presets(capsys):
+def test_every_help_names_the_registered_presets(capsys, monkeypatch):
     """The flows' form, their command lines and the CLI list the presets `kohaku.config`
     registers (epsilon-rev2 and zeta included), not a list typed once."""
+    monkeypatch.setenv("COLUMNS", "400")  # argparse wraps at the terminal, even at a hyphen
     from flows.params import config_parser
     from flows.pipeline import pipeline
     from kohaku.cli import main
