@@ -136,18 +136,9 @@ def _read_repeats(path: Path, ids: pl.Series) -> np.ndarray | None:
     _check_columns(path, ["id"], fix)
     if "repeats" not in pl.read_parquet_schema(path):  # a sample stage before issue 14
         return None
-    wanted = pl.LazyFrame({"id": ids})
-    found = pl.scan_parquet(path).select("id", "repeats").join(wanted, on="id", how="semi")
-    frame = wanted.join(found, on="id", how="left", maintain_order="left").collect()
-    if frame.height != len(ids):
-        raise InputError(f"{path}: duplicate ids; {fix}")
-    missing = frame.filter(pl.col("repeats").is_null())["id"]
-    if len(missing):
-        raise InputError(
-            f"{len(missing)} of {len(ids)} images in the buckets manifest are not among the "
-            f"posts of {path} (first ids: {missing.head(5).to_list()}): the sample changed "
-            "since the images were fetched; rebuild the download and buckets stages"
-        )
+    frame = _rows_of(ids, pl.scan_parquet(path).select("id", "repeats"), "repeats", path, fix,
+                     f"are not among the posts of {path}", ": the sample changed since the "
+                     "images were fetched; rebuild the download and buckets stages")  # fmt: skip
     repeats = frame["repeats"].to_numpy().astype(np.int64)
     if len(repeats) and int(repeats.min()) < 1:
         raise InputError(f"{path}: repeats below 1; {fix}")
@@ -195,20 +186,27 @@ def _read_parts(path: Path, layout: str, ids: pl.Series) -> pl.DataFrame:
     groups = {"rating_tags" if g == "rating" else g for g in spec.head + spec.body + spec.tail}
     _check_columns(path, ["id", *sorted(groups)], "rebuild the tag stage (`kohaku tag`)")
     text = ["text"] if "text" in pl.read_parquet_schema(path) else []
-    wanted = pl.LazyFrame({"id": ids})
     scan = pl.scan_parquet(path).select("id", *sorted(groups), *text)
-    scan = scan.join(wanted, on="id", how="semi")
+    scan = scan.join(pl.LazyFrame({"id": ids}), on="id", how="semi")
     laid = lay_out(scan, layout).select("id", *PARTS, *text)
-    parts = wanted.join(laid, on="id", how="left", maintain_order="left").collect()
-    if parts.height != len(ids):
-        raise InputError(f"{path}: duplicate ids; rebuild the tag stage")
-    missing = parts.filter(pl.col("head").is_null())["id"]
-    if len(missing):
-        raise InputError(
-            f"{len(missing)} of {len(ids)} images in the buckets manifest have no caption in "
-            f"{path} (first ids: {missing.head(5).to_list()}); rebuild the tag stage"
-        )
+    fix = "rebuild the tag stage"
+    parts = _rows_of(ids, laid, "head", path, fix, f"have no caption in {path}", f"; {fix}")
     return parts.select(*PARTS, *text)
+
+
+def _rows_of(ids: pl.Series, found: pl.LazyFrame, column: str, path: Path, fix: str,
+             absent: str, absent_fix: str) -> pl.DataFrame:  # fmt: skip
+    """The rows of `found` for `ids`, in their order. InputError when the file holds an id
+    twice (`fix`) or when an id has none (`column` null: the images `absent`, `absent_fix`)."""
+    frame = pl.LazyFrame({"id": ids}).join(found, on="id", how="left", maintain_order="left")
+    frame = frame.collect()
+    if frame.height != len(ids):
+        raise InputError(f"{path}: duplicate ids; {fix}")
+    missing = frame.filter(pl.col(column).is_null())["id"]
+    if len(missing):
+        raise InputError(f"{len(missing)} of {len(ids)} images in the buckets manifest {absent} "
+                         f"(first ids: {missing.head(5).to_list()}){absent_fix}")  # fmt: skip
+    return frame
 
 
 # ---------------------------------------------------------------- captions
