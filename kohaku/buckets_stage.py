@@ -1,7 +1,7 @@
 """The buckets stage: the download ledgers, gathered into the training set's image list.
 
 Reads `<run>/download/manifest.json` and `<run>/download/ledgers/shard-*.parquet` (the
-download stage already placed every image in its bucket, `kohaku.buckets.place`). Writes
+download stage already placed every image in its bucket, `kohaku.download.placement.place`). Writes
 into `<run>/buckets/`: `manifest.parquet` (one row per downloaded image whose file still
 exists, sorted by id: path relative to the run dir, original size, bucket, resized size,
 crop), `histogram.png` (images per bucket, a bar chart drawn with Pillow) and, last,
@@ -23,8 +23,8 @@ import polars as pl
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict
 
-from kohaku import download_stage
 from kohaku.download import LEDGER_SCHEMA
+from kohaku.download import STAGE as DOWNLOAD
 from kohaku.errors import InputError
 from kohaku.stage import (
     Manifest,
@@ -90,14 +90,14 @@ def run_buckets(run_dir: Path) -> Manifest:
 def placements(run_dir: Path, download: Manifest) -> Gathered:
     """The ok rows of every ledger whose file exists, sorted by id, with `path` relative
     to the run dir; and how many ok rows lost their file."""
-    ledger_dir = run_dir / download_stage.STAGE / download.outputs["ledgers"]
+    ledger_dir = run_dir / DOWNLOAD / download.outputs["ledgers"]
     ledgers = sorted(ledger_dir.glob("shard-*.parquet"))
     scan = pl.scan_parquet(ledgers) if ledgers else pl.LazyFrame(schema=LEDGER_SCHEMA)
     frame = (
         scan.filter(pl.col("status") == "ok")
         .select(
             pl.col("id").cast(pl.Int64),
-            (pl.lit(f"{download_stage.STAGE}/") + pl.col("path")).alias("path"),
+            (pl.lit(f"{DOWNLOAD}/") + pl.col("path")).alias("path"),
             *[pl.col(c).cast(pl.Int32) for c in PLACEMENT_COLUMNS],
         )
         .collect()
@@ -180,10 +180,9 @@ def _png(img: Image.Image) -> bytes:
 
 
 def _download_manifest(run_dir: Path) -> Manifest:
-    download = read_manifest(run_dir / download_stage.STAGE)
+    download = read_manifest(run_dir / DOWNLOAD)
     if download is None:
         raise InputError(
-            f"{run_dir / download_stage.STAGE} has no finished download stage: "
-            "run `kohaku download` first"
+            f"{run_dir / DOWNLOAD} has no finished download stage: run `kohaku download` first"
         )
     return download

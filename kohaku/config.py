@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kohaku.download import DownloadConfig
+from kohaku.download.config import DownloadConfig
 from kohaku.errors import ConfigError, explain
 from kohaku.evaluate.config import EvaluateConfig
 from kohaku.sample.config import SampleConfig

@@ -9,9 +9,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_MODULES = [
-    "kohaku.cli", "kohaku.config", "kohaku.demo", "kohaku.stage", "kohaku.synth", "kohaku.buckets",
-    "kohaku.resize", "kohaku.resize_vips", "kohaku.fetch", "kohaku.download",
-    "kohaku.download_stage", "kohaku.local_source", "kohaku.buckets_stage",
+    "kohaku.cli", "kohaku.config", "kohaku.demo", "kohaku.stage", "kohaku.synth",
+    "kohaku.download.placement", "kohaku.download.resize", "kohaku.download.resize_vips",
+    "kohaku.fetch", "kohaku.download.shard", "kohaku.download.run", "kohaku.download.sources",
+    "kohaku.download.reasons", "kohaku.download.config", "kohaku.buckets_stage",
     "kohaku.evaluate.config", "kohaku.evaluate.prompts", "kohaku.evaluate.report",
     "kohaku.sample", "kohaku.sample.run", "kohaku.tagging", "kohaku.tagging.run",
     "kohaku.metadata.store", "kohaku.metadata.sync",

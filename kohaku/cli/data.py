@@ -51,7 +51,7 @@ def cmd_tag(args: argparse.Namespace) -> None:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from kohaku.download_stage import run_download
+    from kohaku.download.run import run_download
 
     cfg = load(args, "download")
     manifest = run_download(cfg.download, cfg.run_dir, shard_size=args.shard_size)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from kohaku.buckets import Bucket, BucketConfig, bucket_set, nearest, nearest_many, place
+from kohaku.download.config import BucketConfig
+from kohaku.download.placement import Bucket, bucket_set, nearest, nearest_many, place
 
 CFG = BucketConfig()
 BUCKETS = bucket_set(CFG)

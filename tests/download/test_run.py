@@ -9,12 +9,12 @@ import sys
 import polars as pl
 import pytest
 
-from kohaku.download import DownloadConfig
-from kohaku.download_stage import ledger_path, run_download
+from kohaku.download.config import DownloadConfig
+from kohaku.download.run import ledger_path, run_download
 from kohaku.errors import InputError
 from kohaku.fetch import FetchConfig
 from kohaku.stage import build_stage, read_manifest, write_manifest
-from tests.download.test_download import FILES, md5
+from tests.download.test_shard import FILES, md5
 from tests.fetch.server import Server
 
 CFG = DownloadConfig(

@@ -26,15 +26,15 @@ from pathlib import Path
 import polars as pl
 from tqdm import tqdm
 
-from kohaku.download import (
+from kohaku.download.shard import (
     LEDGER_SCHEMA,
     DownloadConfig,
     download_shard,
     merge_previous,
     read_journal,
 )
+from kohaku.download.sources import build_index, choose, source_files
 from kohaku.errors import InputError
-from kohaku.local_source import build_index, choose, source_files
 from kohaku.stage import (
     MANIFEST,
     Manifest,

@@ -1,4 +1,4 @@
-"""The libvips path (`kohaku.resize_vips`, the default) against the Pillow path: same
+"""The libvips path (`kohaku.download.resize_vips`, the default) against the Pillow path: same
 checks, same placement, output size and pixels within 40 dB PSNR of Pillow's."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import pytest
 import pyvips
 from PIL import Image
 
-from kohaku import resize_vips
-from kohaku.buckets import BucketConfig, bucket_set, place
-from kohaku.resize import ImageRejected, Options, decode, fit_encoded
+from kohaku.download import resize_vips
+from kohaku.download.config import BucketConfig
+from kohaku.download.placement import bucket_set, place
+from kohaku.download.reasons import ImageRejected
+from kohaku.download.resize import Options, decode, fit_encoded
 
 CFG = BucketConfig()
 BUCKETS = bucket_set(CFG)

@@ -7,8 +7,10 @@ import io
 import pytest
 from PIL import Image
 
-from kohaku.buckets import BucketConfig, bucket_set, place
-from kohaku.resize import ImageRejected, decode, encode, fit, stable_reason
+from kohaku.download.config import BucketConfig
+from kohaku.download.placement import bucket_set, place
+from kohaku.download.reasons import ImageRejected, stable_reason
+from kohaku.download.resize import decode, encode, fit
 
 CFG = BucketConfig()
 BUCKETS = bucket_set(CFG)

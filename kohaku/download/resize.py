@@ -1,7 +1,7 @@
 """Image normalisation and resizing to a bucket (pure functions).
 
 Reads nothing and writes nothing: `fit_encoded` turns image bytes into the encoded
-bucket-sized image and its `Placement`, through libvips (`kohaku.resize_vips`, the
+bucket-sized image and its `Placement`, through libvips (`kohaku.download.resize_vips`, the
 default: 2.5x less CPU for decode + resize at the same quality) or Pillow (this module).
 Pillow path: `decode` turns bytes into a verified RGB image (EXIF orientation applied,
 palette / CMYK / 16-bit / grey converted, alpha flattened onto a background, a pixel
@@ -15,68 +15,20 @@ reads the same for every post and the UI's error table groups them.
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from PIL import Image, ImageOps
 
-from kohaku.buckets import Placement
-
-Format = Literal["webp", "jpeg", "png"]
-Library = Literal["pyvips", "pillow"]
-
-
-class ImageRejected(ValueError):
-    """The bytes are not an image we keep; the message says why (recorded per post)."""
-
-
-# per-item detail in library messages: `<_io.BytesIO object at 0x7f...>`, stray addresses,
-# `(185 bytes not processed)`, quoted or absolute paths
-NOISE = (
-    (re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>"), ""),
-    (re.compile(r"\s*\b0x[0-9a-fA-F]{4,}\b"), ""),
-    (re.compile(r"\s*\([^()]*\d[^()]*\)"), ""),
-    (re.compile(r"""(['"])(?:/|~/|[A-Za-z]:\\)[^'"]*\1"""), "<path>"),  # quoted
-    (re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]*"), "<path>"),  # bare, absolute
-)  # fmt: skip
-SIGNATURES = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP",
-              b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}  # fmt: skip
-
-
-def stable_reason(message: str) -> str:
-    """A library's error message without per-item detail, so equal failures read the same."""
-    for pattern, replacement in NOISE:
-        message = pattern.sub(replacement, message)
-    return message.strip().rstrip(".:") or "unknown error"
-
-
-def what_it_is(data: bytes) -> str:
-    """What bytes that no decoder recognises look like: the usual non-images a server sends
-    instead of a file (an HTML error or challenge page, JSON, nothing), or a known image
-    signature whose header is broken."""
-    head = data[:64].lstrip().lower()
-    if not head:
-        return "empty body"
-    if head.startswith((b"<!doctype html", b"<html")):
-        return "an HTML page"
-    if head.startswith((b"{", b"[")):
-        return "JSON text"
-    fmt = signature(data)
-    return f"broken {fmt} header" if fmt else "unknown format"
-
-
-def signature(data: bytes) -> str | None:
-    """The image format that the first bytes announce, if any."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    return next((name for magic, name in SIGNATURES.items() if data.startswith(magic)), None)
-
-
-def unreadable(fmt: str | None, detail: str) -> ImageRejected:
-    """The rejection of an image whose pixels could not be decoded."""
-    return ImageRejected(f"not a readable image: broken {fmt or 'image'} ({detail})")
+from kohaku.download.config import Format, Library
+from kohaku.download.placement import Placement
+from kohaku.download.reasons import (  # noqa: F401  (ImageRejected: re-exported)
+    ImageRejected,
+    over_limit,
+    stable_reason,
+    unreadable,
+    what_it_is,
+)
 
 
 def decode(
@@ -108,11 +60,6 @@ def open_checked(data: bytes, max_pixels: int = 100_000_000) -> Image.Image:
     if width * height > max_pixels:
         raise over_limit(max_pixels)
     return img
-
-
-def over_limit(max_pixels: int) -> ImageRejected:
-    # the size itself is left out: it differs per post, and the reason groups failures
-    return ImageRejected(f"image over the {max_pixels} pixel limit (download.max_pixels)")
 
 
 def oriented_size(img: Image.Image) -> tuple[int, int]:
@@ -211,7 +158,7 @@ def fit_encoded(data: bytes, locate: Callable[[int, int], Placement], opts: Opti
     (oriented) size, encode. libvips reads JPEG, PNG, WebP and GIF; other formats, and
     everything when `opts.library` is "pillow", go through Pillow."""
     if opts.library == "pyvips":
-        from kohaku import resize_vips  # loads libvips only when it is used
+        from kohaku.download import resize_vips  # loads libvips only when it is used
 
         img = resize_vips.open_checked(data, opts.max_pixels)
         if img is not None:

@@ -2,7 +2,7 @@
 
 Reads: a shard of the sample stage's posts (id, md5, file_ext, file_url; `caption` when
 sidecars are asked for) and each post's image bytes, over HTTP (`kohaku.fetch`) or from a
-local folder or tar shards (`kohaku.local_source`, entries joined onto the posts).
+local folder or tar shards (`kohaku.download.sources`, entries joined onto the posts).
 Writes `<out>/images/<id % 1000:03d>/<id>.<format>` (and `<id>.txt`, the caption, for
 kohya-style trainers), each file atomically (temporary name, then rename); appends each
 finished post to a journal (JSON lines) so a killed shard resumes where it stopped; returns
@@ -23,15 +23,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kohaku.buckets import Bucket, BucketConfig, bucket_set, place
-from kohaku.fetch import FetchConfig, Fetcher, fetch_policy
-from kohaku.local_source import LocalReader
-from kohaku.resize import Format, ImageRejected, Library, Options, fit_encoded
+from kohaku.download.config import DownloadConfig
+from kohaku.download.placement import Bucket, bucket_set, place
+from kohaku.download.reasons import ImageRejected
+from kohaku.download.resize import Options, fit_encoded
+from kohaku.download.sources import LocalReader
+from kohaku.fetch import Fetcher
 from kohaku.stage import atomic_write_bytes
 
 LEDGER_SCHEMA = {
@@ -40,57 +41,6 @@ LEDGER_SCHEMA = {
     "orig_w": pl.Int32, "orig_h": pl.Int32, "bucket_w": pl.Int32, "bucket_h": pl.Int32,
     "resized_w": pl.Int32, "resized_h": pl.Int32, "crop_left": pl.Int32, "crop_top": pl.Int32,
 }  # fmt: skip
-SourceKind = Literal["http", "folder", "tar"]
-# the download's own HTTP defaults (FetchConfig's), which `[download.fetch]` overrides
-# field by field
-DOWNLOAD_FETCH = FetchConfig()
-DownloadFetch = fetch_policy(DOWNLOAD_FETCH)
-
-
-class DownloadConfig(BaseModel):
-    """Where images come from and how they are checked and resized."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    source: SourceKind = Field(
-        "http", description="http (each post's file_url or url_template), folder "
-        "(<id>.<ext> files under source_path) or tar (data-NNNN.tar shards in source_path)",
-    )  # fmt: skip
-    source_path: Path | None = Field(None, description="the folder for folder and tar sources")
-    fetch: DownloadFetch = Field(
-        DOWNLOAD_FETCH, description="HTTP policy; fields not given keep these defaults"
-    )
-    url_template: str | None = Field(
-        None, description="URL from {id}, {md5}, {md5_a} (md5[0:2]), {md5_b} (md5[2:4]), "
-        "{ext}; empty = each post's file_url",
-    )  # fmt: skip
-    threads: int = Field(8, ge=1, description="posts in flight per shard")
-    verify_md5: bool = Field(
-        True, description="refuse files whose md5 differs from the metadata (checked when the "
-        "file is the original: HTTP, or a local file in the metadata's format)",
-    )  # fmt: skip
-    max_pixels: int = Field(100_000_000, ge=1, description="larger images are refused")
-    jpeg_draft: bool = Field(True, description="decode big JPEGs at a reduced DCT scale that "
-                             "still covers twice the target size (faster; Lanczos then keeps "
-                             "the detail a draft at the target size loses)")  # fmt: skip
-    resize_library: Library = Field(
-        "pyvips", description="decode + resize with pyvips (libvips: 2.5x less CPU than "
-        "Pillow at the same quality; JPEG, PNG, WebP and GIF, other formats go through "
-        "Pillow) or pillow (everything through Pillow); both Lanczos-3, same geometry",
-    )  # fmt: skip
-    image_format: Format = Field("webp", description="output format: webp, jpeg or png")
-    quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
-    background: tuple[int, int, int] = Field((255, 255, 255), description="alpha flattened onto")
-    sidecars: bool = Field(False, description="also write <id>.txt (the tag stage's caption) "
-                           "next to each image, for kohya-style trainers")  # fmt: skip
-    buckets: BucketConfig = Field(BucketConfig(), description="aspect-ratio buckets")
-
-    @model_validator(mode="after")
-    def _check_source(self) -> DownloadConfig:
-        if self.source == "http" and self.source_path is not None:
-            raise ValueError("source_path is only for source = 'folder' or 'tar'")
-        if self.source != "http" and self.source_path is None:
-            raise ValueError(f"source = {self.source!r} needs source_path (the folder)")
-        return self
 
 
 def post_url(post: dict[str, Any], cfg: DownloadConfig) -> str | None:
@@ -166,7 +116,7 @@ def download_shard(
     progress: Callable[[int], None] | None = None,
 ) -> pl.DataFrame:
     """Process every post of the shard not already done; returns the whole ledger.
-    For local sources `posts` carries the chosen index entry (`kohaku.local_source`)."""
+    For local sources `posts` carries the chosen index entry (`kohaku.download.sources`)."""
     done = _still_done(previous, out_dir, cfg)
     todo = posts.filter(~pl.col("id").is_in(done["id"].implode()))
     if progress is not None and done.height:

@@ -1,9 +1,10 @@
-"""Aspect-ratio buckets (pure functions).
+"""Aspect-ratio buckets (pure functions): where the download stage fits each image.
 
 Reads nothing and writes nothing: it turns a bucket config into a bucket set, picks the
 bucket of closest aspect ratio for an image size, and computes the resize and centre
 crop that fit the image into it. SDXL conditions on the original size and the crop's
-top-left corner, so both are part of the result (`Placement`).
+top-left corner, so both are part of the result (`Placement`). The placement is made once,
+as the image is resized (`shard`); the buckets stage gathers the placements from the ledgers.
 """
 
 from __future__ import annotations
@@ -12,31 +13,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-
-class BucketConfig(BaseModel):
-    """The bucket set: sides in steps of `step` between `min_side` and `max_side`, with
-    about `area` pixels each."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    area: int = Field(1024 * 1024, ge=64 * 64, description="target pixels per bucket")
-    min_side: int = Field(256, ge=8, description="smallest bucket side")
-    max_side: int = Field(4096, ge=8, description="largest bucket side")
-    step: int = Field(64, ge=8, description="bucket sides are multiples of this")
-    upscale: bool = Field(False, description="enlarge images smaller than their bucket")
-
-    @model_validator(mode="after")
-    def _check(self) -> BucketConfig:
-        if self.min_side > self.max_side:
-            raise ValueError(f"min_side {self.min_side} is larger than max_side {self.max_side}")
-        for name in ("min_side", "max_side"):
-            if getattr(self, name) % self.step:
-                raise ValueError(f"{name} {getattr(self, name)} is not a multiple of step")
-        if self.min_side * self.min_side > self.area or self.max_side * self.max_side < self.area:
-            raise ValueError(f"area {self.area} cannot be reached with sides in "
-                             f"[{self.min_side}, {self.max_side}]")  # fmt: skip
-        return self
+from kohaku.download.config import BucketConfig
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Reads nothing and writes nothing: `open_checked` reads only the header of image 
 and refuses images over the pixel limit before any pixel is decoded, `load_rgb` decodes
 the whole file into memory (a truncated or corrupt file fails there), applies the EXIF
 orientation and turns palette / CMYK / 16-bit / grey / alpha into 8-bit RGB as
-`kohaku.resize` (Pillow) does, `fit` resamples (Lanczos-3) only the part of the image
+`kohaku.download.resize` (Pillow) does, `fit` resamples (Lanczos-3) only the part of the image
 that survives the bucket's centre crop. libvips decodes + resizes the benchmark's JPEGs
 in 47 CPU ms against Pillow's 118 at the same quality (bench/README.md, resize_libs.py).
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import pyvips
 
-from kohaku.buckets import Placement
-from kohaku.resize import over_limit, unreadable
+from kohaku.download.placement import Placement
+from kohaku.download.reasons import over_limit, unreadable
 
 LOADERS = {"jpegload_buffer": "JPEG", "pngload_buffer": "PNG", "webpload_buffer": "WebP",
            "gifload_buffer": "GIF"}  # fmt: skip

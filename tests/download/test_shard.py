@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from kohaku.download import DownloadConfig, download_shard, image_path, post_url
+from kohaku.download.config import DownloadConfig
+from kohaku.download.shard import download_shard, image_path, post_url
 from kohaku.fetch import FetchConfig
 from tests.fetch.server import Server
 
