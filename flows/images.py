@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from flows.params import config_from, config_parser, documented, resolve
 from flows.report import StageFailed, finished
-from kohaku.buckets_stage import OUTPUTS, histogram_markdown
+from kohaku.buckets import OUTPUTS, histogram_markdown
 from kohaku.cli.common import one_line_errors
 from kohaku.config import RunConfig
 from kohaku.download.run import post_count, shard_count

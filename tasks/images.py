@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from kohaku.buckets_stage import BUCKETS_VERSION, run_buckets
+from kohaku.buckets.run import BUCKETS_VERSION, run_buckets
 from kohaku.download.config import DownloadConfig
 from kohaku.download.run import (
     DOWNLOAD_VERSION,

@@ -12,7 +12,7 @@ DATA_MODULES = [
     "kohaku.cli", "kohaku.config", "kohaku.demo", "kohaku.stage", "kohaku.synth",
     "kohaku.download.placement", "kohaku.download.resize", "kohaku.download.resize_vips",
     "kohaku.fetch", "kohaku.download.shard", "kohaku.download.run", "kohaku.download.sources",
-    "kohaku.download.reasons", "kohaku.download.config", "kohaku.buckets_stage",
+    "kohaku.download.reasons", "kohaku.download.config", "kohaku.buckets.run",
     "kohaku.evaluate.config", "kohaku.evaluate.prompts", "kohaku.evaluate.report",
     "kohaku.sample", "kohaku.sample.run", "kohaku.tagging", "kohaku.tagging.run",
     "kohaku.metadata.store", "kohaku.metadata.sync",

@@ -59,7 +59,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_buckets(args: argparse.Namespace) -> None:
-    from kohaku.buckets_stage import run_buckets
+    from kohaku.buckets.run import run_buckets
 
     cfg = load(args, "buckets")
     report(run_buckets(cfg.run_dir), cfg.run_dir / "buckets")

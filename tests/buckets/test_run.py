@@ -10,15 +10,11 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from kohaku.buckets_stage import (
-    PNG_SIZE,
-    histogram_markdown,
-    histogram_png,
-    run_buckets,
-)
+from kohaku.buckets.histogram import PNG_SIZE, histogram_markdown, histogram_png
+from kohaku.buckets.run import run_buckets
+from kohaku.download import LEDGER_SCHEMA
 from kohaku.download.config import BucketConfig
 from kohaku.download.placement import bucket_set, place
-from kohaku.download.shard import LEDGER_SCHEMA
 from kohaku.errors import InputError
 from kohaku.stage import build_stage, read_manifest, write_manifest
 
