@@ -25,7 +25,7 @@ from kohaku.download.config import DownloadConfig
 from kohaku.errors import ConfigError, explain
 from kohaku.evaluate.config import EvaluateConfig
 from kohaku.sample.config import SampleConfig
-from kohaku.tagging.config import TagConfig
+from kohaku.tag.config import TagConfig
 from kohaku.train.config import TrainConfig
 
 # a preset is `kohaku/presets/<name>.toml`; epsilon-rev2 also sets [train] (so a config

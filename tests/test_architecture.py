@@ -14,7 +14,7 @@ DATA_MODULES = [
     "kohaku.fetch", "kohaku.download.shard", "kohaku.download.run", "kohaku.download.sources",
     "kohaku.download.reasons", "kohaku.download.config", "kohaku.buckets.run",
     "kohaku.evaluate.config", "kohaku.evaluate.prompts", "kohaku.evaluate.report",
-    "kohaku.sample", "kohaku.sample.run", "kohaku.tagging", "kohaku.tagging.run",
+    "kohaku.sample", "kohaku.sample.run", "kohaku.tag", "kohaku.tag.run",
     "kohaku.metadata.store", "kohaku.metadata.sync",
 ]  # fmt: skip
 

@@ -43,7 +43,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_tag(args: argparse.Namespace) -> None:
-    from kohaku.tagging import run_tag
+    from kohaku.tag import run_tag
 
     cfg = load(args, "tag")
     manifest = run_tag(cfg.tag, cfg.run_dir, batch_posts=cfg.resources.tag_batch_posts)

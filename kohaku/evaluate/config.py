@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kohaku.tagging.config import Layout
+from kohaku.tag.config import Layout
 from kohaku.train.config import DEFAULT_MAX_TOKENS, MAX_TOKENS_LIMIT, MaxTokens, ModelConfig
 
 Checkpoints = Literal["final", "all"] | list[int]

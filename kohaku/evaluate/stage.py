@@ -62,7 +62,7 @@ from kohaku.stage import (
     read_manifest,
     sha256_bytes,
 )
-from kohaku.tagging.captions import as_strings
+from kohaku.tag.captions import as_strings
 from kohaku.train.model import ModelSource, check_model
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 captions, and the tensors of one batch.
 
 Reads `<run>/buckets/manifest.parquet` (id, run-relative path, original size, bucket, crop),
-`<run>/tag/captions.parquet` (the tag groups; `kohaku.tagging.captions.lay_out` derives the
+`<run>/tag/captions.parquet` (the tag groups; `kohaku.tag.captions.lay_out` derives the
 head/body/tail lists; `text`, the natural-language captions, when the tag stage joined any)
 and the images under `<run>/download/images/`, which the download stage already resized and
 cropped to their bucket (`kohaku.train.images` decodes them; a batch carries them as uint8,
@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from kohaku.errors import ConfigError, InputError
-from kohaku.tagging.captions import LAYOUTS, lay_out
+from kohaku.tag.captions import LAYOUTS, lay_out
 from kohaku.train.config import CaptionConfig, CaptionKind
 from kohaku.train.images import read_batch
 from kohaku.train.tokens import TagBudget

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from kohaku.errors import ConfigError, InputError
-from kohaku.tagging.captions import lay_out
+from kohaku.tag.captions import lay_out
 from kohaku.train.data import (
     PARTS,
     Batch,

@@ -4,7 +4,7 @@ tags and Florence-2 captions).
 Reads `tag.text_captions`: a parquet file, or JSON lines (`.jsonl`, `.ndjson`, `.json`), with
 an integer `id` (the danbooru post id) and a string `text` column, one row per post; other
 columns are ignored. The public danbooru2023 Florence-2 caption sets are parquet files of
-this shape (one caption per post id). Writes nothing: `kohaku.tagging.run` joins the texts
+this shape (one caption per post id). Writes nothing: `kohaku.tag.run` joins the texts
 onto the captions (`text`, null for a post without one).
 
 Every check runs before the tag stage reads anything else, so a bad file is one clear error:

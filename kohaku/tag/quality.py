@@ -21,7 +21,7 @@ import polars as pl
 
 from kohaku.errors import ConfigError, InputError
 from kohaku.sample.config import RATINGS
-from kohaku.tagging.config import QualityConfig
+from kohaku.tag.config import QualityConfig
 
 # the value compared with the thresholds: `rating_decay` compares the decayed fav_count
 VALUE = {"rating": "fav_count", "rating_year": "fav_count", "rating_decay": "score"}

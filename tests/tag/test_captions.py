@@ -6,7 +6,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from kohaku.tagging.captions import (
+from kohaku.tag.captions import (
     date_tag_expr,
     group_tags,
     lay_out,
@@ -14,9 +14,9 @@ from kohaku.tagging.captions import (
     tag_dictionary,
     tag_text,
 )
-from kohaku.tagging.config import TagConfig
-from kohaku.tagging.run import build_captions
-from tests.tagging.stage_files import write_sample_stage
+from kohaku.tag.config import TagConfig
+from kohaku.tag.run import build_captions
+from tests.tag.stage_files import write_sample_stage
 
 GENERAL, ARTIST, CHARACTER, COPYRIGHT, META = range(5)
 

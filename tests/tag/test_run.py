@@ -15,11 +15,11 @@ from kohaku.config import preset_dict
 from kohaku.errors import ConfigError, InputError
 from kohaku.sample import SampleConfig, run_sample
 from kohaku.stage import read_manifest
-from kohaku.tagging import TAG_VERSION, TagConfig, run_tag
-from kohaku.tagging.captions import lay_out
-from kohaku.tagging.quality import year_spans
+from kohaku.tag import TAG_VERSION, TagConfig, run_tag
+from kohaku.tag.captions import lay_out
+from kohaku.tag.quality import year_spans
 from tests.sample.reference import Metadata, read_metadata
-from tests.tagging.stage_files import write_sample_stage
+from tests.tag.stage_files import write_sample_stage
 
 PERCENTILES = [95, 85, 75, 50, 25, 10]
 QUALITY = [

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from kohaku.errors import ConfigError, InputError
-from kohaku.tagging.config import QUALITY_TAGS, QualityConfig
-from kohaku.tagging.quality import (
+from kohaku.tag.config import QUALITY_TAGS, QualityConfig
+from kohaku.tag.quality import (
     add_quality,
     compute_thresholds,
     report,

@@ -1,7 +1,7 @@
 """Run the tag stage.
 
 Reads `<run>/sample/` (posts, post_tags, tags, fav_hist parquet and its manifest) and, when
-`tag.text_captions` names one, a natural-language caption file (`kohaku.tagging.texts`).
+`tag.text_captions` names one, a natural-language caption file (`kohaku.tag.texts`).
 Writes `<run>/tag/captions.parquet` (id, caption, the tag groups, from which `lay_out`
 derives the head/body/tail lists the trainer shuffles and drops per step, and `text`: the
 post's natural-language caption or null) and `manifest.json` (with, when a text file is
@@ -28,9 +28,9 @@ from kohaku.stage import (
     reusable,
     write_manifest,
 )
-from kohaku.tagging import captions, quality
-from kohaku.tagging.config import TagConfig
-from kohaku.tagging.texts import TextSource, join_texts, open_text_source
+from kohaku.tag import captions, quality
+from kohaku.tag.config import TagConfig
+from kohaku.tag.texts import TextSource, join_texts, open_text_source
 
 log = logging.getLogger(__name__)
 TAG_VERSION = "2"  # 2: captions.parquet has a `text` column (issue 14)

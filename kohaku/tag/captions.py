@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from kohaku.sample.config import RATINGS
-from kohaku.tagging.config import TagConfig
+from kohaku.tag.config import TagConfig
 
 GROUPS = ["count", "character", "copyright", "artist", "general", "meta"]
 GROUP_CODES = {g: i for i, g in enumerate(GROUPS)}

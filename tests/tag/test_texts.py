@@ -14,9 +14,9 @@ import pytest
 from kohaku.errors import InputError
 from kohaku.sample import SampleConfig, run_sample
 from kohaku.stage import read_manifest
-from kohaku.tagging import TagConfig, run_tag
-from kohaku.tagging.texts import open_text_source
-from tests.tagging.stage_files import write_sample_stage
+from kohaku.tag import TagConfig, run_tag
+from kohaku.tag.texts import open_text_source
+from tests.tag.stage_files import write_sample_stage
 
 POSTS = [
     {"id": i, "created_at": "2019-03-01T00:00:00+00:00", "rating": 0, "fav_count": i}

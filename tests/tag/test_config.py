@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from kohaku.config import load_config
 from kohaku.errors import ConfigError
-from kohaku.tagging.config import QUALITY_TAGS, QualityConfig, TagConfig
+from kohaku.tag.config import QUALITY_TAGS, QualityConfig, TagConfig
 
 
 def test_defaults_are_the_recipe() -> None:
