@@ -23,7 +23,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_export_parquet(args: argparse.Namespace) -> None:
-    from kohaku.sample.export import export_parquet
+    from kohaku.metadata.export import export_parquet
 
     summary = export_parquet(args.source, args.out, threads=args.threads,
                              memory_limit=args.memory_limit)  # fmt: skip

@@ -19,8 +19,8 @@ import duckdb
 from kohaku.errors import ConfigError
 from kohaku.metadata.config import SyncConfig
 from kohaku.metadata.snapshot import PartFile, Snapshot, read_info
+from kohaku.metadata.source import API_CATEGORIES, connect
 from kohaku.metadata.store import new_snapshot, write_part
-from kohaku.sample.source import API_CATEGORIES, connect
 
 API_COLUMNS = {
     "id": "BIGINT", "created_at": "VARCHAR", "updated_at": "VARCHAR", "md5": "VARCHAR",

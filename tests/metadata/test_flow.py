@@ -8,8 +8,8 @@ from pathlib import Path
 from prefect import flow
 
 from kohaku.metadata import snapshot
-from tests.sync.conftest import sync_config
-from tests.sync.fake_danbooru import FakeDanbooru
+from tests.metadata.conftest import sync_config
+from tests.metadata.fake_danbooru import FakeDanbooru
 
 
 @flow(name="rebuild-probe")

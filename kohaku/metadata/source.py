@@ -18,7 +18,6 @@ import duckdb
 
 from kohaku.errors import InputError
 from kohaku.metadata import snapshot as store_snapshot
-from kohaku.sample.config import SampleConfig
 
 POST_COLUMNS = (
     "id", "created_at", "md5", "is_deleted", "is_banned", "image_width", "image_height",
@@ -54,20 +53,24 @@ def connect(
     return con
 
 
-def detect_format(cfg: SampleConfig) -> Source:
-    path = Path(cfg.source).expanduser()
+def detect_format(
+    source: Path | str, source_format: str = "auto", snapshot: str = "latest"
+) -> Source:
+    """The source at `source` (`sample.source`, whose fields the messages name): its format,
+    given or guessed, and for a metadata store the resolved snapshot id."""
+    path = Path(source).expanduser()
     if not path.exists():
         raise InputError(
             f"sample.source {path} does not exist: point it at the danbooru2023 "
             "SQLite file, a parquet export folder or a folder of /posts.json pages"
         )
-    fmt = cfg.source_format
+    fmt = source_format
     if fmt == "auto":
         fmt = _guess_format(path)
     if fmt == "store":
-        return Source(path, fmt, store_snapshot.resolve_id(path, cfg.snapshot))
-    if cfg.snapshot != "latest":
-        raise InputError(f"sample.snapshot {cfg.snapshot!r} needs a metadata store as "
+        return Source(path, fmt, store_snapshot.resolve_id(path, snapshot))
+    if snapshot != "latest":
+        raise InputError(f"sample.snapshot {snapshot!r} needs a metadata store as "
                          f"sample.source, not {fmt} ({path})")  # fmt: skip
     return Source(path=path, format=fmt)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from kohaku.metadata import snapshot
 from kohaku.metadata.sync import sync_metadata
-from tests.sync.conftest import sync_config
-from tests.sync.fake_danbooru import FakeDanbooru
+from tests.metadata.conftest import sync_config
+from tests.metadata.fake_danbooru import FakeDanbooru
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ import polars as pl
 from kohaku.metadata import snapshot
 from kohaku.metadata.sync import sync_metadata
 from kohaku.sample import SampleConfig, run_sample
-from tests.sync.conftest import OLD_MAX, named_tags, posts_of, sync_config
-from tests.sync.fake_danbooru import FakeDanbooru
+from tests.metadata.conftest import OLD_MAX, named_tags, posts_of, sync_config
+from tests.metadata.fake_danbooru import FakeDanbooru
 
 
 def test_every_new_post_arrives_once_and_matches_a_fresh_import(

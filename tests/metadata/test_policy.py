@@ -15,8 +15,8 @@ import pytest
 from kohaku.metadata import snapshot
 from kohaku.metadata.config import API_FETCH, load_sync_config
 from kohaku.metadata.sync import SyncError, sync_metadata
-from tests.sync.conftest import OLD_MAX
-from tests.sync.fake_danbooru import FakeDanbooru
+from tests.metadata.conftest import OLD_MAX
+from tests.metadata.fake_danbooru import FakeDanbooru
 
 LOGIN, KEY, WRONG = "kohaku-bot", "right-secret-456", "wrong-secret-123"
 

@@ -72,7 +72,7 @@ def test_import_of_api_pages_and_parquet_gives_the_same_store(
     store: Path, synth_db: Path, tmp_path: Path
 ) -> None:
     from kohaku.api_pages import write_api_pages
-    from kohaku.sample.export import export_parquet
+    from kohaku.metadata.export import export_parquet
 
     write_api_pages(synth_db, tmp_path / "pages")
     export_parquet(synth_db, tmp_path / "parquet")

@@ -1,6 +1,6 @@
 """Export danbooru metadata to a parquet folder that the sample stage reads fast.
 
-Reads: any source `kohaku.sample.source` opens (SQLite, parquet, /posts.json pages).
+Reads: any source `kohaku.metadata.source` opens (SQLite, parquet, /posts.json pages).
 Writes: `<out>/post.parquet`, `<out>/tag.parquet`, `<out>/posttagrelation.parquet`
 (relations sorted by post_id, then id) and `<out>/export.json`, built in a temporary
 sibling folder and renamed into place.
@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 from kohaku.errors import ConfigError
-from kohaku.sample.config import SampleConfig
-from kohaku.sample.source import connect, detect_format, open_source
+from kohaku.metadata.source import connect, detect_format, open_source
 from kohaku.stage import atomic_path, fingerprint, library_versions
 
 TABLES = {
@@ -35,7 +34,7 @@ def export_parquet(
     out = Path(out)
     if out.exists():
         raise ConfigError(f"{out} already exists; remove it or choose another folder")
-    src = detect_format(SampleConfig(source=source))
+    src = detect_format(source)
     con = connect(threads=threads, memory_limit=memory_limit)
     open_source(con, src)
     with atomic_path(out) as tmp:

@@ -13,8 +13,8 @@ from kohaku.errors import ConfigError, InputError
 from kohaku.metadata import snapshot
 from kohaku.metadata.config import SyncConfig
 from kohaku.metadata.sync import SyncError, sync_metadata
-from tests.sync.conftest import sync_config
-from tests.sync.fake_danbooru import FakeDanbooru
+from tests.metadata.conftest import sync_config
+from tests.metadata.fake_danbooru import FakeDanbooru
 
 CREDENTIALS = {"login_env": "KOHAKU_TEST_LOGIN", "api_key_env": "KOHAKU_TEST_API_KEY"}
 
