@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from kohaku.config import load_config
+from kohaku.demo.synth import generate_danbooru_db
 from kohaku.sample import run_sample
-from kohaku.synth import generate_danbooru_db
 from kohaku.tag import run_tag
 
 OUT = Path(__file__).resolve().parent / "out"

@@ -35,13 +35,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_dataset import OUT, ensure_db  # noqa: E402
 
-from kohaku.api_pages import _api_post, _page_tags, write_api_pages  # noqa: E402
+from kohaku.demo.api_pages import _api_post, _page_tags, write_api_pages  # noqa: E402
+from kohaku.demo.synth import POST_COLUMNS, generate_danbooru_db  # noqa: E402
 from kohaku.fetch import FetchConfig  # noqa: E402
 from kohaku.metadata import snapshot  # noqa: E402
 from kohaku.metadata.config import SyncConfig  # noqa: E402
 from kohaku.metadata.store import import_metadata  # noqa: E402
 from kohaku.metadata.sync import sync_metadata  # noqa: E402
-from kohaku.synth import POST_COLUMNS, generate_danbooru_db  # noqa: E402
 from tests.metadata.fake_danbooru import FakeDanbooru  # noqa: E402
 
 

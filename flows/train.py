@@ -12,9 +12,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.params import config_from, config_parser, documented, resolve
 from flows.report import finished
-from kohaku.charts import loss_chart_markdown
 from kohaku.cli.common import one_line_errors
 from kohaku.config import RunConfig, stage_section
+from kohaku.ops.charts import loss_chart_markdown
 from kohaku.stage import FileFingerprint, fingerprint
 from tasks.policy import for_run, inputs_of
 from tasks.train import train_task

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_MODULES = [
-    "kohaku.cli", "kohaku.config", "kohaku.demo", "kohaku.stage", "kohaku.synth",
+    "kohaku.cli", "kohaku.config", "kohaku.demo.run", "kohaku.stage", "kohaku.demo.synth",
     "kohaku.download.placement", "kohaku.download.resize", "kohaku.download.resize_vips",
     "kohaku.fetch", "kohaku.download.shard", "kohaku.download.run", "kohaku.download.sources",
     "kohaku.download.reasons", "kohaku.download.config", "kohaku.buckets.run",

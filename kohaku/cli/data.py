@@ -12,8 +12,8 @@ from kohaku.cli.common import config_args, load, report
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from kohaku.api_pages import write_api_pages
-    from kohaku.synth import generate_danbooru_db
+    from kohaku.demo.api_pages import write_api_pages
+    from kohaku.demo.synth import generate_danbooru_db
 
     summary = generate_danbooru_db(args.out, args.posts, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {summary.posts} posts, {summary.relations} tag rows to {summary.path}")

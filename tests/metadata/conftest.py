@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from kohaku.api_pages import write_api_pages
+from kohaku.demo.api_pages import write_api_pages
 from kohaku.fetch import FetchConfig
 from kohaku.metadata import snapshot
 from kohaku.metadata.config import SyncConfig

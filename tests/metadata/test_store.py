@@ -71,7 +71,7 @@ def test_import_refuses_a_store_with_snapshots(store: Path, synth_db: Path) -> N
 def test_import_of_api_pages_and_parquet_gives_the_same_store(
     store: Path, synth_db: Path, tmp_path: Path
 ) -> None:
-    from kohaku.api_pages import write_api_pages
+    from kohaku.demo.api_pages import write_api_pages
     from kohaku.metadata.export import export_parquet
 
     write_api_pages(synth_db, tmp_path / "pages")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from kohaku.config import load_config
-from kohaku.demo import DEMO_URL_KEY
-from kohaku.demo_images import ImageServer, stamp_md5s
-from kohaku.synth import generate_danbooru_db
+from kohaku.demo.images import ImageServer, stamp_md5s
+from kohaku.demo.run import DEMO_URL_KEY
+from kohaku.demo.synth import generate_danbooru_db
 from tests.ops.conftest import DATA_ONLY
 from tests.ops.flowruns import executions
 

@@ -164,10 +164,10 @@ def test_synthetic_db_in_batches(sampled: Path, tmp_path: Path, batch_posts: int
 
 
 def test_the_demo_texts_join_for_two_posts_in_three(sampled: Path, synth_db: Path, tmp_path):
-    """kohaku/demo.py's caption file: template sentences for the posts whose id is not a
+    """kohaku/demo/run.py's caption file: template sentences for the posts whose id is not a
     multiple of 3, a valid text file; the demo config joins it and draws texts."""
     from kohaku.config import load_config
-    from kohaku.demo import DEMO_TOML, write_demo_texts
+    from kohaku.demo.run import DEMO_TOML, write_demo_texts
 
     path = tmp_path / "metadata" / "captions.jsonl"
     path.parent.mkdir()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kohaku.demo import stage_summary
+from kohaku.demo.run import stage_summary
 from kohaku.stage import MANIFEST, Manifest
 
 

@@ -2,7 +2,7 @@
 the closing summary of what the run made.
 
 Writes `<dir>/metadata/danbooru.db` (once; md5s stamped from the demo pictures that
-`kohaku.demo_images.ImageServer` serves), `<dir>/metadata/captions.jsonl` (once: template
+`kohaku.demo.images.ImageServer` serves), `<dir>/metadata/captions.jsonl` (once: template
 natural-language captions for two posts in three, from their tags), `<dir>/model/` (a
 tiny SDXL built in code, once; the libraries' lines in `<dir>/run/logs/demo.log`) and
 `<dir>/demo.toml`. The image server's URL is only known once it runs, so it is passed
@@ -16,10 +16,10 @@ import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
-from kohaku.demo_images import stamp_md5s
+from kohaku.demo.images import stamp_md5s
+from kohaku.demo.synth import generate_danbooru_db
 from kohaku.logs import library_logs
 from kohaku.stage import atomic_path, read_manifest
-from kohaku.synth import generate_danbooru_db
 
 DEMO_URL_KEY = "download.url_template"
 
@@ -44,7 +44,7 @@ start = {split}
 count = "all"
 
 [tag]
-# template sentences from the tags for two posts in three (kohaku/demo.py); the others have
+# template sentences from the tags for two posts in three (kohaku/demo/run.py); the others have
 # no text and train on their tags (the tag manifest's texts.without_text)
 text_captions = "metadata/captions.jsonl"
 

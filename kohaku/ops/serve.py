@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]  # where `flows`, `tasks`, `deployments` live
+ROOT = Path(__file__).resolve().parents[2]  # where `flows`, `tasks`, `deployments` live
 
 
 def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:

@@ -12,14 +12,14 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from kohaku.stage import atomic_path
-from kohaku.synth import (
+from kohaku.demo.synth import (
     API_KEYS,
     BOOL_COLUMNS,
     CATEGORY_NAMES,
     POST_COLUMNS,
     RATING_LETTERS,
 )
+from kohaku.stage import atomic_path
 
 log = logging.getLogger(__name__)
 

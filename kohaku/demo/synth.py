@@ -5,7 +5,7 @@ see ``kohaku/data/SOURCES.md``).
 Writes: ``generate_danbooru_db`` writes one SQLite file with exactly the danbooru2023 schema
 (tables ``post``, ``tag``, ``posttagrelation``, empty ``localpost``) whose rows are random but
 realistic and a pure function of ``(n_posts, seed, max_id)``, atomically (a temporary file
-next to the target, then ``os.replace``). ``kohaku.api_pages`` turns such a database into
+next to the target, then ``os.replace``). ``kohaku.demo.api_pages`` turns such a database into
 danbooru ``/posts.json`` pages.
 """
 
@@ -28,7 +28,7 @@ from kohaku.stage import atomic_path
 
 log = logging.getLogger(__name__)
 
-TAGS_CSV = Path(__file__).parent / "data" / "danbooru_tags.csv.gz"
+TAGS_CSV = Path(__file__).parents[1] / "data" / "danbooru_tags.csv.gz"
 # danbooru API tag category -> danbooru2023 DB tag.type (0 gen, 1 artist, 2 char, 3 copy, 4 meta)
 DANBOORU_TO_SCHEMA = {0: 0, 1: 1, 3: 3, 4: 2, 5: 4}
 GENERAL, ARTIST, CHARACTER, COPYRIGHT, META = range(5)

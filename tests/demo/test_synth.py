@@ -1,4 +1,4 @@
-"""Tests of kohaku.synth: synthetic danbooru2023 databases and /posts.json pages from them."""
+"""Tests of kohaku.demo.synth: synthetic danbooru2023 databases and /posts.json pages from them."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kohaku.api_pages import write_api_pages
-from kohaku.synth import SynthSummary, generate_danbooru_db
+from kohaku.demo.api_pages import write_api_pages
+from kohaku.demo.synth import SynthSummary, generate_danbooru_db
 
 N_POSTS = 3000
 # The danbooru2023 schema (shared danbooru_schema.md): (column, declared type) in table order.

@@ -10,8 +10,8 @@ import sqlite3
 import httpx
 from PIL import Image
 
-from kohaku.demo_images import LONG_SIDE, ImageServer, picture, stamp_md5s
-from kohaku.synth import generate_danbooru_db
+from kohaku.demo.images import LONG_SIDE, ImageServer, picture, stamp_md5s
+from kohaku.demo.synth import generate_danbooru_db
 
 
 def test_served_pictures_match_the_stamped_md5s(tmp_path):
