@@ -406,7 +406,7 @@ def main() -> None:
     if "share" in args.parts:
         bench_share(args.share_posts)
     if "tiny" in args.parts:
-        from kohaku.train.tiny import write_tiny_sdxl
+        from kohaku.sdxl.tiny import write_tiny_sdxl
 
         model = OUT / "tiny-sdxl"
         if not (model / "model_index.json").is_file():

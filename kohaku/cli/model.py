@@ -61,9 +61,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     must_exist(args.lokr, "LoKr file")
     if args.base_lokr is not None:
         must_exist(args.base_lokr, "base LoKr file")
+    from kohaku.sdxl.model import check_model
     from kohaku.train.config import ModelConfig
     from kohaku.train.export import export_merged
-    from kohaku.train.model import check_model
 
     source = check_model(ModelConfig(path=args.base, config_dir=args.config_dir,
                                      allow_pickle=args.allow_pickle, lokr=args.base_lokr,

@@ -127,7 +127,7 @@ def prepare_demo(root: Path, posts: int = 3000, seed: int = 0) -> Path:
     model = root / "model"
     if not (model / "model_index.json").is_file():
         with library_logs(root / "run" / "logs" / "demo.log"):
-            from kohaku.train.tiny import write_tiny_sdxl
+            from kohaku.sdxl.tiny import write_tiny_sdxl
 
             write_tiny_sdxl(model, seed=seed)
     max_id = round(posts * 1.1)

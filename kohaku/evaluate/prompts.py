@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from kohaku.tag.captions import LAYOUTS, lay_out
+from kohaku.tag import LAYOUTS, lay_out
 from kohaku.tag.config import QUALITY_TAGS
 
 PROMPT_SET_VERSION = "1"  # bump when the same captions and config give other prompts

@@ -50,6 +50,7 @@ from kohaku.evaluate.prompts import CAPTION_COLUMNS, PromptSet, build_prompt_set
 from kohaku.evaluate.report import STAGE
 from kohaku.evaluate.scores import Summary
 from kohaku.evaluate.scoring import Scorers, bucket_images, score_pictures
+from kohaku.sdxl.model import ModelSource, check_model
 from kohaku.stage import (
     MANIFEST,
     Manifest,
@@ -62,8 +63,7 @@ from kohaku.stage import (
     read_manifest,
     sha256_bytes,
 )
-from kohaku.tag.captions import as_strings
-from kohaku.train.model import ModelSource, check_model
+from kohaku.tag import as_strings
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (checkpoint label, pictures done, total)

@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from kohaku.errors import ConfigError, InputError
-from kohaku.tag.captions import LAYOUTS, lay_out
+from kohaku.tag import LAYOUTS, lay_out
 from kohaku.train.config import CaptionConfig, CaptionKind
 from kohaku.train.images import read_batch
 from kohaku.train.tokens import TagBudget

@@ -21,14 +21,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from kohaku.sdxl import lokr
+from kohaku.sdxl.embeddings import read_embeddings, restore_embeddings
+from kohaku.sdxl.model import check_model, load_sdxl, vae_dtype_for
+from kohaku.sdxl.schedule import schedule_source
 from kohaku.train import checkpoint as ckpt
-from kohaku.train import lokr, objective
+from kohaku.train import objective
 from kohaku.train.config import TrainConfig, check_bitsandbytes
 from kohaku.train.data import BucketBatches, DataPosition, TrainBatch, load_items, with_budget
-from kohaku.train.embeddings import read_embeddings, restore_embeddings
 from kohaku.train.latents import LatentCache, cache_latents, latents_from_cache, vae_key
 from kohaku.train.loader import BatchOrder, BatchSource, batch_loader, unit_pixels
-from kohaku.train.model import check_model, load_sdxl, vae_dtype_for
 from kohaku.train.tokens import token_stats
 
 STOPPED = 75  # exit code after a SIGTERM: checkpoint written, run again to resume
@@ -169,7 +171,7 @@ class Trainer:
         precision, the VAE in `vae_dtype_for` it; then the LoKr (fp32 parameters)."""
         cfg = self.cfg.model
         dtype = DTYPES[self.cfg.precision]
-        source = objective.schedule_source(check_model(cfg), self.cfg.loss)  # + base LoKr
+        source = schedule_source(check_model(cfg), self.cfg.loss)  # + base LoKr
         parts = load_sdxl(source, dtype, self.d.device, vae_dtype_for(dtype))
         if cfg.restore_embeddings_from is not None:
             restore_embeddings(parts, read_embeddings(cfg.restore_embeddings_from,

@@ -23,17 +23,17 @@ from pathlib import Path
 import torch
 
 from kohaku.errors import ConfigError, InputError
+from kohaku.sdxl import lokr
+from kohaku.sdxl.embeddings import locate_embeddings
+from kohaku.sdxl.model import ModelSource, check_model
+from kohaku.sdxl.model import meta_models as model_meta_models
+from kohaku.sdxl.schedule import schedule_source
 from kohaku.stage import MANIFEST, Manifest, atomic_write_text, config_hash, library_versions
 from kohaku.stage import read_manifest as read_stage
-from kohaku.train import lokr
 from kohaku.train.config import TRAIN_VERSION, LoaderConfig, TrainConfig
 from kohaku.train.data import BucketBatches, check_texts, load_items
-from kohaku.train.embeddings import locate_embeddings
 from kohaku.train.launch import command, launch
 from kohaku.train.loop import CAPTION_COUNTS, STOPPED
-from kohaku.train.model import ModelSource, check_model
-from kohaku.train.model import meta_models as model_meta_models
-from kohaku.train.objective import schedule_source
 
 STAGE = "train"
 

@@ -66,7 +66,7 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny CLIP (CLIPModel, byte-level BPE tokenizer, image processor)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from kohaku.train.tiny import bpe_vocab, write_tokenizer
+    from kohaku.sdxl.tiny import bpe_vocab, write_tokenizer
 
     vocab = bpe_vocab()
     text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64,
@@ -124,9 +124,9 @@ def write_eval_run(run: Path, model: Path) -> Path:
 def write_train(run: Path, model: Path) -> None:
     from safetensors.torch import save_file
 
-    from kohaku.train import lokr
+    from kohaku.sdxl import lokr
+    from kohaku.sdxl.model import check_model_path, load_sdxl
     from kohaku.train.config import AdapterConfig, ModelConfig, OptimConfig, TrainConfig
-    from kohaku.train.model import check_model_path, load_sdxl
 
     train = run / "train"
     train.mkdir(parents=True, exist_ok=True)

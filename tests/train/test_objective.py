@@ -11,11 +11,12 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from kohaku.train import lokr, objective
+from kohaku.sdxl import lokr
+from kohaku.sdxl.tiny import tiny_unet
+from kohaku.train import objective
 from kohaku.train.config import LossConfig, TrainConfig
 from kohaku.train.launch import command, parse_metrics
 from kohaku.train.loop import Dist, Trainer, build_schedule
-from kohaku.train.tiny import tiny_unet
 from tests.train.rundir import write_training_run
 
 SCHED = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)

@@ -1,4 +1,4 @@
-"""kohaku.train.tokenizers: SDXL's two CLIP tokenizers built offline from the packaged BPE
+"""kohaku.sdxl.tokenizers: SDXL's two CLIP tokenizers built offline from the packaged BPE
 merges give CLIP's token ids. The expected ids were computed by the reference algorithm
 (open_clip 3.3.0 `SimpleTokenizer.encode`, the same BPE file); "a photo of a cat" is the
 id sequence every CLIP tutorial shows."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from kohaku.train.tokenizers import sdxl_tokenizers, tokenizer_spec, tokenizers_from_spec
+from kohaku.sdxl.tokenizers import sdxl_tokenizers, tokenizer_spec, tokenizers_from_spec
 
 SOT, EOT = 49406, 49407
 KNOWN = {

@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from kohaku.train import lokr
-from kohaku.train.tiny import tiny_sdxl_components
+from kohaku.sdxl import lokr
+from kohaku.sdxl.tiny import tiny_sdxl_components
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from kohaku.errors import InputError
-from kohaku.merge.tensors import read_header
-from kohaku.train import layout
-from kohaku.train.layout import PARTS
-from kohaku.train.streaming import check_single_file_suffix, open_tensors, weight_files
+from kohaku.sdxl import layout
+from kohaku.sdxl.layout import PARTS
+from kohaku.sdxl.streaming import check_single_file_suffix, open_tensors, weight_files
+from kohaku.sdxl.tensors import read_header
 
 if TYPE_CHECKING:
-    from kohaku.train.model import SDXLParts
+    from kohaku.sdxl.parts import SDXLParts
 
 TABLES = ("token_embedding", "position_embedding")
 Embeddings = dict[str, dict[str, torch.Tensor]]  # text encoder -> table -> weight

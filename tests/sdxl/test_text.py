@@ -1,4 +1,4 @@
-"""Text conditioning over chunks of 75 tokens (kohaku.train.text) on the tiny SDXL: prompts
+"""Text conditioning over chunks of 75 tokens (kohaku.sdxl.text) on the tiny SDXL: prompts
 of 75 tokens or fewer encode exactly as the 77-token path did, longer ones take chunks, each
 with its own start and end token; the pooled embedding comes from the first chunk."""
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from kohaku.evaluate.config import EvaluateConfig
-from kohaku.train import objective, text
+from kohaku.sdxl import text
+from kohaku.sdxl.tiny import tiny_sdxl_components
+from kohaku.train import objective
 from kohaku.train.config import CaptionConfig, TrainConfig
-from kohaku.train.tiny import tiny_sdxl_components
 
 CPU = torch.device("cpu")
 

@@ -121,7 +121,7 @@ class TensorFile:
 class Lazy:
     """A tensor not read yet: its shape and dtype (as a meta tensor) and how to load it.
 
-    torch functions and the few tensor methods the key converters of `kohaku.train.model`
+    torch functions and the few tensor methods the key converters of `kohaku.sdxl.model`
     use (`.T`, indexing, `torch.cat`) return new lazy tensors, so those converters map the
     names of a diffusers folder to SGM names without reading a single weight."""
 

@@ -8,8 +8,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-from kohaku.train.names import UnetLayout, sgm_module_path, underscore_table
-from kohaku.train.sdxl import SDXL_UNET
+from kohaku.sdxl.configs import SDXL_UNET
+from kohaku.sdxl.names import UnetLayout, sgm_module_path, underscore_table
 
 
 @pytest.fixture(scope="module")

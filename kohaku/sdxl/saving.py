@@ -1,6 +1,6 @@
 """SDXL written out: a diffusers folder or an SGM single file, in fp32, fp16, bf16 or fp8.
 
-Reads loaded models (`kohaku.train.model.SDXLParts`). Writes a diffusers folder
+Reads loaded models (`kohaku.sdxl.model.SDXLParts`). Writes a diffusers folder
 (`save_diffusers`) or an SGM single file (`save_single_file`: the layout A1111, ComfyUI and
 kohya read; the official file's two unused extras, TE1's position ids and TE2's logit scale,
 are left out as diffusers' converter leaves them), in float32, float16, bfloat16 or
@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import save_file
 
+from kohaku.sdxl.configs import MODELS, SDXLConfigs
+from kohaku.sdxl.layout import full_name, sgm_state
+from kohaku.sdxl.tokenizers import tokenizer_spec
 from kohaku.stage import atomic_path
-from kohaku.train.layout import full_name, sgm_state
-from kohaku.train.sdxl import MODELS, SDXLConfigs
-from kohaku.train.tokenizers import tokenizer_spec
 
 if TYPE_CHECKING:
-    from kohaku.train.model import SDXLParts
+    from kohaku.sdxl.parts import SDXLParts
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn; larger values would turn into NaN
 SAVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn)

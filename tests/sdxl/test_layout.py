@@ -1,4 +1,4 @@
-"""kohaku.train.layout at full size, on the meta device (nothing allocated): every tensor of
+"""kohaku.sdxl.layout at full size, on the meta device (nothing allocated): every tensor of
 the official SDXL 1.0 single file maps to a module tensor and back, and diffusers' own
 single-file converters agree with the table."""
 
@@ -14,10 +14,10 @@ from diffusers.loaders.single_file_utils import (
 )
 
 from kohaku.errors import InputError
-from kohaku.merge.tensors import Header, TensorSpec
-from kohaku.train import layout
-from kohaku.train import model as m
-from kohaku.train.sdxl import SDXLConfigs, empty_models
+from kohaku.sdxl import layout
+from kohaku.sdxl import model as m
+from kohaku.sdxl.configs import SDXLConfigs, empty_models
+from kohaku.sdxl.tensors import Header, TensorSpec
 
 # The official file (sd_xl_base_1.0.safetensors): 2,515 tensors
 OFFICIAL = {"unet": 1680, "vae": 248, "text_encoder": 197, "text_encoder_2": 390}
@@ -125,7 +125,7 @@ class MetaFile:
 def test_the_streamed_fill_of_the_official_layout_sets_every_parameter(sgm):
     """The loader's fill at full size on the meta device: every module parameter is put
     exactly once, in its dtype; position ids, logit scale and v_pred markers are skipped."""
-    from kohaku.train.streaming import fill
+    from kohaku.sdxl.streaming import fill
 
     models = empty_models(SDXLConfigs.builtin())  # fresh: fill replaces the parameters
     dtypes = dict.fromkeys(m.MODELS, torch.bfloat16) | {"vae": torch.float32}

@@ -5,39 +5,37 @@ Reads a diffusers SDXL folder (`model_index.json` + unet, vae, text_encoder, tex
 tokenizer, tokenizer_2, scheduler) or an original-layout (SGM) single-file `.safetensors`.
 A single file needs nothing beside it: its configs come from `config_dir` when given (a
 local diffusers folder, for non-standard models), else from the file's own kohaku metadata,
-else SDXL 1.0's built-in configs (`kohaku.train.sdxl`), checked against the file's tensor
+else SDXL 1.0's built-in configs (`kohaku.sdxl.configs`), checked against the file's tensor
 shapes; its tokenizers are CLIP's, built from the merges shipped in the package. A
 v-prediction file (ComfyUI's `v_pred` key, `ztsnr` for zero-terminal SNR) gets a
 v-prediction schedule; a file that says nothing of its schedule (no such key, no kohaku
 configs, no `config_dir`) is marked undeclared, so that the train config may name it
-(`kohaku.train.objective.schedule_source`). Pickle checkpoints (`.ckpt`, `.pt`, `.bin`,
+(`kohaku.sdxl.schedule.schedule_source`). Pickle checkpoints (`.ckpt`, `.pt`, `.bin`,
 `.pth`) are refused unless asked for, since unpickling runs code. `check_model_path` reads
 only configs and headers, so a wrong path fails before any tensor is allocated.
 
 Loading builds the modules with empty weights and fills them tensor by tensor (SGM names
-converted per tensor, `kohaku.train.layout`), each read with plain file reads into a reused
+converted per tensor, `kohaku.sdxl.layout`), each read with plain file reads into a reused
 buffer and copied straight into the target dtype and device: the checkpoint is never held
-whole, and nothing of it stays mapped (`kohaku.train.streaming`). A base LoKr
+whole, and nothing of it stays mapped (`kohaku.sdxl.streaming`). A base LoKr
 (`train.model.lokr`, `check_model`) is checked from headers against the base's names and
 shapes and schedule, then folded into each tensor as it streams in. Writing
-(`kohaku.train.saving`) and the embedding tables (`kohaku.train.embeddings`) are
+(`kohaku.sdxl.saving`) and the embedding tables (`kohaku.sdxl.embeddings`) are
 re-exported here.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from kohaku.errors import InputError
-from kohaku.merge.lokr import LokrLayer
-from kohaku.merge.tensors import Header, read_header
-from kohaku.train.baselokr import open_base_lokr, with_base_lokr
-from kohaku.train.embeddings import (  # noqa: F401  (re-exported)
+from kohaku.sdxl.baselokr import open_base_lokr, with_base_lokr
+from kohaku.sdxl.configs import MODELS, SDXLConfigs, empty_models
+from kohaku.sdxl.embeddings import (  # noqa: F401  (re-exported)
     embedding_keys,
     embeddings_of,
     locate_embeddings,
@@ -45,8 +43,9 @@ from kohaku.train.embeddings import (  # noqa: F401  (re-exported)
     restore_embeddings,
     text_embeddings,
 )
-from kohaku.train.layout import PARTS, sgm_plan, sgm_state  # noqa: F401  (re-exported)
-from kohaku.train.saving import (  # noqa: F401  (re-exported: the writers' old home)
+from kohaku.sdxl.layout import PARTS, sgm_plan, sgm_state  # noqa: F401  (re-exported)
+from kohaku.sdxl.parts import ModelSource, Prediction, SDXLParts  # noqa: F401  (re-exported)
+from kohaku.sdxl.saving import (  # noqa: F401  (re-exported: the writers' old home)
     META_CONFIGS,
     META_TOKENIZERS,
     save_diffusers,
@@ -54,8 +53,7 @@ from kohaku.train.saving import (  # noqa: F401  (re-exported: the writers' old 
     save_tensors,
     with_text_model,
 )
-from kohaku.train.sdxl import MODELS, SDXLConfigs, empty_models
-from kohaku.train.streaming import (
+from kohaku.sdxl.streaming import (
     PICKLE_SUFFIXES,
     check_single_file_suffix,
     fill,
@@ -63,11 +61,9 @@ from kohaku.train.streaming import (
     open_tensors,
     sgm_shapes,
 )
+from kohaku.sdxl.tensors import Header, read_header
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
     from kohaku.train.config import ModelConfig
 
 
@@ -83,47 +79,6 @@ SGM_PARTS = {  # single-file key prefix -> the part it holds
     PARTS["text_encoder_2"]: "text encoder 2 (OpenCLIP bigG)",
 }
 EDM_KEYS = ("edm_mean", "edm_vpred.sigma_max")  # Playground v2.5, EDM v-prediction
-Prediction = Literal["epsilon", "v_prediction"]
-
-
-@dataclass
-class SDXLParts:
-    """The seven parts of SDXL as loaded torch modules, tokenizers and the training scheduler."""
-
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    text_encoder_2: CLIPTextModelWithProjection
-    tokenizer: CLIPTokenizer
-    tokenizer_2: CLIPTokenizer
-    noise_scheduler: DDPMScheduler
-    base_lokr: LokrLayer | None = None  # merged into the weights as they loaded
-
-    @property
-    def prediction(self) -> Prediction:
-        """What the UNet predicts: `epsilon` or `v_prediction` (from its schedule)."""
-        return self.noise_scheduler.config.prediction_type
-
-    def trained_on(self) -> dict[str, str]:
-        """The metadata of a LoKr trained on these weights: the base LoKr they hold, if any."""
-        return {} if self.base_lokr is None else self.base_lokr.metadata()
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A checked model path: a diffusers folder, or a single file (with its config folder
-    when one was given), what the model predicts, and its resolved configs."""
-
-    path: Path
-    kind: Literal["diffusers", "single_file"]
-    config_dir: Path | None = None
-    allow_pickle: bool = False
-    prediction: Prediction = "epsilon"
-    zero_snr: bool = False
-    # False: nothing in or beside the file says what it predicts (SDXL 1.0's epsilon assumed)
-    declared: bool = True
-    configs: SDXLConfigs | None = field(default=None, compare=False, repr=False)
-    lokr: LokrLayer | None = None  # merged into the weights as they load (`check_model`)
 
 
 # ---------------------------------------------------------------------------- checking
@@ -163,7 +118,7 @@ def check_model_path(
 
 def check_model(cfg: ModelConfig) -> ModelSource:
     """`check_model_path` of a model config, with its base LoKr (`lokr`) checked to merge
-    (`kohaku.train.baselokr`)."""
+    (`kohaku.sdxl.baselokr`)."""
     source = check_model_path(cfg.path, cfg.allow_pickle, cfg.config_dir)
     return source if cfg.lokr is None else with_base_lokr(source, cfg.lokr, cfg.lokr_weight)
 
@@ -363,7 +318,7 @@ def source_tokenizers(source: ModelSource) -> tuple[Any, Any]:
     records, or CLIP's (built offline)."""
     from transformers import CLIPTokenizer
 
-    from kohaku.train.tokenizers import sdxl_tokenizers, tokenizers_from_spec
+    from kohaku.sdxl.tokenizers import sdxl_tokenizers, tokenizers_from_spec
 
     folder = source.path if source.kind == "diffusers" else source.config_dir
     if folder is not None:

@@ -5,10 +5,10 @@ Reads the LoKr file's header (names, shapes, metadata) and its bytes (sha256), a
 base's configs and headers; never a weight. Writes nothing. `with_base_lokr` checks that
 the LoKr merges into the base (a full-matrix kohya-layout LoKr, every module rebuilding a
 base weight's shape, not itself trained on top of another LoKr) and that the base can take
-its schedule (the merge's rule, `kohaku.merge.run.combine_schedule`), and returns the
+its schedule (the merge's rule, `kohaku.sdxl.schedule.combine_schedule`), and returns the
 source as base + LoKr: what it predicts, and the LoKr's path, weight and sha256, which the
-loaders fold in tensor by tensor (`open_base_lokr`, `kohaku.train.streaming`) and which a
-LoKr trained on it records (`kohaku.merge.lokr.META_BASE_LOKR`).
+loaders fold in tensor by tensor (`open_base_lokr`, `kohaku.sdxl.streaming`) and which a
+LoKr trained on it records (`kohaku.sdxl.lokr_deltas.META_BASE_LOKR`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kohaku.errors import InputError
-from kohaku.merge.lokr import LokrDeltas, LokrLayer, diffusers_targets
-from kohaku.merge.run import combine_schedule
-from kohaku.train.names import UnetLayout
-from kohaku.train.sdxl import SDXLConfigs
-from kohaku.train.streaming import folder_shapes, sgm_shapes
+from kohaku.sdxl.configs import SDXLConfigs
+from kohaku.sdxl.lokr_deltas import LokrDeltas, LokrLayer, diffusers_targets
+from kohaku.sdxl.names import UnetLayout
+from kohaku.sdxl.schedule import combine_schedule
+from kohaku.sdxl.streaming import folder_shapes, sgm_shapes
 
 if TYPE_CHECKING:
-    from kohaku.train.model import ModelSource
+    from kohaku.sdxl.parts import ModelSource
 
 SPEC = {"epsilon": "epsilon", "v_prediction": "v"}  # ModelSource's names -> ModelSpec's
 

@@ -22,8 +22,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from kohaku.errors import ConfigError
+from kohaku.sdxl.names import UnetLayout, underscore_table
 from kohaku.stage import atomic_path
-from kohaku.train.names import UnetLayout, underscore_table
 
 PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
 # LyCORIS' full-matrix LoKr recipe: a dimension above every layer's size (so no factor is
@@ -36,7 +36,7 @@ SDXL_BASE_VERSION = "sdxl_base_v1-0"
 # `loss.prediction` -> ModelSpec's `modelspec.prediction_type` (the spec and kohya write `v`)
 SPEC_PREDICTION = {"epsilon": "epsilon", "v_prediction": "v"}
 # `loss.zero_terminal_snr`, under sd-scripts' name (train_network.py writes str(bool)); ModelSpec
-# has no such key. Merges and exports read it (`kohaku.merge.lokr.LokrDeltas.zero_snr`)
+# has no such key. Merges and exports read it (`kohaku.sdxl.lokr_deltas.LokrDeltas.zero_snr`)
 META_ZERO_SNR = "ss_zero_terminal_snr"
 
 

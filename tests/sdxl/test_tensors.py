@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from kohaku.errors import InputError
-from kohaku.merge.tensors import Lazy, OutSpec, TensorFile, read_header, write_safetensors
+from kohaku.sdxl.tensors import Lazy, OutSpec, TensorFile, read_header, write_safetensors
 
 
 def sample_tensors() -> dict[str, torch.Tensor]:

@@ -1,12 +1,12 @@
 """Checkpoint tensors streamed into modules built with empty weights, one tensor at a time.
 
-Reads safetensors files with plain file reads into one reused buffer (`kohaku.merge.tensors`;
+Reads safetensors files with plain file reads into one reused buffer (`kohaku.sdxl.tensors`;
 safetensors' `safe_open` maps the file, and every page read that way stays resident and
 counts in the process's memory), or an allowed pickle through `torch.load(mmap=True)`.
 Writes nothing: each tensor is copied straight into the target dtype and device, so the
 checkpoint is never held whole and a CUDA load keeps no host copy of the model. A base
 LoKr (`train.model.lokr`) is folded into each tensor it targets on the way, in float32,
-by `kohaku.merge.lokr.LokrDeltas` (the merge's own code): one tensor at a time, so memory
+by `kohaku.sdxl.lokr_deltas.LokrDeltas` (the merge's own code): one tensor at a time, so memory
 never holds a second copy of the model.
 """
 
@@ -21,10 +21,10 @@ from typing import Literal
 import torch
 
 from kohaku.errors import InputError
-from kohaku.merge.lokr import LokrDeltas
-from kohaku.merge.tensors import Scratch, TensorFile, read_header
-from kohaku.train import layout
-from kohaku.train.sdxl import SDXLConfigs, empty_models
+from kohaku.sdxl import layout
+from kohaku.sdxl.configs import SDXLConfigs, empty_models
+from kohaku.sdxl.lokr_deltas import LokrDeltas
+from kohaku.sdxl.tensors import Scratch, TensorFile, read_header
 
 log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".bin", ".pth"}

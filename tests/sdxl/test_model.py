@@ -1,4 +1,4 @@
-"""kohaku.train.model and kohaku.train.tiny: checking, loading and saving SDXL, on CPU."""
+"""kohaku.sdxl.model and kohaku.sdxl.tiny: checking, loading and saving SDXL, on CPU."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from kohaku.errors import InputError
-from kohaku.train import model as m
-from kohaku.train.tiny import tiny_sdxl_components, write_tiny_sdxl
+from kohaku.sdxl import model as m
+from kohaku.sdxl.tiny import tiny_sdxl_components, write_tiny_sdxl
 
 
 @torch.no_grad()

@@ -2,10 +2,10 @@
 diffusers folder (`<component>/<key>`).
 
 Reads a LoKr `.safetensors` with kohya-layout module names (`lora_unet_input_blocks_4_1_
-proj_in`, `lora_te1_text_model_...`, `lora_te2_text_model_...`, as `kohaku.train.lokr`
+proj_in`, `lora_te1_text_model_...`, `lora_te2_text_model_...`, as `kohaku.sdxl.lokr`
 writes them) and full Kronecker factors `lokr_w1`, `lokr_w2`. Writes nothing. This is the
 one place kohaku folds a LoKr into base weights (merge recipes, `[train.export]`, and a
-base loaded with `train.model.lokr` merged in, `kohaku.train.streaming`).
+base loaded with `train.model.lokr` merged in, `kohaku.sdxl.streaming`).
 
 Stacks: a LoKr trained on top of base + an earlier LoKr records that one
 (`kohaku_base_lokr`: its file name, sha256 and weight); `open_lokrs` folds several in
@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 
 from kohaku.errors import InputError
-from kohaku.merge.tensors import TensorFile
+from kohaku.sdxl.lokr import META_ZERO_SNR
+from kohaku.sdxl.names import UnetLayout, sgm_module_path  # pure string functions
+from kohaku.sdxl.tensors import TensorFile
 from kohaku.stage import sha256_file
-from kohaku.train.lokr import META_ZERO_SNR
-from kohaku.train.names import UnetLayout, sgm_module_path  # pure string functions
 
 UNET = "model.diffusion_model."
 TE1 = "conditioner.embedders.0.transformer."

@@ -26,7 +26,7 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from kohaku.train.model import SDXLParts, save_diffusers
+from kohaku.sdxl.model import SDXLParts, save_diffusers
 
 TE1_HIDDEN = 32
 # TE2 must differ from TE1 in width: diffusers' single-file loader tells the two SGM text
