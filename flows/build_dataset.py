@@ -11,7 +11,7 @@ from kohaku.cli.common import one_line_errors
 from kohaku.config import RunConfig, stage_section
 from kohaku.sample.run import sample_inputs
 from tasks.dataset import sample_task, tag_task
-from tasks.policy import for_run
+from tasks.policy import file_key, for_run
 
 
 @flow(name="build-dataset", log_prints=True)
@@ -30,8 +30,9 @@ def build_dataset(
         cfg, run_dir, sample_inputs(cfg), config.resources, return_state=True
     )
     tag = for_run(tag_task, run_dir, "tag")(
-        config.tag, run_dir, finished("sample", sample), config.resources, return_state=True
-    )
+        config.tag, run_dir, finished("sample", sample), config.resources,
+        file_key(config.tag.text_captions), return_state=True,
+    )  # fmt: skip
     finished("tag", tag)
     get_run_logger().info("dataset ready: %s", run_dir / "tag" / "captions.parquet")
     return {"sample": sample.name, "tag": tag.name}

@@ -8,14 +8,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kohaku.config import RunConfig, deep_merge, load_config, parse_override, validate
+from kohaku.config import PRESETS, RunConfig, deep_merge, load_config, parse_override, validate
 from kohaku.errors import ConfigError
 
 # the flow parameters' descriptions (Prefect shows them in the run form)
-PARAMETER_DOCS = """
+PRESET_NAMES = f"{', '.join(PRESETS[:-1])} or {PRESETS[-1]}"  # the registered presets
+PARAMETER_DOCS = f"""
         config: the whole run config (every stage's section); empty = built from
             `preset`, `config_file` and `overrides`
-        preset: a built-in recipe preset: delta, epsilon or gamma
+        preset: a built-in recipe preset: {PRESET_NAMES}
         config_file: a run config TOML on the worker's disk (paths in it are relative to it)
         overrides: fields to override, `section.field=value` (TOML values), e.g.
             `sample.seed=3`"""
@@ -32,7 +33,7 @@ def documented(fn):
 def config_parser(doc: str | None, shards: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc)
     parser.add_argument("--config", type=Path, help="run config TOML")
-    parser.add_argument("--preset", help="built-in preset: delta, epsilon or gamma")
+    parser.add_argument("--preset", help=f"built-in preset: {PRESET_NAMES}")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override a field: section.field=value (TOML value)")  # fmt: skip
     if shards:

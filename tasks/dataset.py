@@ -9,7 +9,7 @@ from prefect import task
 
 from kohaku.config import Resources
 from kohaku.sample import SAMPLE_VERSION, SampleConfig, run_sample
-from kohaku.stage import Manifest
+from kohaku.stage import FileFingerprint, Manifest
 from kohaku.tag import TAG_VERSION, TagConfig, run_tag
 from tasks.policy import retryable, stage_policy
 
@@ -27,6 +27,9 @@ def sample_task(
 @task(name="tag", cache_policy=stage_policy("tag", TAG_VERSION, ignore=("resources",)),
       persist_result=True, retries=1, retry_delay_seconds=5, retry_condition_fn=retryable,
       tags=["cpu", "data"])  # fmt: skip
-def tag_task(cfg: TagConfig, run_dir: Path, sample: Manifest, resources: Resources) -> Manifest:
-    """The upstream sample manifest is part of the cache key."""
+def tag_task(cfg: TagConfig, run_dir: Path, sample: Manifest, resources: Resources,
+             texts: FileFingerprint | None = None) -> Manifest:  # fmt: skip
+    """The upstream sample manifest and `texts` (the fingerprint of `tag.text_captions`,
+    `policy.file_key`: the config names the file only by its path) are part of the cache
+    key."""
     return run_tag(cfg, run_dir, batch_posts=resources.tag_batch_posts)

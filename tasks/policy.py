@@ -24,7 +24,7 @@ from prefect.tasks import Task
 
 import kohaku
 from kohaku.errors import InputError, is_config_error
-from kohaku.stage import MANIFEST, fingerprint, read_manifest
+from kohaku.stage import MANIFEST, FileFingerprint, fingerprint, read_manifest
 
 
 @dataclass
@@ -67,6 +67,13 @@ def for_run(task: Task, run_dir: Path, stage: str, done: bool | None = None) -> 
         result_storage=Path(run_dir).resolve() / ".prefect" / "results",
         refresh_cache=not done,
     )
+
+
+def file_key(path: Path | None) -> FileFingerprint | None:
+    """An input file's identity for a task's cache key: its fingerprint (size, mtime and,
+    up to 1 MiB, its content), so a file rewritten at the same path is no stale cache hit.
+    None for no file, or for a missing one, which the stage reports as its input error."""
+    return fingerprint(path) if path is not None and Path(path).exists() else None
 
 
 def inputs_of(run_dir: Path, *stages: str, then: str) -> list[dict]:

@@ -2,8 +2,8 @@
 several), streams its log, shows progress in the UI, and fails with the trainer's error.
 A run stopped by SIGTERM raises `TrainingStopped`; the retry resumes from the checkpoint.
 A config or input error (a wrong model path: `model` is None) fails at once, unretried.
-Cached on the train config, the bucket and caption manifests and the model's fingerprint;
-torch is imported only when the stage runs."""
+Cached on the train config, the bucket and caption manifests, the model's fingerprint and
+the base LoKr's (`train.model.lokr`); torch is imported only when the stage runs."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ VERSION = "kohaku.train.config:TRAIN_VERSION"
 @task(name="train", cache_policy=stage_policy("train", VERSION), persist_result=True,
       retries=3, retry_delay_seconds=30, retry_condition_fn=retryable, tags=["gpu"])  # fmt: skip
 def train_task(cfg: TrainConfig, run_dir: Path, upstream: list[dict],
-               model: FileFingerprint | None) -> Manifest:  # fmt: skip
+               model: FileFingerprint | None,
+               base_lokr: FileFingerprint | None = None) -> Manifest:  # fmt: skip
     logger = get_run_logger()
     progress = Progress("train: optimizer steps done")
 

@@ -96,3 +96,29 @@ def test_removed_output_is_rebuilt_not_served_from_cache(
     state, tasks = run_flow(cfg)
     assert tasks == {"sample": ["Cached"], "tag": ["Completed"]}
     assert (tmp_path / "run" / "tag" / "captions.parquet").is_file()
+
+
+def test_a_text_caption_file_rewritten_in_place_reexecutes_the_tag_stage(
+    prefect_api, synth_db: Path, tmp_path: Path
+):
+    """`tag.text_captions` names the file by its path: the task's cache key carries the
+    file's fingerprint, so new texts at the same path are no stale cache hit."""
+    import os
+
+    import polars as pl
+
+    texts = tmp_path / "texts.parquet"
+    ids = list(range(1, 3301))
+
+    def write(word: str) -> None:
+        pl.DataFrame({"id": ids, "text": [f"{word} {i}" for i in ids]}).write_parquet(texts)
+        os.utime(texts, ns=(1_000_000_000, 1_000_000_000))  # the same mtime, on purpose
+
+    write("first")
+    cfg = make_config(synth_db, tmp_path / "run", text_captions=str(texts))
+    assert run_flow(cfg)[1] == {"sample": ["Completed"], "tag": ["Completed"]}
+    assert run_flow(cfg)[1] == {"sample": ["Cached"], "tag": ["Cached"]}
+    write("other")
+    assert run_flow(cfg)[1] == {"sample": ["Cached"], "tag": ["Completed"]}
+    captions = pl.read_parquet(tmp_path / "run" / "tag" / "captions.parquet")
+    assert captions["text"].drop_nulls().str.starts_with("other ").all()

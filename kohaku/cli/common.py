@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kohaku.config import RunConfig, load_config
+from kohaku.config import PRESETS, RunConfig, load_config
 from kohaku.errors import user_message
 
 USAGE_ERROR = 2  # argparse's exit code for a bad command line; bad input is the same
@@ -19,7 +19,7 @@ USAGE_ERROR = 2  # argparse's exit code for a bad command line; bad input is the
 
 def config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", type=Path, help="run config TOML")
-    p.add_argument("--preset", help="start from a built-in preset: delta, epsilon, gamma")
+    p.add_argument("--preset", help=f"start from a built-in preset: {', '.join(PRESETS)}")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a field, e.g. sample.seed=3")  # fmt: skip
     p.add_argument("--run-dir", type=Path, help="override run_dir")

@@ -32,9 +32,12 @@ def cmd_sync(args: argparse.Namespace) -> None:
 def cmd_snapshots(args: argparse.Namespace) -> None:
     from kohaku.metadata.snapshot import latest_id, list_ids
 
+    ids = list_ids(args.store)  # one error, exit 2, when --store names no store
     latest = latest_id(args.store)
-    for sid in list_ids(args.store):
+    for sid in ids:
         print(sid + ("  (latest)" if sid == latest else ""))
+    if not ids:
+        print(f"{args.store}: no snapshots yet (`kohaku metadata import` or a sync makes one)")
 
 
 def cmd_prune(args: argparse.Namespace) -> None:

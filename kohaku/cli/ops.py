@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kohaku.config import load_config
+from kohaku.config import RunConfig, load_config, stage_section
+from kohaku.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]  # where `flows/` lives, the flow's working dir
 
@@ -31,7 +32,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         code = subprocess.call(cmd, env=env, cwd=REPO)
         if code != 0:
             raise SystemExit(code)
-    _show_captions(root / "run" / "tag" / "captions.parquet")
+    _show_captions(root / "run" / "tag" / "captions.parquet", load_config(config_path))
     _show_stages(root)
 
 
@@ -65,13 +66,29 @@ def cmd_serve(args: argparse.Namespace) -> None:
     raise SystemExit(run_until_stopped(served))
 
 
-def _show_captions(path: Path, n: int = 3) -> None:
+def _show_captions(path: Path, config: RunConfig | None = None, n: int = 3) -> None:
+    """The tag stage's first captions; with a [train] section, also what training draws
+    for posts with a natural-language text and one without (its tags)."""
     import polars as pl
 
     frame = pl.read_parquet(path, columns=["id", "caption"])
     print(f"\n{frame.height} captions in {path}; the first {n}:")
     for post_id, caption in frame.head(n).iter_rows():
         print(f"  {post_id}: {caption}")
+    if config is not None and config.train is not None:
+        _show_draws(path, stage_section(config, "train"))
+
+
+def _show_draws(path: Path, train: TrainConfig) -> None:
+    # kohaku.train.data imports no torch (only kohaku.train.loader and the trainer do)
+    from kohaku.train.data import example_captions
+
+    c = train.captions
+    print(f"what training draws at epoch 0 (per step: tags {c.p_tags}, text {c.p_text}, "
+          f"both {c.p_both}; tag dropout {c.tag_dropout}):")  # fmt: skip
+    for post_id, drawn in example_captions(path, train.layout, c, train.seed):
+        kind = "no text: its tags" if drawn.fallback else drawn.kind or "dropped"
+        print(f"  {post_id} [{kind}]: {drawn.text}")
 
 
 def demo_prefect_env(root: Path) -> dict[str, str]:

@@ -7,9 +7,17 @@ and a metric whose model is not given (or not there) is reported as skipped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from kohaku.tag.config import Layout
 from kohaku.train.config import DEFAULT_MAX_TOKENS, MAX_TOKENS_LIMIT, MaxTokens, ModelConfig
@@ -55,6 +63,11 @@ class EvaluateConfig(BaseModel):
     include_base: bool = Field(
         False, description="also sample the base model without the LoKr (label `base`)"
     )
+    ema: bool = Field(
+        True, description="also sample the EMA weights where the run kept them (train.ema): "
+        "`final-ema` (lokr-ema.safetensors) beside `final`, `step-NNNNNN-ema` beside each "
+        "chosen checkpoint step",
+    )  # fmt: skip
     lokr_weight: float = Field(1.0, description="LoKr multiplier (1 = as trained)")
     apply: Literal["hook", "merge"] = Field(
         "hook", description="hook: the LoKr runs beside the base weights; merge: folded into "
@@ -129,3 +142,12 @@ class EvaluateConfig(BaseModel):
             raise ValueError("evaluate: the prompt set is empty (characters, styles and "
                              "quality_probes are all off)")  # fmt: skip
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`ema` is left out at its default, so that a config written before it keeps its
+        JSON form and config hash (as the train config's added fields)."""
+        data = handler(self)
+        if data.get("ema") is True:
+            data.pop("ema")
+        return data

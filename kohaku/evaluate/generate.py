@@ -2,8 +2,10 @@
 the run hooked in at a weight or merged into the weights, and fixed seeds.
 
 Reads the base model (`kohaku.sdxl.model`), `<run>/train/checkpoints/step-NNNNNN/
-adapter.safetensors` (LoKr tensors under training names, `<component>.<lycoris key>`),
-`<run>/train/lokr.safetensors` (kohya names, its preset in the metadata),
+adapter.safetensors` (LoKr tensors under training names, `<component>.<lycoris key>`) and,
+from a run with `train.ema`, `ema.safetensors` beside it (the same names, the EMA's weights),
+`<run>/train/lokr.safetensors` (kohya names, its preset in the metadata) and
+`lokr-ema.safetensors` (the EMA's, the same layout),
 `<run>/train/result.json` and `<run>/train/config.json`. Writes nothing: pictures come back
 as PIL images.
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -48,8 +50,9 @@ from kohaku.sdxl.lokr_deltas import LokrLayer, base_record
 from kohaku.sdxl.model import MODELS, ModelSource, SDXLParts, load_sdxl
 from kohaku.sdxl.schedule import schedule_source
 from kohaku.sdxl.text import encode_text
-from kohaku.train.checkpoint import META
+from kohaku.train.checkpoint import EMA_FILE, META
 from kohaku.train.config import TrainConfig
+from kohaku.train.ema import EMA_LOKR
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -61,7 +64,7 @@ ZERO_SNR_GUIDANCE_RESCALE = 0.7  # arXiv 2305.08891, section 3.4 (phi = 0.7)
 class Checkpoint:
     """What is sampled: the base alone (`path` None) or a LoKr file of the run."""
 
-    label: str  # base, step-NNNNNN, final
+    label: str  # base, step-NNNNNN, final; step-NNNNNN-ema, final-ema: the EMA's weights
     step: int | None  # optimizer steps (base: 0; final: from result.json, if there)
     path: Path | None
     names: Literal["training", "kohya"] | None = None
@@ -80,10 +83,18 @@ class Job:
 
 
 def list_checkpoints(
-    run_dir: Path, which: str | list[int], include_base: bool = False
+    run_dir: Path, which: str | list[int], include_base: bool = False, ema: bool = True
 ) -> list[Checkpoint]:
-    """The checkpoints `which` names (final, all, or steps), base first, then by step."""
-    train = Path(run_dir) / "train"
+    """The checkpoints `which` names (final, all, or steps), base first, then by step; with
+    `ema`, each followed by its EMA where the run kept one (`with_ema`)."""
+    chosen = _chosen(Path(run_dir) / "train", which)
+    base = [Checkpoint("base", 0, None)] if include_base else []
+    if not base and not chosen:
+        raise InputError("nothing to evaluate: no checkpoint chosen and include_base is off")
+    return base + (with_ema(Path(run_dir) / "train", chosen) if ema else chosen)
+
+
+def _chosen(train: Path, which: str | list[int]) -> list[Checkpoint]:
     steps = complete_steps(train / "checkpoints")
     final = _final(train)
     if which == "final":
@@ -100,10 +111,18 @@ def list_checkpoints(
             raise InputError(f"no complete checkpoint for steps {absent} in "
                              f"{train / 'checkpoints'}; there are {steps}")  # fmt: skip
         chosen = [_step(train, s) for s in sorted(which)]
-    base = [Checkpoint("base", 0, None)] if include_base else []
-    if not base and not chosen:
-        raise InputError("nothing to evaluate: no checkpoint chosen and include_base is off")
-    return base + chosen
+    return chosen
+
+
+def with_ema(train: Path, chosen: list[Checkpoint]) -> list[Checkpoint]:
+    """Each checkpoint followed by its EMA when there is one: `step-NNNNNN-ema` (the
+    checkpoint's ema.safetensors, training names), `final-ema` (lokr-ema.safetensors)."""
+    out = []
+    for c in chosen:
+        assert c.path is not None
+        ema = c.path.parent / (EMA_FILE if c.names == "training" else EMA_LOKR)
+        out += [c] + ([replace(c, label=f"{c.label}-ema", path=ema)] if ema.is_file() else [])
+    return out
 
 
 def complete_steps(root: Path) -> list[int]:

@@ -34,6 +34,7 @@ LOWER_IS_BETTER = {"ccip_difference", "fid", "kid"}
 LABEL_W, HEADER_H, PAD, LINE_H = 120, 30, 4, 13
 PANEL = (300, 170)
 LINE = (70, 110, 180)
+EMA_LINE = (215, 120, 40)  # the EMA's weights (labels ending in -ema) beside the raw ones
 PICTURE_BYTES = 256 * 1024  # a picture in an artifact: the PNG up to this, else a JPEG under it
 PICTURE_SIDE = 2048  # the longest side of an embedded picture (a grid's rows stay legible)
 
@@ -168,18 +169,33 @@ def scores_table(summaries: Sequence[Summary]) -> list[dict]:
 
 def trend_table(summaries: Sequence[Summary]) -> list[dict]:
     """One row per metric scored on any checkpoint: its value on each checkpoint (in step
-    order) and the change from the first to the last scored one."""
+    order) and the change from the first to the last scored one; with EMA checkpoints
+    (`-ema`), the raw ones' change and the EMA's (`change_ema`, from the base when there)."""
     ordered = sorted(summaries, key=_order)
     rows = []
     for name in METRICS:
         values = {s.label: _value(s, name) for s in ordered}
-        scored = [v for v in values.values() if v is not None]
-        if not scored:
+        if all(v is None for v in values.values()):
             continue
-        change = scored[-1] - scored[0] if len(scored) > 1 else None
         better = "lower" if name in LOWER_IS_BETTER else "higher"
-        rows.append({"metric": name, "better": better, **values, "change": change})
+        row = {"metric": name, "better": better, **values}
+        row["change"] = _change(values, ema=False)
+        if any(is_ema(label) for label in values):
+            row["change_ema"] = _change(values, ema=True)
+        rows.append(row)
     return rows
+
+
+def _change(values: dict[str, float | None], ema: bool) -> float | None:
+    """Last minus first scored value of one series (the base starts both)."""
+    scored = [v for k, v in values.items()
+              if v is not None and (k == "base" or is_ema(k) == ema)]  # fmt: skip
+    return scored[-1] - scored[0] if len(scored) > 1 else None
+
+
+def is_ema(label: str) -> bool:
+    """A checkpoint of the EMA's weights (`step-NNNNNN-ema`, `final-ema`)."""
+    return label.endswith("-ema")
 
 
 def _value(s: Summary, name: str) -> float | None:
@@ -189,8 +205,8 @@ def _value(s: Summary, name: str) -> float | None:
 
 def _order(s: Summary) -> tuple[float, int, str]:
     """Base first, checkpoints by step (a final after the checkpoint of its step), a final
-    without a known step last."""
-    return (math.inf if s.step is None else s.step, s.label == "final", s.label)
+    without a known step last; each EMA right after its raw checkpoint."""
+    return (math.inf if s.step is None else s.step, s.label.startswith("final"), s.label)
 
 
 def ordered(summaries: Sequence[Summary]) -> list[Summary]:
@@ -199,7 +215,7 @@ def ordered(summaries: Sequence[Summary]) -> list[Summary]:
 
 def trend_png(summaries: Sequence[Summary]) -> bytes:
     """One small line chart per scored metric (value against checkpoint), side by side,
-    two per row."""
+    two per row; the EMA's checkpoints as a second line (orange) over the same steps."""
     ordered = sorted(summaries, key=_order)
     names = [n for n in METRICS if any(_value(s, n) is not None for s in ordered)]
     cols = max(1, min(2, len(names)))
@@ -218,26 +234,34 @@ def _panel(img: Image.Image, x0: int, y0: int, name: str, ordered: Sequence[Summ
     draw.text((x0 + 8, y0 + 4), f"{name} ({better} is better)", "black", _font())
     left, top, right, bottom = x0 + 48, y0 + 22, x0 + PANEL[0] - 12, y0 + PANEL[1] - 30
     draw.line([(left, top), (left, bottom), (right, bottom)], "black")
-    points = [(i, _value(s, name)) for i, s in enumerate(ordered)]
-    values = [v for _, v in points if v is not None]
+    steps = {s.label.removesuffix("-ema"): s.step for s in ordered}  # an EMA shares its slot
+    slots = list(steps)
+    values = [v for s in ordered if (v := _value(s, name)) is not None]
     lo, hi = min(values), max(values)
     span = hi - lo or abs(hi) or 1.0
-    slot = (right - left) / max(1, len(ordered))
+    slot = (right - left) / max(1, len(slots))
 
-    def xy(i: int, v: float) -> tuple[float, float]:
+    def xy(label: str, v: float) -> tuple[float, float]:
+        i = slots.index(label.removesuffix("-ema"))
         return left + slot * (i + 0.5), bottom - 6 - (v - lo) / span * (bottom - top - 12)
 
     draw.text((left - 4, top), _fmt(hi), "black", _font(), anchor="ra")
     draw.text((left - 4, bottom - 6), _fmt(lo), "black", _font(), anchor="rs")
-    drawn = [xy(i, v) for i, v in points if v is not None]
-    if len(drawn) > 1:
-        draw.line(drawn, LINE, width=2)
-    for px, py in drawn:
-        draw.ellipse([(px - 3, py - 3), (px + 3, py + 3)], fill=LINE)
-    for i, s in enumerate(ordered):
-        x = left + slot * (i + 0.5)
-        label = str(s.step) if s.label.startswith("step-") else s.label
-        draw.text((x, bottom + 4), _cut(label, int(slot)), "black", _font(), anchor="ma")
+    with_ema = any(is_ema(s.label) for s in ordered)
+    for ema, color in ((True, EMA_LINE), (False, LINE))[not with_ema :]:  # the base in both
+        series = [s for s in ordered if is_ema(s.label) == ema or s.label == "base"]
+        drawn = [xy(s.label, v) for s in series if (v := _value(s, name)) is not None]
+        if len(drawn) > 1:
+            draw.line(drawn, color, width=2)
+        for px, py in drawn:
+            draw.ellipse([(px - 3, py - 3), (px + 3, py + 3)], fill=color)
+    if with_ema:
+        draw.text((right, y0 + 4), "EMA", EMA_LINE, _font(), anchor="ra")
+        draw.text((right - 30, y0 + 4), "raw", LINE, _font(), anchor="ra")
+    for i, (label, step) in enumerate(steps.items()):
+        text = str(step) if label.startswith("step-") else label
+        draw.text((left + slot * (i + 0.5), bottom + 4), _cut(text, int(slot)), "black",
+                  _font(), anchor="ma")  # fmt: skip
 
 
 def table_markdown(rows: Sequence[dict]) -> str:

@@ -17,7 +17,8 @@ base model and the local score models the config names. Writes, in place, into
     comparison.png, trend.png            prompts x checkpoints; each score across them
     manifest.json                        last
 
-`<label>` is `base`, `step-NNNNNN` or `final`. A checkpoint whose pictures were made with
+`<label>` is `base`, `step-NNNNNN` or `final`, and `step-NNNNNN-ema` or `final-ema` for the
+EMA's weights of a run that kept them (`evaluate.ema`). A checkpoint whose pictures were made with
 the same settings is not sampled again; only its scores are redone when the score
 settings changed. `kohaku.evaluate.report.build_report` reads what the Prefect UI shows
 (markdown with the pictures, tables) back from these files, without torch.
@@ -105,7 +106,7 @@ def plan(cfg: EvaluateConfig, run_dir: Path) -> Plan:
         raise InputError("no base model: set evaluate.base_model, or train the run first "
                          f"({run_dir / 'train' / 'config.json'} is missing)")  # fmt: skip
     source = check_model(model)  # with its base LoKr (train.model.lokr), if any
-    checkpoints = list_checkpoints(run_dir, cfg.checkpoints, cfg.include_base)
+    checkpoints = list_checkpoints(run_dir, cfg.checkpoints, cfg.include_base, cfg.ema)
     check_base_lokr(source, run_dir, checkpoints)
     layout = cfg.layout or (train.layout if train is not None else None) or "epsilon"
     frame = as_strings(pl.scan_parquet(captions).select(CAPTION_COLUMNS)).collect()

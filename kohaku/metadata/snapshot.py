@@ -108,6 +108,9 @@ def read_snapshot(store: Path, name: str = "latest") -> Snapshot:
 
 
 def list_ids(store: Path) -> list[str]:
+    """The snapshot ids of `store`, oldest first; InputError when it is no metadata store
+    (a mistyped `--store` must not read as a store without snapshots)."""
+    read_info(store)
     return sorted(p.stem for p in (Path(store) / SNAPSHOTS).glob("*.json")
                   if SNAPSHOT_ID.match(p.stem))  # fmt: skip
 

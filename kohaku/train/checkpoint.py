@@ -1,7 +1,8 @@
 """Training checkpoints: `<run>/train/checkpoints/step-NNNNNN/`, safetensors and JSON only.
 
 Writes, per checkpoint: `adapter.safetensors` (LoKr weights, training names, full
-precision), `optimizer.safetensors` + `optimizer.json` (every state tensor, and the
+precision), `ema.safetensors` (the same names with the EMA's averaged weights; only with
+`train.ema`), `optimizer.safetensors` + `optimizer.json` (every state tensor, and the
 non-tensor state and param groups), `rng-rank<R>.safetensors` + `rng-rank<R>.json` (each
 rank's torch, numpy and python RNG states) and, last, `meta.json` (step, data position,
 scheduler, grad scaler): a checkpoint without `meta.json` does not count and is removed.
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from kohaku.stage import atomic_path, atomic_write_text
 
 META = "meta.json"
+EMA_FILE = "ema.safetensors"
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class TrainState:
     scheduler: dict
     scaler: dict | None
     position: Position
+    ema: dict[str, torch.Tensor] | None = None  # `EMA.state`: adapter names, averaged weights
 
 
 def save(root: Path, state: TrainState, rank: int, world: int, barrier) -> Path:
@@ -123,6 +126,8 @@ def save(root: Path, state: TrainState, rank: int, world: int, barrier) -> Path:
         shutil.rmtree(out, ignore_errors=True)  # a stale incomplete one of the same step
         out.mkdir(parents=True)
         _atomic_tensors(out / "adapter.safetensors", state.adapter)
+        if state.ema is not None:
+            _atomic_tensors(out / EMA_FILE, state.ema)
         tensors, plain = optimizer_split(state.optimizer)
         _atomic_tensors(out / "optimizer.safetensors", tensors)
         _atomic_json(out / "optimizer.json", plain)
@@ -149,8 +154,10 @@ def load(path: Path, rank: int) -> TrainState:
     set_rng_state(load_file(str(rng)), json.loads((path / f"rng-rank{rank}.json").read_text()))
     optimizer = optimizer_join(load_file(str(path / "optimizer.safetensors")),
                                json.loads((path / "optimizer.json").read_text()))  # fmt: skip
+    ema = load_file(str(path / EMA_FILE)) if (path / EMA_FILE).is_file() else None
     return TrainState(load_file(str(path / "adapter.safetensors")), optimizer,
-                      meta["scheduler"], meta["scaler"], Position(**meta["position"]))  # fmt: skip
+                      meta["scheduler"], meta["scaler"], Position(**meta["position"]),
+                      ema)  # fmt: skip
 
 
 def prune(root: Path, keep: int) -> None:

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -254,6 +255,96 @@ class ExportConfig(_Frozen):
     )
 
 
+class EmaConfig(_Frozen):
+    """An exponential moving average of the LoKr weights (`kohaku.train.ema`), kept beside
+    the trained ones: saved in every checkpoint, exported as `lokr-ema.safetensors`, offered
+    to the evaluate stage. Off while `decay` is empty."""
+
+    decay: float | None = Field(
+        None, description="EMA decay per optimizer step, in (0, 1): 0.999 averages over about "
+        "the last 1,000 steps, 0.9999 over 10,000; empty = no EMA",
+    )  # fmt: skip
+    device: Literal["same", "cpu"] = Field(
+        "same", description="where the average lives: on the training device (fast), or in "
+        "CPU memory (saves the device 4 bytes per LoKr parameter; one copy to the CPU per "
+        "step)",
+    )  # fmt: skip
+    warmup: bool = Field(
+        True, description="the decay ramps up as min(decay, (1 + n) / (10 + n)) over the n "
+        "updates so far (TensorFlow's ExponentialMovingAverage num_updates, diffusers' "
+        "EMAModel), so the average is not held near the untrained start",
+    )  # fmt: skip
+    start_step: int = Field(
+        0, ge=0, description="the average copies the weights up to this optimizer step and "
+        "averages after it (skips an early phase, e.g. the learning-rate warmup)",
+    )  # fmt: skip
+
+    @field_validator("decay")
+    @classmethod
+    def _decay(cls, decay: float | None) -> float | None:
+        if decay is not None and not 0 < decay < 1:
+            raise ValueError(f"decay {decay} must be between 0 and 1, both excluded (0.999 "
+                             "is common; leave it empty for no EMA)")  # fmt: skip
+        return decay
+
+    @property
+    def enabled(self) -> bool:
+        return self.decay is not None
+
+
+class ValidationConfig(_Frozen):
+    """A held-out validation loss (`kohaku.train.validation`): posts chosen by `seed` from the
+    bucket manifest are left out of training, and every `every` steps the LoKr's loss on
+    them is measured with fixed noise and timesteps per post, so the curve is comparable
+    from step to step. Off while neither `posts` nor `fraction` is set."""
+
+    posts: int | None = Field(
+        None, description="held-out posts (at least 1; fewer than the images); empty = "
+        "`fraction`, or no validation",
+    )  # fmt: skip
+    fraction: float | None = Field(
+        None, description="held-out share of the images, in (0, 1) (at least one post); "
+        "instead of `posts`",
+    )  # fmt: skip
+    every: int = Field(
+        100, description="optimizer steps between validation losses (also after the last)"
+    )
+    seed: int = Field(
+        0, ge=0, description="which posts are held out, and their fixed noise and timesteps"
+    )
+    timesteps: int = Field(
+        1, description="fixed timesteps per post, one in each of as many equal slices of "
+        "[0, 1000): more give a steadier estimate at that many forward passes",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _check(self) -> ValidationConfig:
+        if self.every < 1:
+            raise ValueError(f"every {self.every}: validate every 1 or more optimizer steps")
+        if self.timesteps < 1:
+            raise ValueError(f"timesteps {self.timesteps}: at least 1 per post")
+        if self.posts is not None and self.fraction is not None:
+            raise ValueError("set posts or fraction, not both")
+        if self.posts is not None and self.posts < 1:
+            raise ValueError(f"posts {self.posts}: hold out at least 1 post (or leave it "
+                             "empty for no validation)")  # fmt: skip
+        if self.fraction is not None and not 0 < self.fraction < 1:
+            raise ValueError(f"fraction {self.fraction} must be between 0 and 1, both excluded")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.posts is not None or self.fraction is not None
+
+    def count(self, items: int) -> int:
+        """Posts held out of `items` images (0 when off)."""
+        if self.posts is not None:
+            return self.posts
+        if self.fraction is not None:
+            return max(1, round(self.fraction * items))
+        return 0
+
+
 class DistConfig(_Frozen):
     """How many processes train: torchrun's nodes and processes per node."""
 
@@ -303,6 +394,12 @@ class TrainConfig(_Frozen):
     checkpoint_every: int = Field(500, ge=1, description="optimizer steps between checkpoints")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the last ones)")
     log_every: int = Field(10, ge=1, description="optimizer steps between metric lines")
+    ema: EmaConfig = Field(
+        EmaConfig(), description="an EMA of the LoKr weights, saved and exported beside them"
+    )
+    validation: ValidationConfig = Field(
+        ValidationConfig(), description="a held-out validation loss every few steps"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -315,6 +412,18 @@ class TrainConfig(_Frozen):
         if self.dist.node_rank >= self.dist.nnodes:
             raise ValueError(f"dist.node_rank {self.dist.node_rank} >= nnodes {self.dist.nnodes}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """EMA and validation are left out while off, so that a config written before them
+        keeps its JSON form and config hash (the resume key and cache key), as `LossConfig`
+        does for its added fields."""
+        return _without_defaults(handler(self), ADDED_TRAIN_FIELDS)
+
+
+# issue 14; the serialized defaults (mode="json" throughout: what the hash and resume key see)
+ADDED_TRAIN_FIELDS = {"ema": EmaConfig().model_dump(mode="json"),
+                      "validation": ValidationConfig().model_dump(mode="json")}  # fmt: skip
 
 
 def check_bitsandbytes(version: str) -> None:

@@ -1,30 +1,24 @@
-"""The data side of the train stage: bucketed batch order with exact resume, per-step
-captions, and the tensors of one batch.
+"""The data side of the train stage: the items, per-step captions, and the tensors of one
+batch (the batch order, with the sample's repeats, is `kohaku.train.order`).
 
 Reads `<run>/buckets/manifest.parquet` (id, run-relative path, original size, bucket, crop),
 `<run>/tag/captions.parquet` (the tag groups; `kohaku.tag.captions.lay_out` derives the
-head/body/tail lists; `text`, the natural-language captions, when the tag stage joined any)
-and the images under `<run>/download/images/`, which the download stage already resized and
+head/body/tail lists; `text`, the natural-language captions, when the tag stage joined any),
+`<run>/sample/posts.parquet` (`id`, `repeats`: how often each image is shown per epoch, by
+its range or subset; a run dir without it shows each image once) and the images under
+`<run>/download/images/`, which the download stage already resized and
 cropped to their bucket (`kohaku.train.images` decodes them; a batch carries them as uint8,
 and none at all when its latents come from the cache). Writes nothing.
 `kohaku.train.loader` runs `load_batch` in worker processes.
 
-Determinism. Every random choice comes from a PCG64 bit generator seeded through a
-`SeedSequence` of (domain, seed, epoch[, post id]), and only its raw 64-bit output is used:
-a permutation is the stable argsort of raw draws, a uniform is the top 53 bits of one. NumPy
-keeps PCG64's raw stream fixed for a fixed seed across versions and machines (the PCG64
-docstring's compatibility guarantee), while `Generator` methods such as `permutation` only
-promise the same stream on the same build of NumPy (numpy.random compatibility policy,
-NEP 19), so they are not used. The order therefore depends on nothing but the items, the
-seed, the epoch and the global batch size: not on the manifest's row order, the rank, the
-NumPy version or the machine.
+Captions are drawn from `caption_rng(seed, epoch, post id[, repeat])` (`kohaku.train.order`
+says why the raw PCG64 stream), so a resumed run rebuilds exactly the captions the
+interrupted one would have, on any rank and in any worker.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +30,15 @@ from kohaku.errors import ConfigError, InputError
 from kohaku.tag import LAYOUTS, lay_out
 from kohaku.train.config import CaptionConfig, CaptionKind
 from kohaku.train.images import read_batch
+from kohaku.train.order import (  # noqa: F401  (the order's names, as callers import them)
+    CAPTION_DOMAIN,
+    Batch,
+    BucketBatches,
+    DataPosition,
+    GlobalOrder,
+    generator,
+    uniform,
+)
 from kohaku.train.tokens import TagBudget
 
 if TYPE_CHECKING:
@@ -43,9 +46,6 @@ if TYPE_CHECKING:
 
     from kohaku.train.latents import Posterior
 
-log = logging.getLogger(__name__)
-ORDER_VERSION = "1"  # bump when the batch order of the same inputs changes
-_ORDER_DOMAIN, _CAPTION_DOMAIN = 1, 2  # keep the order and caption streams apart
 BUCKET_COLUMNS = ["id", "path", "orig_w", "orig_h", "bucket_w", "bucket_h", "crop_left", "crop_top"]
 PARTS = ["head", "body", "tail"]
 _PARTS_SCHEMA = {p: pl.List(pl.String) for p in PARTS}
@@ -69,12 +69,16 @@ class BucketItems:
     keep_separator: str | None = None  # the layout's (hakubooru: "|||"); never in a caption
     budget: TagBudget | None = None  # max caption tokens; the trainer sets it (tokenizer)
     texts: pl.Series | None = None  # natural-language caption or null per row; None: no texts
+    repeats: np.ndarray | None = None  # int64 [N] showings per epoch (>= 1); None: each once
 
     def __post_init__(self) -> None:
         n = len(self.ids)
         columns = (self.bucket, self.original_size, self.crop, self.paths)
-        if any(len(a) != n for a in columns + (() if self.texts is None else (self.texts,))):
+        optional = tuple(c for c in (self.texts, self.repeats) if c is not None)
+        if any(len(a) != n for a in columns + optional):
             raise ValueError("BucketItems: every column needs one row per id")
+        if self.repeats is not None and n and int(np.min(self.repeats)) < 1:
+            raise ValueError("BucketItems: repeats must be >= 1")
         if self.parts.height != n or self.parts.columns != PARTS:
             raise ValueError(f"BucketItems: parts needs columns {PARTS} and {n} rows")
         if n and not bool(np.all(np.diff(self.ids) > 0)):
@@ -91,11 +95,13 @@ class BucketItems:
 
 
 def load_items(
-    buckets_manifest: Path, captions: Path | None, layout: str = "epsilon"
-) -> BucketItems:
+    buckets_manifest: Path, captions: Path | None, layout: str = "epsilon",
+    posts: Path | None = None,
+) -> BucketItems:  # fmt: skip
     """Read the buckets stage's `manifest.parquet` and, when `captions` is given, the tag
-    stage's `captions.parquet` laid out by `layout` (the run's `tag.layout`). Without
-    captions every caption is empty."""
+    stage's `captions.parquet` laid out by `layout` (the run's `tag.layout`); when `posts`
+    is given, the sample stage's `posts.parquet` for each image's `repeats` (`posts_file`).
+    Without captions every caption is empty; without posts every image is shown once."""
     _check_columns(Path(buckets_manifest), BUCKET_COLUMNS, "run `kohaku buckets` first")
     frame = pl.read_parquet(buckets_manifest, columns=BUCKET_COLUMNS).sort("id")
     if frame["id"].is_duplicated().any():
@@ -112,8 +118,40 @@ def load_items(
         original_size=_pairs(frame, "orig_w", "orig_h"),
         crop=_pairs(frame, "crop_left", "crop_top"), paths=frame["path"], parts=parts,
         keep_separator=LAYOUTS[layout].keep_separator if captions is not None else None,
-        texts=texts,
+        texts=texts, repeats=None if posts is None else _read_repeats(Path(posts), frame["id"]),
     )  # fmt: skip
+
+
+def posts_file(run_dir: Path) -> Path | None:
+    """The sample stage's `posts.parquet` of `run_dir`, or None when the run has none
+    (images and tags made without the sample stage: each image is shown once)."""
+    path = Path(run_dir) / "sample" / "posts.parquet"
+    return path if path.is_file() else None
+
+
+def _read_repeats(path: Path, ids: pl.Series) -> np.ndarray | None:
+    """Each id's `repeats` from the sample stage's posts, in the order of `ids`; None when
+    all are 1 (or the file predates repeats), so such a run is exactly a run without them."""
+    fix = "rebuild the sample stage (`kohaku sample`) and the stages after it"
+    _check_columns(path, ["id"], fix)
+    if "repeats" not in pl.read_parquet_schema(path):  # a sample stage before issue 14
+        return None
+    wanted = pl.LazyFrame({"id": ids})
+    found = pl.scan_parquet(path).select("id", "repeats").join(wanted, on="id", how="semi")
+    frame = wanted.join(found, on="id", how="left", maintain_order="left").collect()
+    if frame.height != len(ids):
+        raise InputError(f"{path}: duplicate ids; {fix}")
+    missing = frame.filter(pl.col("repeats").is_null())["id"]
+    if len(missing):
+        raise InputError(
+            f"{len(missing)} of {len(ids)} images in the buckets manifest are not among the "
+            f"posts of {path} (first ids: {missing.head(5).to_list()}): the sample changed "
+            "since the images were fetched; rebuild the download and buckets stages"
+        )
+    repeats = frame["repeats"].to_numpy().astype(np.int64)
+    if len(repeats) and int(repeats.min()) < 1:
+        raise InputError(f"{path}: repeats below 1; {fix}")
+    return None if bool(np.all(repeats == 1)) else repeats
 
 
 def check_texts(items: BucketItems, cfg: CaptionConfig, captions: Path) -> None:
@@ -173,185 +211,15 @@ def _read_parts(path: Path, layout: str, ids: pl.Series) -> pl.DataFrame:
     return parts.select(*PARTS, *text)
 
 
-# ---------------------------------------------------------------- batch order
-
-
-@dataclass(frozen=True, order=True)
-class DataPosition:
-    """Where the data stands: `index` is the next global micro-batch within `epoch`.
-    Stored in a checkpoint's sidecar (`dataclasses.asdict`, `DataPosition(**d)`)."""
-
-    epoch: int = 0
-    index: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epoch < 0 or self.index < 0:
-            raise ValueError(f"DataPosition needs epoch >= 0 and index >= 0, got {self}")
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One rank's micro-batch: its ids, all from one `bucket` (width, height), and the
-    position of the global micro-batch it belongs to."""
-
-    ids: tuple[int, ...]
-    bucket: tuple[int, int]
-    epoch: int
-    index: int
-
-
-@dataclass(frozen=True, eq=False)
-class GlobalOrder:
-    """An epoch's global micro-batches: `ids[k]` (all ranks' items) from bucket `bucket[k]`."""
-
-    ids: np.ndarray  # int64 [K, batch_size * world_size]
-    bucket: np.ndarray  # int64 [K, 2] (width, height)
-
-
-class BucketBatches:
-    """The deterministic, resumable order of one rank's micro-batches.
-
-    Per epoch: each bucket's ids are shuffled by (seed, epoch), cut into global batches of
-    `batch_size * world_size` (a bucket's incomplete remainder is left out of that epoch,
-    see `dropped_per_epoch`), and the batches of all buckets are shuffled by (seed, epoch).
-    Rank r takes items [r * batch_size, (r + 1) * batch_size) of every global batch, so all
-    ranks step through the same buckets together. The global order depends only on the
-    global batch size: 1 rank with batch B sees what 2 ranks with B/2 see together."""
-
-    def __init__(
-        self, items: BucketItems, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0
-    ) -> None:
-        _check_ranks(batch_size, world_size, rank, seed)
-        self.batch_size, self.world_size, self.rank, self.seed = batch_size, world_size, rank, seed
-        self.global_batch = batch_size * world_size
-        self.buckets, self._groups = _group_by_bucket(items)
-        sizes = np.array([len(g) for g in self._groups], dtype=np.int64)
-        self.batches_per_epoch = int((sizes // self.global_batch).sum())
-        self.dropped_per_epoch = int((sizes % self.global_batch).sum())
-        if self.batches_per_epoch == 0:
-            raise ConfigError(
-                f"no batch possible: batch_size * world_size = {self.global_batch} exceeds "
-                f"every bucket (the largest holds {int(sizes.max(initial=0))} images)"
-            )
-        log.info("data: %d batches of %d per epoch; %d of %d images left out (incomplete "
-                 "batches of their bucket)", self.batches_per_epoch, self.global_batch,
-                 self.dropped_per_epoch, int(sizes.sum()))  # fmt: skip
-        self._cache: tuple[int, GlobalOrder] | None = None
-
-    def global_order(self, epoch: int) -> GlobalOrder:
-        """Every rank's micro-batches of `epoch` (the last epoch asked is cached)."""
-        if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, _shuffle_epoch(self._groups, self.buckets, self.seed, epoch,
-                                                 self.global_batch))  # fmt: skip
-        return self._cache[1]
-
-    def epoch_batches(self, epoch: int) -> list[Batch]:
-        """This rank's micro-batches of `epoch`, in order."""
-        order = self.global_order(epoch)
-        return [self._batch(order, epoch, k) for k in range(self.batches_per_epoch)]
-
-    def iterate(
-        self, start: DataPosition | None = None, stop_epoch: int | None = None
-    ) -> Iterator[tuple[DataPosition, Batch]]:
-        """(position, batch) from `start` (default: the very beginning) on, across epochs,
-        until `stop_epoch` (exclusive; None: forever). Resume from `next_position` of the
-        last batch trained on."""
-        pos = self.normalize(start if start is not None else DataPosition())
-        epoch, index = pos.epoch, pos.index
-        while stop_epoch is None or epoch < stop_epoch:
-            order = self.global_order(epoch)
-            for k in range(index, self.batches_per_epoch):
-                yield DataPosition(epoch, k), self._batch(order, epoch, k)
-            epoch, index = epoch + 1, 0
-
-    def next_position(self, pos: DataPosition) -> DataPosition:
-        """The position after the batch at `pos` (the first of the next epoch at its end)."""
-        return self.normalize(DataPosition(pos.epoch, pos.index + 1))
-
-    def normalize(self, pos: DataPosition) -> DataPosition:
-        """`pos` with an index at the epoch's end moved to the start of the next epoch."""
-        if pos.index > self.batches_per_epoch:
-            raise ValueError(f"{pos} is past the epoch's {self.batches_per_epoch} batches")
-        if pos.index == self.batches_per_epoch:
-            return DataPosition(pos.epoch + 1, 0)
-        return pos
-
-    def fingerprint(self) -> str:
-        """What the global order depends on (items, buckets, seed, global batch, version):
-        store it with a checkpoint and resume only when it matches."""
-        digest = hashlib.sha256(f"{ORDER_VERSION}/{self.seed}/{self.global_batch}".encode())
-        for bucket, ids in zip(self.buckets, self._groups, strict=True):
-            digest.update(np.asarray(bucket, dtype=np.int64).tobytes() + ids.tobytes())
-        return digest.hexdigest()[:16]
-
-    def _batch(self, order: GlobalOrder, epoch: int, k: int) -> Batch:
-        lo = self.rank * self.batch_size
-        ids = tuple(int(i) for i in order.ids[k, lo : lo + self.batch_size])
-        width, height = (int(v) for v in order.bucket[k])
-        return Batch(ids=ids, bucket=(width, height), epoch=epoch, index=k)
-
-
-def _check_ranks(batch_size: int, world_size: int, rank: int, seed: int) -> None:
-    if batch_size < 1 or world_size < 1:
-        raise ConfigError(f"batch_size ({batch_size}) and world_size ({world_size}) must be >= 1")
-    if not 0 <= rank < world_size:
-        raise ConfigError(f"rank {rank} is out of range for world_size {world_size}")
-    if seed < 0:
-        raise ConfigError(f"seed must be >= 0, got {seed}")
-
-
-def _group_by_bucket(items: BucketItems) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
-    """Buckets sorted by (width, height) and the ascending ids of each."""
-    if len(items.ids) == 0:
-        return [], []
-    bucket = np.asarray(items.bucket, dtype=np.int64).reshape(-1, 2)
-    order = np.lexsort((items.ids, bucket[:, 1], bucket[:, 0]))
-    keys, starts = np.unique(bucket[order], axis=0, return_index=True)
-    groups = np.split(np.asarray(items.ids, dtype=np.int64)[order], starts[1:])
-    return [(int(w), int(h)) for w, h in keys], groups
-
-
-def _shuffle_epoch(
-    groups: list[np.ndarray], buckets: list[tuple[int, int]], seed: int, epoch: int, size: int
-) -> GlobalOrder:
-    rng = _rng(_ORDER_DOMAIN, seed, epoch)
-    chunks, owners = [], []
-    for b, ids in enumerate(groups):
-        shuffled = ids[_permutation(rng, len(ids))]  # drawn for every bucket, full or not
-        k = len(ids) // size
-        chunks.append(shuffled[: k * size].reshape(k, size))
-        owners.append(np.full(k, b, dtype=np.int64))
-    batches, owner = np.concatenate(chunks), np.concatenate(owners)
-    perm = _permutation(rng, len(batches))
-    return GlobalOrder(ids=batches[perm], bucket=np.asarray(buckets, dtype=np.int64)[owner[perm]])
-
-
-# ---------------------------------------------------------------- randomness
-
-
-def _rng(*entropy: int) -> np.random.Generator:
-    if any(e < 0 for e in entropy):
-        raise ValueError(f"seed, epoch and post id must be >= 0, got {entropy[1:]}")
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(entropy))))
-
-
-def _permutation(rng: np.random.Generator, n: int) -> np.ndarray:
-    """A permutation of range(n) from raw PCG64 output (stable across NumPy versions)."""
-    return np.argsort(rng.bit_generator.random_raw(n), kind="stable")
-
-
-def _uniform(rng: np.random.Generator, n: int) -> np.ndarray:
-    """n floats in [0, 1) from raw PCG64 output (top 53 bits)."""
-    return (rng.bit_generator.random_raw(n) >> np.uint64(11)) * (1.0 / 2**53)
-
-
-def caption_rng(seed: int, epoch: int, post_id: int) -> np.random.Generator:
-    """The generator of one post's caption in one epoch: a post is drawn once per epoch,
-    so a resumed run rebuilds exactly the captions the interrupted one would have."""
-    return _rng(_CAPTION_DOMAIN, seed, epoch, post_id)
-
-
 # ---------------------------------------------------------------- captions
+
+
+def caption_rng(seed: int, epoch: int, post_id: int, repeat: int = 0) -> np.random.Generator:
+    """The generator of one post's caption in one epoch, at its `repeat`-th showing: a
+    resumed run rebuilds exactly the captions the interrupted one would have. The repeat
+    joins the key only from 1 on, so the first showing draws what a run without repeats
+    draws."""
+    return generator(CAPTION_DOMAIN, seed, epoch, post_id, *((repeat,) if repeat else ()))
 
 
 @dataclass(frozen=True)
@@ -404,7 +272,7 @@ def draw_caption(
     `|||`) only says where the kept head ends, which `head` already says. It is no token, and
     kohya sd-scripts strips it too, so it never reaches a text encoder."""
     n = len(body)
-    draws = _uniform(rng, 2 + 2 * n)  # PCG64's first 1 + 2n draws are those of before
+    draws = uniform(rng, 2 + 2 * n)  # PCG64's first 1 + 2n draws are those of before
     blank, keys, drop, pick = draws[0], draws[1 : 1 + n], draws[1 + n : 1 + 2 * n], draws[-1]
     if blank < cfg.caption_dropout:
         return Caption("", kind="")
@@ -425,12 +293,13 @@ def draw_caption(
 def draw_captions(
     items: BucketItems, rows: np.ndarray, batch: Batch, cfg: CaptionConfig, seed: int
 ) -> list[Caption]:
-    """The captions of a micro-batch, each from its post's generator of the epoch, cut to
-    the items' token budget when they have one."""
+    """The captions of a micro-batch, each from its post's generator of the epoch and
+    showing, cut to the items' token budget when they have one."""
     parts = items.parts[rows].rows()
     texts = [None] * len(rows) if items.texts is None else items.texts.gather(rows).to_list()
-    return [draw_caption(*p, cfg, caption_rng(seed, batch.epoch, i), items.budget, t)
-            for p, t, i in zip(parts, texts, batch.ids, strict=True)]  # fmt: skip
+    keys = zip(batch.ids, batch.repeat, strict=True)
+    return [draw_caption(*p, cfg, caption_rng(seed, batch.epoch, i, r), items.budget, t)
+            for p, t, (i, r) in zip(parts, texts, keys, strict=True)]  # fmt: skip
 
 
 def example_captions(
@@ -476,10 +345,15 @@ class TrainBatch:
     captions_both: int = 0  # captions of the tags and the text
     captions_fallback: int = 0  # text or both drawn for a post without text: its tags
     posterior: Posterior | None = None  # float32 [B, C, h, w] mean and std, from the cache
+    repeat: tuple[int, ...] = ()  # each sample's showing in the epoch (`Batch`); () = all 0
 
     @property
     def position(self) -> DataPosition:
         return DataPosition(self.epoch, self.index)
+
+    def samples(self) -> list[tuple[int, int]]:
+        """(post id, repeat) of each sample: the key of its noise and timestep draws."""
+        return list(zip(self.ids, self.repeat or (0,) * len(self.ids), strict=True))
 
     def time_ids(self) -> torch.Tensor:
         """SDXL's add_time_ids, int64 [B, 6]."""
@@ -513,7 +387,7 @@ def load_batch(
     captions = draw_captions(items, rows, batch, cfg, seed)
     target = np.broadcast_to([batch.bucket[1], batch.bucket[0]], (len(rows), 2))
     return TrainBatch(
-        ids=batch.ids, epoch=batch.epoch, index=batch.index, pixels=pixels,
+        ids=batch.ids, epoch=batch.epoch, index=batch.index, pixels=pixels, repeat=batch.repeat,
         captions=[c.text for c in captions], captions_cut=sum(c.cut for c in captions),
         captions_text=sum(c.kind == "text" for c in captions),
         captions_both=sum(c.kind == "both" for c in captions),

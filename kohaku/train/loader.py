@@ -7,7 +7,7 @@ The order is decided in the training process: `BucketBatches.iterate` yields the
 (ids, bucket, epoch, index) from the resume position on, the DataLoader hands each to a
 worker as the key of the map-style dataset `BatchSource`, and gives the built batches back
 in that order. A worker only reads, decodes and draws captions from
-`caption_rng(seed, epoch, post id)`; the noise comes from `objective.sample_generator` in
+`caption_rng(seed, epoch, post id, repeat)`; the noise comes from `objective.sample_generator` in
 the training process. Neither the worker count nor the workers' own seeds change anything:
 0 workers (in the training process, between steps) and N give the same batches, bit for bit.
 
@@ -46,15 +46,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from kohaku.errors import ConfigError
 from kohaku.train.config import CaptionConfig, LoaderConfig
-from kohaku.train.data import (
-    PARTS,
-    Batch,
-    BucketBatches,
-    BucketItems,
-    DataPosition,
-    TrainBatch,
-    load_batch,
-)
+from kohaku.train.data import PARTS, BucketItems, TrainBatch, load_batch
+from kohaku.train.order import Batch, BucketBatches, DataPosition
 
 if TYPE_CHECKING:
     from kohaku.train.latents import LatentCache
@@ -112,7 +105,8 @@ class SharedItems:
             self.texts = (_Strings.of(items.texts.fill_null("")), missing)
 
     def subset(self, ids: Iterable[int]) -> BucketItems:
-        rows = np.searchsorted(self.ids.numpy(), np.sort(np.asarray(list(ids), np.int64)))
+        # each id once: a batch may show a post twice (repeats), the items hold it once
+        rows = np.searchsorted(self.ids.numpy(), np.unique(np.asarray(list(ids), np.int64)))
         numbers = self.numbers.numpy()[rows]
         parts = {part: self.parts[part].get(rows) for part in PARTS}
         return BucketItems(

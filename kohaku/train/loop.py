@@ -3,8 +3,11 @@ exactly.
 
 Reads `<run>/buckets/manifest.parquet`, `<run>/tag/captions.parquet`, the base model and
 the newest checkpoint in `<run>/train/checkpoints/`. Writes checkpoints there (every
-`checkpoint_every` steps and on SIGTERM), `<run>/train/metrics.jsonl` (rank 0) and, at the
-end, `<run>/train/lokr.safetensors` (kohya names) and `<run>/train/result.json`.
+`checkpoint_every` steps and on SIGTERM), `<run>/train/metrics.jsonl` (rank 0; `val_loss`
+on the lines of the steps that measured it), `<run>/train/validation.json` (the held-out
+posts, with `train.validation`) and, at the end, `<run>/train/lokr.safetensors` (kohya
+names), `<run>/train/lokr-ema.safetensors` (the EMA's, with `train.ema`) and
+`<run>/train/result.json`.
 Run it under torchrun for several processes (`kohaku.train.run`), or directly for one.
 """
 
@@ -15,7 +18,7 @@ import math
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,10 +30,20 @@ from kohaku.sdxl.model import check_model, load_sdxl, vae_dtype_for
 from kohaku.sdxl.schedule import schedule_source
 from kohaku.train import checkpoint as ckpt
 from kohaku.train import objective
+from kohaku.train import validation as val
 from kohaku.train.config import TrainConfig, check_bitsandbytes
-from kohaku.train.data import BucketBatches, DataPosition, TrainBatch, load_items, with_budget
+from kohaku.train.data import (
+    BucketBatches,
+    DataPosition,
+    TrainBatch,
+    load_items,
+    posts_file,
+    with_budget,
+)
+from kohaku.train.ema import EMA, EMA_LOKR, META_EMA, trainable
 from kohaku.train.latents import LatentCache, cache_latents, latents_from_cache, vae_key
 from kohaku.train.loader import BatchOrder, BatchSource, batch_loader, unit_pixels
+from kohaku.train.metrics import MetricLog
 from kohaku.train.tokens import token_stats
 
 STOPPED = 75  # exit code after a SIGTERM: checkpoint written, run again to resume
@@ -77,18 +90,26 @@ class Denoiser(torch.nn.Module):
 
     def forward(self, batch: TrainBatch, gens: list[torch.Generator]) -> torch.Tensor:
         device = next(self.unet.parameters()).device
+        draws = objective.draw(gens, self.latent_shape(batch), self.cfg.loss,
+                               self.parts.noise_scheduler.config.num_train_timesteps)  # fmt: skip
+        latents, cond = self.inputs(batch, draws.latent_eps.to(device))
+        return objective.sample_losses(self.parts, latents, cond, draws, self.cfg.loss)
+
+    def latent_shape(self, batch: TrainBatch) -> tuple[int, int, int]:
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         height, width = (int(v) // scale for v in batch.target_size[0])
-        shape = (self.unet.config.in_channels, height, width)
-        draws = objective.draw(gens, shape, self.cfg.loss,
-                               self.parts.noise_scheduler.config.num_train_timesteps)  # fmt: skip
-        latents = self._latents(batch, draws.latent_eps.to(device))
+        return (self.unet.config.in_channels, height, width)
+
+    def inputs(self, batch: TrainBatch, eps: torch.Tensor
+               ) -> tuple[torch.Tensor, objective.Conditioning]:  # fmt: skip
+        """The batch's latents (posterior samples with `eps`) and text conditioning."""
+        latents = self._latents(batch, eps)
         ids = objective.time_ids(batch.original_size, batch.crop_top_left, batch.target_size)
         text_grad = self.cfg.adapter.train_text_encoders
         with nullcontext() if text_grad else torch.no_grad():
-            cond = objective.encode_prompts(self.parts, batch.captions, ids.to(device),
+            cond = objective.encode_prompts(self.parts, batch.captions, ids.to(eps.device),
                                             self.cfg.captions.max_tokens)  # fmt: skip
-        return objective.sample_losses(self.parts, latents, cond, draws, self.cfg.loss)
+        return latents, cond
 
     def _latents(self, batch: TrainBatch, eps: torch.Tensor) -> torch.Tensor:
         """VAE posterior samples: of the images, or of the cached posterior the batch carries."""
@@ -141,8 +162,10 @@ class Trainer:
         self.cfg, self.run_dir, self.d = cfg, Path(run_dir), d
         self.out = self.run_dir / "train"
         captions = self.run_dir / "tag" / "captions.parquet"
-        self.items = load_items(self.run_dir / "buckets" / "manifest.parquet", captions,
-                                cfg.layout or "epsilon")  # fmt: skip
+        items = load_items(self.run_dir / "buckets" / "manifest.parquet", captions,
+                           cfg.layout or "epsilon", posts_file(self.run_dir))  # fmt: skip
+        # with validation off: `items` itself, and today's batch order
+        self.items, held, self.validation = val.split(items, cfg.validation, cfg.batch_size)
         self.batches = BucketBatches(self.items, cfg.batch_size, d.world, d.rank, cfg.seed)
         loading = time.perf_counter()
         self.parts, self.adapters = self._model()
@@ -156,15 +179,21 @@ class Trainer:
         # since this process started: captions cut by the token budget, drawn, of the text,
         # of tags and text, fallen back to tags (text drawn, none there)
         self.captions = [0] * len(CAPTION_COUNTS)
-        self.cache = self._latent_cache()
-        self.model = self._wrap(Denoiser(self.parts, self.adapters, cfg))
+        self.cache = self._latent_cache(items)  # the held-out posts' latents too
+        self.denoiser = Denoiser(self.parts, self.adapters, cfg)
+        self.model = self._wrap(self.denoiser)
         self.source = BatchSource(self.items, self.run_dir, cfg.captions, cfg.seed, self.cache)
+        self.validator = self._validator(held)
+        self.val_loss: float | None = None  # the last one measured
+        self.ema = (EMA(trainable(self.adapters.networks), cfg.ema, d.device)
+                    if cfg.ema.enabled else None)  # fmt: skip
         self.optimizer = build_optimizer(cfg, self.adapters)
         self.total = cfg.max_steps or cfg.epochs * self.batches.batches_per_epoch // cfg.grad_accum
         self.scheduler = build_schedule(cfg, self.optimizer, self.total)
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.precision == "fp16")
         self.stop_requested = False
-        self.writer = None  # TensorBoard, opened on the first metric line (rank 0)
+        self.metrics = MetricLog(self.out)  # metrics.jsonl, TensorBoard, stdout (rank 0)
+        self.val_seconds = 0.0  # spent on validation, left out of images_per_s
 
     def _model(self):
         """The base streamed onto the device: UNet and text encoders frozen in the training
@@ -188,17 +217,29 @@ class Trainer:
             parts.unet.enable_gradient_checkpointing()
         return parts, adapters
 
-    def _latent_cache(self) -> LatentCache | None:
-        """Rank 0 encodes what the cache lacks; then every rank reads it."""
+    def _latent_cache(self, items) -> LatentCache | None:
+        """Rank 0 encodes what the cache lacks of `items`; then every rank reads it."""
         if self.cfg.latent_cache is None:
             return None
         vae = self.parts.vae
         if self.d.rank == 0:
             cache_latents(
-                self.items, self.run_dir, vae, Path(self.cfg.latent_cache), loader=self.cfg.loader
+                items, self.run_dir, vae, Path(self.cfg.latent_cache), loader=self.cfg.loader
             )
         self.d.barrier()
         return LatentCache(Path(self.cfg.latent_cache) / vae_key(vae)[:16])
+
+    def _validator(self, held) -> val.Validator | None:
+        """The held-out posts' loss, this rank's share; rank 0 records which they are."""
+        if self.validation is None:
+            return None
+        if self.d.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            val.write_record(self.validation, self.out)
+        held = replace(held, budget=self.items.budget)  # one token count cache for both
+        return val.Validator(self.validation, held, self.run_dir, self.cfg.captions,
+                             self.cfg.loader, self.d.device, self.d.rank, self.d.world,
+                             self.cache)  # fmt: skip
 
     def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         if self.d.world == 1:
@@ -219,7 +260,11 @@ class Trainer:
             step, images = step + 1, images + len(micro) * self.cfg.batch_size * self.d.world
             nxt = self.batches.next_position(micro[-1].position)
             pos = ckpt.Position(step, nxt.epoch, nxt.index)
-            self._log(step, loss, images / (time.perf_counter() - start))
+            if self.ema is not None:
+                self.ema.update(step)
+            measured = self._validate(step)
+            self._log(step, loss, images / (time.perf_counter() - start - self.val_seconds),
+                      measured)  # fmt: skip
             if self._should_stop() or step % self.cfg.checkpoint_every == 0:
                 self.save(pos)
                 if self.stop_requested:
@@ -231,8 +276,8 @@ class Trainer:
         total = 0.0
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1 or self.d.world == 1
-            gens = [objective.sample_generator(self.cfg.seed, batch.epoch, pid)
-                    for pid in batch.ids]  # fmt: skip
+            gens = [objective.sample_generator(self.cfg.seed, batch.epoch, pid, repeat)
+                    for pid, repeat in batch.samples()]  # fmt: skip
             self.captions = [a + b for a, b in zip(self.captions, caption_tally(batch),
                                                    strict=True)]  # fmt: skip
             with self._autocast(), nullcontext() if sync else self.model.no_sync():
@@ -259,6 +304,20 @@ class Trainer:
         t = torch.tensor(values, dtype=torch.int64, device=self.d.device)
         dist.all_reduce(t)
         return [int(v) for v in t.tolist()]
+
+    def _validate(self, step: int) -> dict[str, float]:
+        """At a validation step: the held-out loss (`val_loss`) and, with an EMA, the EMA
+        weights' (`val_loss_ema`), each the mean over every rank's held-out samples."""
+        if self.validator is None or not self.validator.due(step, self.total):
+            return {}
+        start, out = time.perf_counter(), {}
+        out["val_loss"] = self.validator.mean_loss(self.denoiser, self._autocast)
+        if self.ema is not None:
+            with self.ema.swapped_in():
+                out["val_loss_ema"] = self.validator.mean_loss(self.denoiser, self._autocast)
+        self.val_seconds += time.perf_counter() - start
+        self.val_loss = out["val_loss"]
+        return out
 
     def _autocast(self):
         if self.cfg.precision == "fp32":
@@ -289,9 +348,10 @@ class Trainer:
                 for k, v in net.state_dict().items()}  # fmt: skip
 
     def save(self, pos: ckpt.Position) -> None:
-        state = ckpt.TrainState(self._adapter_state(), self.optimizer.state_dict(),
+        adapter = self._adapter_state()
+        state = ckpt.TrainState(adapter, self.optimizer.state_dict(),
                                 self.scheduler.state_dict(), self.scaler.state_dict() or None,
-                                pos)  # fmt: skip
+                                pos, self.ema.state(adapter) if self.ema else None)  # fmt: skip
         ckpt.save(self.out / "checkpoints", state, self.d.rank, self.d.world, self.d.barrier)
         if self.d.rank == 0:
             ckpt.prune(self.out / "checkpoints", self.cfg.keep_checkpoints)
@@ -304,46 +364,62 @@ class Trainer:
         for c, net in self.adapters.networks.items():
             net.load_state_dict({k.split(".", 1)[1]: v for k, v in state.adapter.items()
                                  if k.split(".", 1)[0] == c})  # fmt: skip
+        if self.ema is not None:
+            if state.ema is None:
+                raise ValueError(f"{path} has no {ckpt.EMA_FILE}: it was written without "
+                                 "train.ema; resume without it, or start the run over")  # fmt: skip
+            self.ema.load(state.ema)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         if state.scaler:
             self.scaler.load_state_dict(state.scaler)
         return state.position
 
-    def _log(self, step: int, loss: float, rate: float) -> None:
-        if self.d.rank != 0 or (step % self.cfg.log_every and step != self.total):
+    def _log(self, step: int, loss: float, rate: float, measured: dict[str, float]) -> None:
+        """A metric line every `log_every` steps, at the last step and at every validation
+        step (with `val_loss` and `val_loss_ema` on it)."""
+        due = step % self.cfg.log_every == 0 or step == self.total or measured
+        if self.d.rank != 0 or not due:
             return
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         line = {"step": step, "total": self.total, "loss": loss, "lr_unet": lrs[0],
-                "lr_text": lrs[1] if len(lrs) > 1 else None, "images_per_s": rate}  # fmt: skip
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
-        self._tensorboard(line)
-        print(f"kohaku-train {json.dumps(line)}", flush=True)
-
-    def _tensorboard(self, line: dict) -> None:
-        """The same figures as TensorBoard event files in `<run>/train/tensorboard/`."""
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
-        for key in ("loss", "lr_unet", "lr_text", "images_per_s"):
-            if line[key] is not None:
-                self.writer.add_scalar(f"train/{key}", line[key], line["step"])
-        self.writer.flush()
+                "lr_text": lrs[1] if len(lrs) > 1 else None, "images_per_s": rate,
+                **measured}  # fmt: skip
+        self.metrics.write(line)
 
     def _finish(self, step: int) -> dict:
-        if self.writer is not None:
-            self.writer.close()
+        self.metrics.close()
         tally = dict(zip(CAPTION_COUNTS, self._sum_over_ranks(self.captions), strict=True))
+        if self.validator is not None and self.val_loss is None:  # resumed after the last step
+            self._validate(step)
         if self.d.rank == 0:
-            lokr.save(self.adapters, self.out / "lokr.safetensors", torch.float16,
-                      prediction=self.cfg.loss.prediction, title=self.run_dir.name,
-                      zero_snr=self.cfg.loss.zero_terminal_snr,
-                      extra=self.parts.trained_on())  # fmt: skip
+            self._export("lokr.safetensors", self.run_dir.name, {})
             result = {"status": "done", "step": step, "lokr": "lokr.safetensors", **tally,
-                      "caption_tokens": self.token_stats.as_counts()}  # fmt: skip
+                      "caption_tokens": self.token_stats.as_counts(),
+                      **self._extras(step)}  # fmt: skip
             (self.out / "result.json").write_text(json.dumps(result))
         self.d.barrier()
         return {"status": "done", "step": step}
+
+    def _export(self, name: str, title: str, extra: dict[str, str]) -> None:
+        lokr.save(self.adapters, self.out / name, torch.float16,
+                  prediction=self.cfg.loss.prediction, title=title,
+                  zero_snr=self.cfg.loss.zero_terminal_snr,
+                  extra={**self.parts.trained_on(), **extra})  # fmt: skip
+
+    def _extras(self, step: int) -> dict:
+        """The EMA's LoKr file (written here) and the validation set, for result.json."""
+        out: dict = {}
+        if self.ema is not None:
+            record = {"decay": self.cfg.ema.decay, "warmup": self.cfg.ema.warmup,
+                      "start_step": self.cfg.ema.start_step, "step": step}  # fmt: skip
+            with self.ema.swapped_in():
+                self._export(EMA_LOKR, f"{self.run_dir.name}-ema",
+                             {META_EMA: json.dumps(record)})  # fmt: skip
+            out["lokr_ema"] = EMA_LOKR
+        if self.validation is not None:
+            out["validation"] = {"posts": len(self.validation.ids),
+                                 "sha256": self.validation.digest,
+                                 "file": val.RECORD}  # fmt: skip
+            out["val_loss"] = self.val_loss
+        return out

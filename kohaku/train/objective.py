@@ -4,8 +4,8 @@ rescaled to zero terminal SNR; min-SNR or debiased weighting; offset noise). The
 run trains on is `kohaku.sdxl.schedule.schedule_source`'s.
 
 Reads and writes nothing. Every random draw of a sample (latent sampling, timestep,
-noise, offset) comes from a generator keyed by (seed, epoch, post id), so a sample's loss
-does not depend on which rank or micro-batch it lands in, nor on a resume.
+noise, offset) comes from a generator keyed by (seed, epoch, post id[, repeat]), so a
+sample's loss does not depend on which rank or micro-batch it lands in, nor on a resume.
 """
 
 from __future__ import annotations
@@ -32,8 +32,11 @@ class Conditioning:
     time_ids: torch.Tensor  # [B, 6]: original h, w, crop top, left, target h, w
 
 
-def sample_generator(seed: int, epoch: int, post_id: int) -> torch.Generator:
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{post_id}".encode(), digest_size=8).digest()
+def sample_generator(seed: int, epoch: int, post_id: int, repeat: int = 0) -> torch.Generator:
+    """The generator of one sample's draws: a post's `repeat`-th showing in `epoch` (the
+    repeat joins the key only from 1 on: the first showing draws as without repeats)."""
+    key = f"{seed}:{epoch}:{post_id}" + (f":{repeat}" if repeat else "")
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
 
 

@@ -79,3 +79,24 @@ def test_train_starts_over_when_its_config_or_data_changed(tmp_path: Path):
     stage("tag")  # the captions were rebuilt
     _start_over_if_changed(cfg.model_copy(update={"max_steps": 9}), tmp_path)
     assert not checkpoint.exists()
+
+
+def test_an_input_file_rewritten_at_its_path_changes_the_task_key(tmp_path: Path):
+    """`file_key` is what the tag task (`tag.text_captions`) and the train task (the base
+    model and `train.model.lokr`) are keyed on besides their config, which names the file
+    only by its path: new content there is no stale cache hit."""
+    import os
+
+    from tasks.policy import file_key
+
+    small, large = tmp_path / "texts.jsonl", tmp_path / "base.safetensors"
+    small.write_text('{"id": 1, "text": "a"}\n')
+    large.write_bytes(b"\0" * (2 << 20))  # past the 1 MiB that are hashed: size and mtime
+    os.utime(large, ns=(1, 1))
+    before = file_key(small), file_key(large)
+    stat = small.stat()
+    small.write_text('{"id": 1, "text": "b"}\n')  # same size, same mtime: the content tells
+    os.utime(small, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    large.write_bytes(b"\1" * (2 << 20))
+    assert file_key(small) != before[0] and file_key(large) != before[1]
+    assert file_key(None) is None and file_key(tmp_path / "missing") is None

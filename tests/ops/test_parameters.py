@@ -24,6 +24,24 @@ def test_the_form_shows_every_parameter_and_config_field_described():
             assert spec.get("description"), f"{name}.{field} has no description"
 
 
+def test_every_help_names_the_registered_presets(capsys):
+    """The flows' form, their command lines and the CLI list the presets `kohaku.config`
+    registers (epsilon-rev2 and zeta included), not a list typed once."""
+    from flows.params import config_parser
+    from flows.pipeline import pipeline
+    from kohaku.cli import main
+    from kohaku.config import PRESETS
+
+    form = pipeline.parameters.model_dump()["properties"]["preset"]["description"]
+    flow_help = config_parser("flow").format_help()
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    cli_help = " ".join(capsys.readouterr().out.split())  # argparse wraps the line
+    assert {"epsilon-rev2", "zeta"} <= set(PRESETS)
+    for name in PRESETS:
+        assert name in form and name in flow_help and name in cli_help, name
+
+
 def test_a_run_config_from_a_preset_and_overrides_or_a_whole_config(tmp_path):
     from flows.params import resolve
 

@@ -17,6 +17,7 @@ from kohaku.sdxl.tiny import tiny_vae
 from kohaku.train.config import LoaderConfig, TrainConfig
 from kohaku.train.data import (
     PARTS,
+    Batch,
     BucketBatches,
     BucketItems,
     CaptionConfig,
@@ -106,6 +107,20 @@ def test_shared_items_give_back_every_row():
         assert got.parts.rows() == items.parts[rows].rows()
         for column in ("bucket", "original_size", "crop"):
             assert np.array_equal(getattr(got, column), getattr(items, column)[rows])
+
+
+def test_a_batch_showing_a_post_twice_builds_from_the_shared_items(tmp_path):
+    """Repeats: a post's two showings in one batch (where its bucket leaves no other
+    choice) travel to a worker as one row and come back as two samples, as in the trainer."""
+    run = write_training_run(tmp_path, n=4, buckets=((64, 64),))
+    items = load_items(run / "buckets/manifest.parquet", run / "tag/captions.parquet")
+    cfg = CaptionConfig(tag_dropout=0.3)
+    worker = pickle.loads(ForkingPickler.dumps(BatchSource(items, run, cfg, 5)))
+    assert isinstance(worker.items, SharedItems)
+    batch = Batch((101, 100, 101), (64, 64), 1, 0, repeat=(1, 0, 0))
+    built, expected = worker[batch], load_batch(batch, items, run, cfg, 5)
+    assert same(built, expected) and built.samples() == [(101, 1), (100, 0), (101, 0)]
+    assert built.captions[0] != built.captions[2] and torch.equal(*built.pixels[[0, 2]])
 
 
 def test_a_bad_image_is_a_one_line_input_error_at_its_batch(tmp_path):

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from kohaku.sdxl import lokr
 from kohaku.train import objective
-from kohaku.train.config import LoaderConfig, TrainConfig
+from kohaku.train.config import LoaderConfig, TrainConfig, ValidationConfig
 from kohaku.train.launch import command
 from kohaku.train.loop import STOPPED, Dist, Trainer
 from tests.train.rundir import write_training_run
@@ -169,28 +169,39 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tiny_sdxl
     to one step. Tolerances: the first logged global loss (no Adam step yet) agrees to 1e-6,
     the later ones carry that noise: 1e-5 (measured 1.5e-6 at step 3 since the VAE encodes one
     image at a time); weights by less than one Adam step (lr = 1e-3) everywhere and by 1e-6
-    on average (measured: 2e-4, 2e-7)."""
-    one = config(tiny_sdxl_dir, batch_size=4, max_steps=3)
-    two = config(tiny_sdxl_dir, batch_size=2, max_steps=3, dist={"nproc_per_node": 2})
-    runs = {name: write_training_run(tmp_path / name, n=8) for name in ("one", "two")}
+    on average (measured: 2e-4, 2e-7). Both hold out 2 posts (one per bucket: each rank
+    validates one) and keep an EMA: the validation losses and the EMA agree alike."""
+    extra = {"validation": {"posts": 2, "every": 2, "seed": 1}, "ema": {"decay": 0.5}}
+    one = config(tiny_sdxl_dir, batch_size=4, max_steps=3, **extra)
+    two = config(tiny_sdxl_dir, batch_size=2, max_steps=3, dist={"nproc_per_node": 2}, **extra)
+    runs = {name: write_training_run(tmp_path / name, n=10) for name in ("one", "two")}
     procs = [start(one, runs["one"]), start(two, runs["two"])]
     assert [finish(p) for p in procs] == [0, 0]
-    losses = [[json.loads(x)["loss"] for x in (r / "train/metrics.jsonl").read_text().splitlines()]
-              for r in runs.values()]  # fmt: skip
+    lines = [[json.loads(x) for x in (r / "train/metrics.jsonl").read_text().splitlines()]
+             for r in runs.values()]  # fmt: skip
+    losses = [[x["loss"] for x in run] for run in lines]
     assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-6, abs=1e-6)
     assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-5)
-    a, b = final_weights(runs["one"], 3), final_weights(runs["two"], 3)
-    assert a.keys() == b.keys()
-    diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
-    assert diffs.max() < 1e-3 and diffs.mean() < 1e-6, (diffs.max(), diffs.mean())
+    held = [[x for x in run if "val_loss" in x] for run in lines]
+    assert [x["step"] for x in held[0]] == [x["step"] for x in held[1]] == [2, 3]
+    for key in ("val_loss", "val_loss_ema"):
+        assert [x[key] for x in held[0]] == pytest.approx([x[key] for x in held[1]], rel=1e-5)
+    for name in ("adapter", "ema"):
+        a, b = (load_file(str(r / f"train/checkpoints/step-000003/{name}.safetensors"))
+                for r in runs.values())  # fmt: skip
+        assert a.keys() == b.keys()
+        diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+        assert diffs.max() < 1e-3 and diffs.mean() < 1e-6, (name, diffs.max(), diffs.mean())
+    a = final_weights(runs["one"], 3)
     moved = torch.cat([a[k].flatten() for k in a if k.endswith("lokr_w1")])
     assert moved.abs().mean() > 1e-4  # the LoKr did train (w1 starts at zero)
 
 
 def test_training_from_the_latent_cache(tiny_sdxl_dir, tmp_path):
     """The VAE runs once per image into the cache; training then reads posteriors from it
-    (in a loader worker) and opens no image file: the images are gone while it trains. A
-    second run with the same VAE and images encodes nothing."""
+    (in a loader worker) and opens no image file: the images are gone while it trains,
+    and its held-out post is validated from the cache too. A second run with the same VAE
+    and images encodes nothing."""
     run = write_training_run(tmp_path / "run", n=4, buckets=((64, 64),))
     again = write_training_run(tmp_path / "again", n=4, buckets=((64, 64),))
     for pid in range(100, 104):  # the same pictures: copy them with their times
@@ -199,9 +210,11 @@ def test_training_from_the_latent_cache(tiny_sdxl_dir, tmp_path):
         os.utime(dst, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns))
     cache = tmp_path / "cache"
     cfg = config(tiny_sdxl_dir, max_steps=2, latent_cache=str(cache), loader={"workers": 1})
-    first = Trainer(cfg, run, Dist(0, 1, torch.device("cpu")))  # encodes the cache
+    held_out = cfg.model_copy(update={"validation": ValidationConfig(posts=1, every=1)})
+    first = Trainer(held_out, run, Dist(0, 1, torch.device("cpu")))  # encodes the cache
     (run / "download/images").rename(run / "images-gone")
     assert first.train() == {"status": "done", "step": 2}
+    assert all("val_loss" in json.loads(x) for x in (run / "train/metrics.jsonl").open())
     shards = sorted(cache.rglob("shard-*.safetensors"))
     assert shards and len(first.cache) == 4
     stamps = [p.stat().st_mtime_ns for p in shards]
