@@ -1,6 +1,6 @@
 """Model merging: weighted sums and differences of SDXL checkpoints, per tensor, streamed.
 
-Reads a merge recipe (TOML, `recipe`: the merge's config), the models it names (SGM
+Reads a merge recipe (TOML, `config`: `MergeRecipe`, `load_recipe`), the models it names (SGM
 single-file `.safetensors` or diffusers folders, `sources`) and optionally kohaku LoKrs
 (their deltas: `kohaku.sdxl.lokr_deltas`). Writes one SGM single-file `.safetensors` in
 fp32, fp16, bf16 or fp8 (e4m3fn), tensor by tensor (`kohaku.sdxl.tensors`), so memory holds
@@ -13,8 +13,8 @@ folder instead (the train stage's export).
 or `python -m kohaku.merge gamma-rev1.toml`.
 """
 
+from kohaku.merge.config import LokrMerge, MbwWeights, MergeRecipe, load_recipe, parse_expression
 from kohaku.merge.folder import merge_lokr_into_folder
-from kohaku.merge.recipe import LokrMerge, MbwWeights, MergeRecipe, load_recipe, parse_expression
 from kohaku.merge.run import DTYPES, MergeResult, merge
 
 __all__ = [

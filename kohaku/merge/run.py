@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from kohaku.errors import ConfigError, InputError
-from kohaku.merge.recipe import Coefficients, MbwWeights, MergeRecipe, blend
+from kohaku.merge.config import Coefficients, MbwWeights, MergeRecipe, blend
 from kohaku.merge.sources import ModelTensors, open_model
 from kohaku.sdxl.lokr import META_ZERO_SNR
 from kohaku.sdxl.lokr_deltas import LokrDeltas, open_lokrs

@@ -8,7 +8,7 @@ on the lines of the steps that measured it), `<run>/train/validation.json` (the 
 posts, with `train.validation`) and, at the end, `<run>/train/lokr.safetensors` (kohya
 names), `<run>/train/lokr-ema.safetensors` (the EMA's, with `train.ema`) and
 `<run>/train/result.json`.
-Run it under torchrun for several processes (`kohaku.train.run`), or directly for one.
+Run it under torchrun for several processes (`kohaku.train.process`), or directly for one.
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def evaluated(tmp_path_factory, eval_run: Path, tiny_clip_dir: Path, tiny_extrac
     given, CCIP not); returns (run dir, config, manifest). Read-only for tests."""
     import shutil
 
-    from kohaku.evaluate.stage import run_evaluate
+    from kohaku.evaluate.run import run_evaluate
 
     run = tmp_path_factory.mktemp("evaluated") / "run"
     shutil.copytree(eval_run, run)

@@ -57,7 +57,7 @@ def test_a_changed_field_reexecutes_exactly_the_stages_it_affects(prefect_api, d
 def test_train_starts_over_when_its_config_or_data_changed(tmp_path: Path):
     from kohaku.stage import build_stage, write_manifest
     from kohaku.train.config import TrainConfig
-    from kohaku.train.stage import _start_over_if_changed
+    from kohaku.train.run import _start_over_if_changed
 
     def stage(name: str) -> None:
         with build_stage(tmp_path, name) as build:

@@ -29,7 +29,7 @@ from kohaku.stage import sha256_file
 from kohaku.train.config import ModelConfig, TrainConfig
 from kohaku.train.export import export_merged
 from kohaku.train.loop import Dist, Trainer
-from kohaku.train.stage import check_inputs
+from kohaku.train.run import check_inputs
 from tests.evaluate.conftest import tiny_config
 from tests.train.rundir import write_training_run
 

@@ -33,7 +33,7 @@ from kohaku.train.loader import (
     batch_loader,
     worker_count,
 )
-from kohaku.train.stage import _start_over_if_changed
+from kohaku.train.run import _start_over_if_changed
 from tests.train.rundir import write_training_run
 
 CPU = torch.device("cpu")

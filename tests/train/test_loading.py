@@ -20,7 +20,7 @@ from kohaku.sdxl import model as m
 from kohaku.sdxl.configs import public
 from kohaku.sdxl.tiny import tiny_sdxl_components
 from kohaku.train.config import TrainConfig
-from kohaku.train.stage import check_inputs
+from kohaku.train.run import check_inputs
 from tests.train.rundir import write_training_run
 
 CLASSES = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,

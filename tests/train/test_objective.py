@@ -129,7 +129,7 @@ def test_mixed_precision_steps(tiny_sdxl_dir, tmp_path, precision):
 def test_torchrun_command(tmp_path):
     one = TrainConfig.model_validate({"model": {"path": "m"}})
     assert command(one, tmp_path / "c.json", tmp_path)[:3] == [sys.executable, "-m",
-                                                              "kohaku.train.run"]  # fmt: skip
+                                                              "kohaku.train.process"]  # fmt: skip
     many = TrainConfig.model_validate({"model": {"path": "m"}, "dist": {
         "nproc_per_node": 8, "nnodes": 2, "node_rank": 1, "master_addr": "10.0.0.5"}})  # fmt: skip
     cmd = command(many, tmp_path / "c.json", tmp_path)

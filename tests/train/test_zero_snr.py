@@ -25,7 +25,7 @@ from kohaku.stage import config_hash
 from kohaku.train import objective
 from kohaku.train.config import LossConfig, TrainConfig
 from kohaku.train.loop import Dist, Trainer
-from kohaku.train.stage import check_inputs
+from kohaku.train.run import check_inputs
 from tests.train.rundir import write_training_run
 
 SDXL = SDXLConfigs.builtin()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kohaku.errors import ConfigError
-from kohaku.merge.recipe import MergeRecipe, blend, load_recipe, parse_expression
+from kohaku.merge.config import MergeRecipe, blend, load_recipe, parse_expression
 
 NAMES = {"a", "b", "c", "d", "beta7", "anxl3", "anxl2", "base7"}
 

@@ -13,7 +13,7 @@ from kohaku.errors import ConfigError, InputError
 from kohaku.sdxl.model import check_model_path, load_sdxl
 from kohaku.stage import read_manifest
 from kohaku.train.config import TrainConfig, check_bitsandbytes
-from kohaku.train.stage import check_inputs, run_train
+from kohaku.train.run import check_inputs, run_train
 from tests.merge.reference import lycoris_merged
 from tests.train.rundir import write_training_run
 

@@ -17,7 +17,7 @@ from PIL import Image
 from kohaku.errors import InputError
 from kohaku.evaluate.generate import Checkpoint, Job, Sampler, list_checkpoints
 from kohaku.evaluate.report import build_report, read_summaries
-from kohaku.evaluate.stage import plan, run_evaluate
+from kohaku.evaluate.run import plan, run_evaluate
 from tests.evaluate.conftest import tiny_config
 
 LABELS = ["base", "step-000001", "step-000002", "final"]
