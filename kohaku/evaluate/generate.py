@@ -50,9 +50,8 @@ from kohaku.sdxl.lokr_deltas import LokrLayer, base_record
 from kohaku.sdxl.model import MODELS, ModelSource, SDXLParts, load_sdxl
 from kohaku.sdxl.schedule import schedule_source
 from kohaku.sdxl.text import encode_text
-from kohaku.train.checkpoint import EMA_FILE, META
+from kohaku.train import EMA_FILE, EMA_LOKR, META
 from kohaku.train.config import TrainConfig
-from kohaku.train.ema import EMA_LOKR
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
