@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from kohaku.config import load_config
+from kohaku.demo.synth import generate_danbooru_db
 from kohaku.sample import run_sample
-from kohaku.synth import generate_danbooru_db
-from kohaku.tagging import run_tag
+from kohaku.tag import run_tag
 
 OUT = Path(__file__).resolve().parent / "out"
 

@@ -72,8 +72,8 @@ def ensure_model(path: Path) -> dict | None:
 
 def ensure_data(root: Path, px: int, posts: int) -> Path:
     """The demo's data stages with buckets of about px x px; returns the run dir."""
-    from kohaku.demo import DEMO_URL_KEY, prepare_demo
-    from kohaku.demo_images import ImageServer
+    from kohaku.demo.images import ImageServer
+    from kohaku.demo.run import DEMO_URL_KEY, prepare_demo
 
     run_dir = root / "run"
     if (run_dir / "buckets" / "manifest.json").is_file():

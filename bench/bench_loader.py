@@ -4,9 +4,10 @@
     python bench/bench_loader.py --parts decode loader    # only those parts
 
 Writes `bench/out/loader/` (git-ignored): `--images` pictures of 1024x1024 per format, WebP q90
-(method 4) and JPEG q95 (4:4:4), encoded by the download stage's `kohaku.resize.encode` from
-the photo-like pictures of bench/dl_images.py (centre crop, Lanczos to 1024x1024); a run dir
-over each format (buckets manifest, captions); a tiny SDXL folder. Prints:
+(method 4) and JPEG q95 (4:4:4), encoded by the download stage's
+`kohaku.download.resize.encode` from the photo-like pictures of bench/dl_images.py (centre
+crop, Lanczos to 1024x1024); a run dir over each format (buckets manifest, captions); a tiny
+SDXL folder. Prints:
 
 1. decode: CPU ms per image on one thread, Pillow against libvips (the download stage's
    decoder) and, for WebP, libwebp called directly (`kohaku.train.images.FASTER` names the
@@ -58,7 +59,7 @@ sys.path.insert(0, str(BENCH.parent))  # kohaku, when run from anywhere
 
 from dl_images import render  # noqa: E402
 
-from kohaku.resize import encode  # noqa: E402
+from kohaku.download.resize import encode  # noqa: E402
 from kohaku.train import images  # noqa: E402
 from kohaku.train.config import CaptionConfig, LoaderConfig, TrainConfig  # noqa: E402
 from kohaku.train.data import BucketBatches, DataPosition, load_items  # noqa: E402
@@ -405,7 +406,7 @@ def main() -> None:
     if "share" in args.parts:
         bench_share(args.share_posts)
     if "tiny" in args.parts:
-        from kohaku.train.tiny import write_tiny_sdxl
+        from kohaku.sdxl.tiny import write_tiny_sdxl
 
         model = OUT / "tiny-sdxl"
         if not (model / "model_index.json").is_file():

@@ -7,7 +7,7 @@
 
 Inputs: SDXL 1.0's UNet, VAE, CLIP ViT-L and OpenCLIP bigG shapes (models built on the meta
 device, so nothing is allocated) under their SGM single-file names (`sgm_state`), random fp16
-weights written tensor by tensor with `kohaku.merge.tensors.write_safetensors`: the generator
+weights written tensor by tensor with `kohaku.sdxl.tensors.write_safetensors`: the generator
 holds one tensor at a time. The merge, `kohaku.merge.merge` of `0.5 * a + 0.5 * b`, runs in a
 fresh child process that reports its own peak RSS (`ru_maxrss`), and its RSS once its imports
 are done. Before it, the inputs are flushed and dropped from the page cache (fsync +
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from kohaku.train.sdxl import SDXL_TEXT, SDXL_UNET, SDXL_VAE
+from kohaku.sdxl.configs import SDXL_TEXT, SDXL_UNET, SDXL_VAE
 
 OUT = Path(__file__).resolve().parent / "out" / "merge"
 
@@ -47,7 +47,7 @@ def sdxl_shapes(size: str) -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from kohaku.train.model import sgm_state
+    from kohaku.sdxl.model import sgm_state
 
     k = 2 if size == "half" else 1
     unet = dict(
@@ -84,7 +84,7 @@ def generate(path: Path, size: str, seed: int) -> dict:
     """Random fp16 SDXL single file, one tensor in memory at a time."""
     import torch
 
-    from kohaku.merge.tensors import OutSpec, write_safetensors
+    from kohaku.sdxl.tensors import OutSpec, write_safetensors
 
     start = time.perf_counter()
     shapes = sdxl_shapes(size)
@@ -112,7 +112,7 @@ def use_mmap_reads() -> None:
     most merge tools do, instead of kohaku's plain reads."""
     from safetensors import safe_open
 
-    from kohaku.merge.tensors import TensorFile
+    from kohaku.sdxl.tensors import TensorFile
 
     def get(self: TensorFile, name: str, buf: object = None):
         if not hasattr(self, "_mapped"):
@@ -162,7 +162,7 @@ def evict(path: Path) -> None:
 
 def check(a: Path, b: Path, out: Path, dtype: str) -> float:
     """Largest error of a few output tensors against 0.5 * a + 0.5 * b."""
-    from kohaku.merge.tensors import TensorFile
+    from kohaku.sdxl.tensors import TensorFile
 
     files = [TensorFile(p) for p in (a, b, out)]
     names = sorted(files[2].header.specs)[:: max(1, len(files[2].header.specs) // 7)]

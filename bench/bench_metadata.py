@@ -6,7 +6,7 @@
 import: generates (or reuses) `bench/out/synth-<posts>-s0.db`, imports it into a fresh
 `bench/out/store-<posts>/` in a child process (2 DuckDB threads) and prints that process's
 wall time and peak RSS.
-sync: the fake danbooru server (`tests/sync/fake_danbooru.py`, real /posts.json format) on
+sync: the fake danbooru server (`tests/metadata/fake_danbooru.py`, real /posts.json format) on
 127.0.0.1 serves `--new` posts above the imported store's highest id (a synthetic DB's posts
 with shifted ids) with a rate limit of `--rate` requests/s (a token bucket of `--burst`,
 429 + Retry-After: 1 beyond it); the client is configured to the same rate. A hard-linked
@@ -35,14 +35,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_dataset import OUT, ensure_db  # noqa: E402
 
-from kohaku.api_pages import _api_post, _page_tags, write_api_pages  # noqa: E402
+from kohaku.demo.api_pages import _api_post, _page_tags, write_api_pages  # noqa: E402
+from kohaku.demo.synth import POST_COLUMNS, generate_danbooru_db  # noqa: E402
 from kohaku.fetch import FetchConfig  # noqa: E402
 from kohaku.metadata import snapshot  # noqa: E402
 from kohaku.metadata.config import SyncConfig  # noqa: E402
 from kohaku.metadata.store import import_metadata  # noqa: E402
 from kohaku.metadata.sync import sync_metadata  # noqa: E402
-from kohaku.synth import POST_COLUMNS, generate_danbooru_db  # noqa: E402
-from tests.sync.fake_danbooru import FakeDanbooru  # noqa: E402
+from tests.metadata.fake_danbooru import FakeDanbooru  # noqa: E402
 
 
 def child_import(db: Path, store: Path) -> None:

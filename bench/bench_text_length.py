@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kohaku.train.sdxl import SDXLConfigs, empty_models
+from kohaku.sdxl.configs import SDXLConfigs, empty_models
 
 
 def unet_flops(unet, tokens: int) -> int:

@@ -26,9 +26,9 @@ import numpy as np
 import polars as pl
 from transformers import CLIPTokenizer
 
+from kohaku.sdxl.tiny import tiny_tokenizers
 from kohaku.train.config import CaptionConfig
 from kohaku.train.data import caption_rng, draw_caption
-from kohaku.train.tiny import tiny_tokenizers
 from kohaku.train.tokens import TagBudget, TagLengths, caption_tokens, token_stats
 
 TAGS = Path(__file__).resolve().parents[1] / "kohaku/data/danbooru_tags.csv.gz"

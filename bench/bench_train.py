@@ -8,7 +8,7 @@ The step is `kohaku.train.loop.Trainer.train_step` with its data loading left ou
 generators and draws, VAE encode (or latents given, as from a latent cache), both text
 encoders, `objective.sample_losses` (epsilon, min-SNR 5), GradScaler, grad-norm clip 1.0 and
 the optimizer (Lion8bit by default, the train config's default) on the LoKr of the preset
-(`delta` by default) attached with `kohaku.train.lokr.attach`, as the Trainer attaches it.
+(`delta` by default) attached with `kohaku.sdxl.lokr.attach`, as the Trainer attaches it.
 
 - cuda: SDXL 1.0's UNet, VAE, CLIP-L and OpenCLIP-bigG shapes with random weights, built
   directly on the GPU in the base dtype (the precision's by default; `--base-fp32` keeps
@@ -16,7 +16,7 @@ the optimizer (Lion8bit by default, the train config's default) on the LoKr of t
   autocast to the precision. MFU uses the issue's 20.2 TFLOP per image (the plain UNet's
   forward + backward at 1024 px, so it scales with resolution squared) against
   `--peak-tflops` (989 for H100/H200 bf16 dense).
-- cpu: the tiny model of `kohaku.train.tiny` (64 px, fp32): ms/step and images/s only.
+- cpu: the tiny model of `kohaku.sdxl.tiny` (64 px, fp32): ms/step and images/s only.
 - meta: builds the full-size models on the meta device, runs one step's forward and
   backward under torch's FlopCounterMode (no timing, no optimizer step): a logic check of
   the full-size path that needs no GPU, and the FLOPs the step really executes (lycoris'
@@ -42,17 +42,18 @@ logging.getLogger("LyCORIS").setLevel(logging.WARNING)
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
-from kohaku.train import lokr, objective  # noqa: E402
-from kohaku.train.config import LossConfig, OptimConfig  # noqa: E402
-from kohaku.train.model import SDXLParts  # noqa: E402
-from kohaku.train.sdxl import SDXL_UNET, SDXL_VAE  # noqa: E402
-from kohaku.train.tiny import (  # noqa: E402
+from kohaku.sdxl import lokr  # noqa: E402
+from kohaku.sdxl.configs import SDXL_UNET, SDXL_VAE  # noqa: E402
+from kohaku.sdxl.model import SDXLParts  # noqa: E402
+from kohaku.sdxl.tiny import (  # noqa: E402
     SCHEDULER_CONFIG,
     tiny_sdxl_components,
 )
-from kohaku.train.tokenizers import (  # noqa: E402
+from kohaku.sdxl.tokenizers import (  # noqa: E402
     sdxl_tokenizers,
 )
+from kohaku.train import objective  # noqa: E402
+from kohaku.train.config import LossConfig, OptimConfig  # noqa: E402
 
 UNET_TFLOP_1024 = 20.2  # the issue's figure: plain SDXL UNet forward + backward, 1024 px
 # bf16/fp16 dense TFLOP/s by device name, first match wins (SXM H100 and H200: 989)
@@ -75,7 +76,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def clip_config(hidden: int, layers: int, heads: int, act: str) -> CLIPTextConfig:
     """SDXL's text encoder shapes with the 49408-token vocabulary; the tiny tokenizers'
     ids (all < 524) index into it and their end token marks the pooled position."""
-    bos, eos = 49406, 49407  # SDXL's CLIP vocabulary (kohaku.train.tokenizers)
+    bos, eos = 49406, 49407  # SDXL's CLIP vocabulary (kohaku.sdxl.tokenizers)
     return CLIPTextConfig(
         vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
         num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,

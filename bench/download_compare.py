@@ -8,7 +8,7 @@
 Generates the images once (bench/dl_images.py: deterministic, mixed sizes with the
 shortest side >= 1024, mostly JPEG, some PNG) into bench/out/dl-images/ and serves them
 from bench/image_server.py (a ThreadingHTTPServer on 127.0.0.1, in its own process).
-kohaku: `kohaku.download.download_shard` on a DataFrame (id, md5, file_ext, file_url)
+kohaku: `kohaku.download.shard.download_shard` on a DataFrame (id, md5, file_ext, file_url)
 with one 1024x1024 bucket (shortest side to 1024, centre crop), md5 verification and
 full decode on, JPEG draft and resize library (`--resize-library`: pyvips or pillow) as
 download.py's defaults unless given. img2dataset:
@@ -42,11 +42,12 @@ from pathlib import Path
 import polars as pl
 from dl_images import CACHE, ensure_images
 
-from kohaku import resize_vips
-from kohaku.buckets import BucketConfig, bucket_set, place
-from kohaku.download import DownloadConfig, download_shard
+from kohaku.download import resize_vips
+from kohaku.download.config import BucketConfig, DownloadConfig
+from kohaku.download.placement import bucket_set, place
+from kohaku.download.resize import decode, encode, fit, to_pil
+from kohaku.download.shard import download_shard
 from kohaku.fetch import FetchConfig, Fetcher
-from kohaku.resize import decode, encode, fit, to_pil
 
 BENCH = Path(__file__).resolve().parent
 WORK = BENCH / "out" / "dl-compare"

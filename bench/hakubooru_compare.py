@@ -4,7 +4,7 @@
     .venv/bin/python bench/hakubooru_compare.py --db bench/out/synth-200000-s0.db
     .venv/bin/python bench/hakubooru_compare.py --ranges '[{"start": 0, "count": 20000}]'
 
-Reads the danbooru2023 SQLite file (generated with `kohaku.synth` when missing).
+Reads the danbooru2023 SQLite file (generated with `kohaku.demo.synth` when missing).
 Runs bench/hakubooru_side.py in bench/.venv-hakubooru (peewee selection + KohakuCaptioner),
 then `kohaku build-dataset` on the same file with layout "hakubooru", HakuBooru's
 fav_count table at its quality_tag_new percentiles and max_post_id 7,100,000.
@@ -45,7 +45,7 @@ HB_DATES = [(2005, 2010, "old"), (-9999, 2014, "early"), (2015, 2017, "mid"),
 
 def ensure_db(path: Path, posts: int) -> Path:
     if not path.exists():
-        from kohaku.synth import generate_danbooru_db
+        from kohaku.demo.synth import generate_danbooru_db
 
         print(f"generating {posts} posts into {path}", file=sys.stderr)
         generate_danbooru_db(path, posts, seed=0)

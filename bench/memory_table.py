@@ -8,7 +8,7 @@ dispatch mode follows each storage from the op that creates it until it is freed
 references, as torch's own MemTracker does; that tracker needs every parameter to take a
 gradient, so it cannot follow a frozen base) and keeps the peak beyond the weights. The step is the
 trainer's: SDXL 1.0 (UNet, both text encoders, VAE) with the frozen weights in the training
-precision, the LoKr of the preset (`delta`) attached by `kohaku.train.lokr.attach` in
+precision, the LoKr of the preset (`delta`) attached by `kohaku.sdxl.lokr.attach` in
 float32, autocast, a caption of `--chunks` x 77 tokens through both text encoders with
 gradients, the UNet forward and backward with and without gradient checkpointing, and the
 VAE encode of the batch under no_grad in its own precision. Optimizer state is counted from
@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import default_dtype, full_sdxl  # noqa: E402
 from diffusers import AutoencoderKL  # noqa: E402
 
-from kohaku.train import lokr  # noqa: E402
-from kohaku.train.sdxl import SDXL_VAE  # noqa: E402
+from kohaku.sdxl import lokr  # noqa: E402
+from kohaku.sdxl.configs import SDXL_VAE  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 GB = 1e9

@@ -6,8 +6,8 @@ The file has the official checkpoint's 2,515 tensors under their official names
 (`model.diffusion_model.*`, `first_stage_model.*`, `conditioner.embedders.0.transformer.
 text_model.*` with TE1's int64 `position_ids`, `conditioner.embedders.1.model.*` with TE2's
 `logit_scale`), 6.94 GB in fp16. Shapes come from SDXL 1.0's configs
-(`kohaku.train.sdxl`), models built on the meta device (nothing allocated); every tensor is
-drawn, cast and written one at a time (`kohaku.merge.tensors.write_safetensors`), so the
+(`kohaku.sdxl.configs`), models built on the meta device (nothing allocated); every tensor is
+drawn, cast and written one at a time (`kohaku.sdxl.tensors.write_safetensors`), so the
 writer's memory stays near one tensor. Weights are drawn so that a forward pass stays finite
 and of a sane scale through 70 transformer blocks: norm scales 1, biases 0, matrices uniform
 with the variance of a fan-in initialisation. Reads nothing; writes the file (temporary
@@ -40,7 +40,7 @@ def meta_models(half: bool = False) -> dict[str, torch.nn.Module]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from kohaku.train.sdxl import SDXL_TEXT, SDXL_TEXT_PROJECTION, SDXL_UNET, SDXL_VAE, SDXL_VOCAB
+    from kohaku.sdxl.configs import SDXL_TEXT, SDXL_TEXT_PROJECTION, SDXL_UNET, SDXL_VAE, SDXL_VOCAB
 
     k = 2 if half else 1
     unet = dict(SDXL_UNET, block_out_channels=[c // k for c in SDXL_UNET["block_out_channels"]],
@@ -66,7 +66,7 @@ def meta_models(half: bool = False) -> dict[str, torch.nn.Module]:
 
 def official_shapes(half: bool = False) -> dict[str, tuple[torch.dtype | None, tuple[int, ...]]]:
     """Official name -> (dtype or None for the file's float dtype, shape), sorted by name."""
-    from kohaku.train.model import sgm_state
+    from kohaku.sdxl.model import sgm_state
 
     shapes = {k: (None, tuple(v.shape)) for k, v in sgm_state(meta_models(half)).items()}
     shapes |= EXTRA
@@ -89,7 +89,7 @@ def draw(name: str, dtype: torch.dtype, shape: tuple[int, ...], g: torch.Generat
 def write_sdxl_file(path: Path, dtype: str = "fp16", seed: int = 0, half: bool = False,
                     v_pred: bool = False) -> dict:  # fmt: skip
     """Write the file; returns figures (seconds, peak RSS of this process, tensors, bytes)."""
-    from kohaku.merge.tensors import OutSpec, write_safetensors
+    from kohaku.sdxl.tensors import OutSpec, write_safetensors
 
     start, float_dtype = time.perf_counter(), DTYPES[dtype]
     shapes = official_shapes(half)

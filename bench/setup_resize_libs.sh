@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create bench/.venv-resize with the image libraries compared by bench/resize_libs.py
 # (the versions measured in bench/README.md), and pydantic so that kohaku's own libvips path
-# (kohaku.resize_vips, imported from the checkout) runs there too. Idempotent.
+# (kohaku.download.resize_vips, imported from the checkout) runs there too. Idempotent.
 #   bash bench/setup_resize_libs.sh
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"

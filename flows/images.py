@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from flows.params import config_from, config_parser, documented, resolve
 from flows.report import StageFailed, finished
-from kohaku.buckets_stage import OUTPUTS, histogram_markdown
+from kohaku.buckets import OUTPUTS, histogram_markdown
 from kohaku.cli.common import one_line_errors
 from kohaku.config import RunConfig
-from kohaku.download_stage import post_count, shard_count
+from kohaku.download.run import post_count, shard_count
 from tasks.images import (
     buckets_task,
     download_manifest_task,

@@ -13,9 +13,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.params import config_from, config_parser, documented, resolve
 from flows.report import finished
-from kohaku.charts import loss_chart_markdown, metric_table
 from kohaku.cli.common import one_line_errors
 from kohaku.config import RunConfig, stage_section
+from kohaku.ops.charts import loss_chart_markdown, metric_table
 from kohaku.stage import FileFingerprint
 from tasks.policy import file_key, for_run, inputs_of
 from tasks.train import train_task

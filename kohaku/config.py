@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kohaku.download import DownloadConfig
+from kohaku.download.config import DownloadConfig
 from kohaku.errors import ConfigError, explain
 from kohaku.evaluate.config import EvaluateConfig
 from kohaku.sample.config import SampleConfig
-from kohaku.tagging.config import TagConfig
+from kohaku.tag.config import TagConfig
 from kohaku.train.config import TrainConfig
 
 # a preset is `kohaku/presets/<name>.toml`; epsilon-rev2 also sets [train] (so a config

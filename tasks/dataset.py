@@ -10,7 +10,7 @@ from prefect import task
 from kohaku.config import Resources
 from kohaku.sample import SAMPLE_VERSION, SampleConfig, run_sample
 from kohaku.stage import FileFingerprint, Manifest
-from kohaku.tagging import TAG_VERSION, TagConfig, run_tag
+from kohaku.tag import TAG_VERSION, TagConfig, run_tag
 from tasks.policy import retryable, stage_policy
 
 

@@ -27,6 +27,6 @@ def evaluate_task(cfg: EvaluateConfig, run_dir: Path, upstream: list[dict]) -> M
         progress(100.0 * done / max(total, 1), description=label)
 
     with library_logs(Path(run_dir) / "logs" / "evaluate.log"):
-        from kohaku.evaluate.stage import run_evaluate  # torch: only when the stage runs
+        from kohaku.evaluate.run import run_evaluate  # torch: only when the stage runs
 
         return run_evaluate(cfg, run_dir, progress=on_progress)

@@ -14,9 +14,9 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from kohaku.buckets_stage import BUCKETS_VERSION, run_buckets
-from kohaku.download import DownloadConfig
-from kohaku.download_stage import (
+from kohaku.buckets.run import BUCKETS_VERSION, run_buckets
+from kohaku.download.config import DownloadConfig
+from kohaku.download.run import (
     DOWNLOAD_VERSION,
     OUTPUT_FIELDS,
     prepare_source,

@@ -36,6 +36,6 @@ def train_task(cfg: TrainConfig, run_dir: Path, upstream: list[dict],
             progress(100.0 * metrics["step"] / metrics["total"])
 
     with library_logs(Path(run_dir) / "logs" / "train.log"):
-        from kohaku.train.stage import run_train  # torch: only when the stage runs
+        from kohaku.train.run import run_train  # torch: only when the stage runs
 
         return run_train(cfg, run_dir, on_line)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kohaku.synth import generate_danbooru_db
+from kohaku.demo.synth import generate_danbooru_db
 
 # Prefect (tests/test_flow.py) must never phone home nor share a user's Prefect home.
 os.environ.setdefault("DO_NOT_TRACK", "1")

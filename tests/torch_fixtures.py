@@ -1,4 +1,4 @@
-"""Fixtures of the torch test packages (train, evaluate, merge), imported by their
+"""Fixtures of the torch test packages (sdxl, train, evaluate, merge), imported by their
 conftest files so that tests of the data stages never import torch."""
 
 from __future__ import annotations
@@ -28,6 +28,15 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A float32 diffusers SDXL folder with seed-0 weights; read-only for tests."""
-    from kohaku.train.tiny import write_tiny_sdxl
+    from kohaku.sdxl.tiny import write_tiny_sdxl
 
     return write_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl") / "seed0", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same shapes with seed-1 weights: the config folder for single-file loads, whose
+    own weights must never end up in what a single file loads; read-only for tests."""
+    from kohaku.sdxl.tiny import write_tiny_sdxl
+
+    return write_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl") / "seed1", seed=1)

@@ -12,8 +12,8 @@ from kohaku.cli.common import config_args, load, report
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from kohaku.api_pages import write_api_pages
-    from kohaku.synth import generate_danbooru_db
+    from kohaku.demo.api_pages import write_api_pages
+    from kohaku.demo.synth import generate_danbooru_db
 
     summary = generate_danbooru_db(args.out, args.posts, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {summary.posts} posts, {summary.relations} tag rows to {summary.path}")
@@ -23,7 +23,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_export_parquet(args: argparse.Namespace) -> None:
-    from kohaku.sample.export import export_parquet
+    from kohaku.metadata.export import export_parquet
 
     summary = export_parquet(args.source, args.out, threads=args.threads,
                              memory_limit=args.memory_limit)  # fmt: skip
@@ -43,7 +43,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_tag(args: argparse.Namespace) -> None:
-    from kohaku.tagging import run_tag
+    from kohaku.tag import run_tag
 
     cfg = load(args, "tag")
     manifest = run_tag(cfg.tag, cfg.run_dir, batch_posts=cfg.resources.tag_batch_posts)
@@ -51,7 +51,7 @@ def cmd_tag(args: argparse.Namespace) -> None:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from kohaku.download_stage import run_download
+    from kohaku.download.run import run_download
 
     cfg = load(args, "download")
     manifest = run_download(cfg.download, cfg.run_dir, shard_size=args.shard_size)
@@ -59,7 +59,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_buckets(args: argparse.Namespace) -> None:
-    from kohaku.buckets_stage import run_buckets
+    from kohaku.buckets.run import run_buckets
 
     cfg = load(args, "buckets")
     report(run_buckets(cfg.run_dir), cfg.run_dir / "buckets")

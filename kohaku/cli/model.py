@@ -26,7 +26,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     must_exist(cfg.model.path, "model path")
     if cfg.model.lokr is not None:
         must_exist(cfg.model.lokr, "model.lokr")
-    from kohaku.train.stage import TrainingStopped, run_train
+    from kohaku.train.run import TrainingStopped, run_train
 
     try:
         manifest = run_train(cfg, config.run_dir, on_line=lambda line: print(line, flush=True))
@@ -39,7 +39,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     config = load(args, "evaluate")
     cfg = stage_section(config, "evaluate")
-    from kohaku.evaluate.stage import run_evaluate
+    from kohaku.evaluate.run import run_evaluate
 
     def progress(label: str, done: int, total: int) -> None:
         if done % 10 == 0 or done == total:
@@ -61,9 +61,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     must_exist(args.lokr, "LoKr file")
     if args.base_lokr is not None:
         must_exist(args.base_lokr, "base LoKr file")
+    from kohaku.sdxl.model import check_model
     from kohaku.train.config import ModelConfig
     from kohaku.train.export import export_merged
-    from kohaku.train.model import check_model
 
     source = check_model(ModelConfig(path=args.base, config_dir=args.config_dir,
                                      allow_pickle=args.allow_pickle, lokr=args.base_lokr,

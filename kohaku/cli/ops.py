@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[2]  # where `flows/` lives, the flow's w
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from kohaku.demo import DEMO_URL_KEY, prepare_demo
-    from kohaku.demo_images import ImageServer
+    from kohaku.demo.images import ImageServer
+    from kohaku.demo.run import DEMO_URL_KEY, prepare_demo
 
     root = args.dir.resolve()
     config_path = prepare_demo(root, posts=args.posts)
@@ -37,7 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _show_stages(root: Path) -> None:
-    from kohaku.demo import stage_summary
+    from kohaku.demo.run import stage_summary
 
     run = root / "run"
     print(f"\nwhat each stage made, under {run}:")
@@ -48,7 +48,7 @@ def _show_stages(root: Path) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from kohaku.serve import run_until_stopped, serve_deployments, start_server
+    from kohaku.ops.serve import run_until_stopped, serve_deployments, start_server
 
     if args.config:  # one clear error before anything starts
         load_config(args.config, None, args.overrides)

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from kohaku.tagging.config import Layout
+from kohaku.tag.config import Layout
 from kohaku.train.config import DEFAULT_MAX_TOKENS, MAX_TOKENS_LIMIT, MaxTokens, ModelConfig
 
 Checkpoints = Literal["final", "all"] | list[int]

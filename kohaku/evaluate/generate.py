@@ -1,7 +1,7 @@
 """Sampling for evaluation: the base SDXL as a diffusers pipeline, with a LoKr checkpoint of
 the run hooked in at a weight or merged into the weights, and fixed seeds.
 
-Reads the base model (`kohaku.train.model`), `<run>/train/checkpoints/step-NNNNNN/
+Reads the base model (`kohaku.sdxl.model`), `<run>/train/checkpoints/step-NNNNNN/
 adapter.safetensors` (LoKr tensors under training names, `<component>.<lycoris key>`) and,
 from a run with `train.ema`, `ema.safetensors` beside it (the same names, the EMA's weights),
 `<run>/train/lokr.safetensors` (kohya names, its preset in the metadata) and
@@ -10,7 +10,7 @@ from a run with `train.ema`, `ema.safetensors` beside it (the same names, the EM
 as PIL images.
 
 Base LoKr: a run trained on top of base + an earlier LoKr (`train.model.lokr`) is sampled
-from the same base + LoKr (the source carries it, `kohaku.train.model.check_model`, and
+from the same base + LoKr (the source carries it, `kohaku.sdxl.model.check_model`, and
 the loader folds it in as the weights stream), its own LoKr on top; `check_base_lokr`
 refuses a base without it (the final file records its sha256 and weight).
 
@@ -20,11 +20,11 @@ the device or the checkpoint (every checkpoint starts from the same noise).
 
 Schedule: the base's own (a v-prediction / zero-terminal-SNR file's `v_pred` / `ztsnr` keys, a
 folder's scheduler), or, for a single file that says nothing, the run's `train.loss` (as the
-trainer resolves it, `kohaku.train.objective.schedule_source`). A zero-terminal-SNR model is
+trainer resolves it, `kohaku.sdxl.schedule.schedule_source`). A zero-terminal-SNR model is
 sampled with trailing timesteps from its rescaled betas (the first step at t = 999, pure
 noise) and CFG rescale (`guidance_rescale`), as Lin et al. 2023 prescribe.
 
-Prompts: encoded here as in training (`kohaku.train.text`: chunks of 75 tokens up to
+Prompts: encoded here as in training (`kohaku.sdxl.text`: chunks of 75 tokens up to
 `max_tokens`) and handed to the pipeline as embeddings, so diffusers never cuts one at 77.
 """
 
@@ -45,14 +45,13 @@ from safetensors.torch import load_file
 
 from kohaku.errors import InputError
 from kohaku.evaluate.config import EvaluateConfig
-from kohaku.merge.lokr import LokrLayer, base_record
-from kohaku.train import lokr
-from kohaku.train.checkpoint import EMA_FILE, META
+from kohaku.sdxl import lokr
+from kohaku.sdxl.lokr_deltas import LokrLayer, base_record
+from kohaku.sdxl.model import MODELS, ModelSource, SDXLParts, load_sdxl
+from kohaku.sdxl.schedule import schedule_source
+from kohaku.sdxl.text import encode_text
+from kohaku.train import EMA_FILE, EMA_LOKR, META
 from kohaku.train.config import TrainConfig
-from kohaku.train.ema import EMA_LOKR
-from kohaku.train.model import MODELS, ModelSource, SDXLParts, load_sdxl
-from kohaku.train.objective import schedule_source
-from kohaku.train.text import encode_text
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -363,7 +362,7 @@ class Sampler:
 
     def conditioning(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The pipeline's prompt and negative embeddings, encoded as in training (chunks of 75
-        tokens up to `max_tokens`, `kohaku.train.text`): the pipeline tokenizes nothing, so
+        tokens up to `max_tokens`, `kohaku.sdxl.text`): the pipeline tokenizes nothing, so
         nothing is cut at 77 tokens. The negative prompt is encoded with the prompts (the
         same number of chunks); an empty one gives SDXL's zeroed negative conditioning."""
         assert self.parts is not None

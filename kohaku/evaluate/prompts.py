@@ -2,7 +2,7 @@
 
 Reads a captions frame (`<run>/tag/captions.parquet`: id and the tag groups count,
 character, copyright, artist, general, meta, quality, rating_tags, date) and returns the
-prompts, laid out by `kohaku.tagging.captions.lay_out` in the run's caption layout:
+prompts, laid out by `kohaku.tag.captions.lay_out` in the run's caption layout:
 
 - character prompts: the most frequent character tags, each with its series (the copyright
   tags on at least half of its posts) and its most frequent count tag; the ids of posts
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from kohaku.tagging.captions import LAYOUTS, lay_out
-from kohaku.tagging.config import QUALITY_TAGS
+from kohaku.tag import LAYOUTS, lay_out
+from kohaku.tag.config import QUALITY_TAGS
 
 PROMPT_SET_VERSION = "1"  # bump when the same captions and config give other prompts
 CAPTION_COLUMNS = (

@@ -33,7 +33,7 @@ from kohaku.evaluate.scores import (
     ok,
     skipped,
 )
-from kohaku.sample.keys import sample_key
+from kohaku.sample import sample_key
 from kohaku.stage import fingerprint, sha256_bytes
 
 log = logging.getLogger(__name__)

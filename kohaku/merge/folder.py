@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from kohaku.merge.lokr import LokrDeltas, diffusers_targets, open_lokrs
-from kohaku.merge.run import Schedule, TensorPlan, merged_schedule, write_plan
+from kohaku.merge.run import TensorPlan, merged_schedule, write_plan
 from kohaku.merge.sources import COMPONENTS, ModelTensors, diffusers_metadata, open_components
-from kohaku.merge.tensors import OutSpec
+from kohaku.sdxl.lokr_deltas import LokrDeltas, diffusers_targets, open_lokrs
+from kohaku.sdxl.names import UnetLayout
+from kohaku.sdxl.schedule import Schedule
+from kohaku.sdxl.tensors import OutSpec
 from kohaku.stage import atomic_path
-from kohaku.train.names import UnetLayout
 
 COPIED = ("model_index.json", "scheduler", "tokenizer", "tokenizer_2")
 WEIGHTS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
@@ -99,7 +100,7 @@ def _copy_files(base: Path, out: Path) -> None:
 
 def _set_schedule(folder: Path, schedule: Schedule) -> None:
     """The scheduler config says what the merged weights predict; zero terminal SNR as
-    `kohaku.train.sdxl.SDXLConfigs.with_prediction` sets it (rescaled betas, trailing
+    `kohaku.sdxl.configs.SDXLConfigs.with_prediction` sets it (rescaled betas, trailing
     timesteps)."""
     config = folder / "scheduler" / "scheduler_config.json"
     if not config.is_file():

@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 
 from kohaku.errors import ConfigError, InputError
-from kohaku.merge.lokr import LokrDeltas, open_lokrs
-from kohaku.merge.recipe import Coefficients, MbwWeights, MergeRecipe, blend
+from kohaku.merge.config import Coefficients, MbwWeights, MergeRecipe, blend
 from kohaku.merge.sources import ModelTensors, open_model
-from kohaku.merge.tensors import OutSpec, Scratch, write_safetensors
-from kohaku.train.lokr import META_ZERO_SNR
+from kohaku.sdxl.lokr import META_ZERO_SNR
+from kohaku.sdxl.lokr_deltas import LokrDeltas, open_lokrs
+from kohaku.sdxl.schedule import Schedule, combine_schedule
+from kohaku.sdxl.tensors import OutSpec, Scratch, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,6 @@ class TensorPlan:
     @property
     def key(self) -> str:
         return self.out.name if self.source is None else self.source
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """What a merged model predicts (ModelSpec's `epsilon` or `v`), and on which schedule."""
-
-    prediction: str
-    zero_snr: bool = False
 
 
 @dataclass(frozen=True)
@@ -373,24 +366,6 @@ def merged_schedule(base: ModelTensors, deltas: LokrDeltas | None) -> Schedule:
     return combine_schedule(base_prediction(base), base_zero_snr(base), deltas.prediction,
                             deltas.zero_snr, f"LoKr {deltas.file.path}",
                             f"model {base.name} ({base.path})")  # fmt: skip
-
-
-def combine_schedule(own: str | None, own_zero: bool, trained: str | None,
-                     trained_zero: bool | None, lokr: str, model: str) -> Schedule:  # fmt: skip
-    """`merged_schedule` on what a model and a LoKr say (None: not said); also the schedule
-    of a base loaded with `train.model.lokr` merged in (`kohaku.train.model`)."""
-    if own == "v" and trained == "epsilon":
-        raise InputError(f"{lokr} was trained for epsilon, but {model} is a v-prediction "
-                         "model: merge it into an epsilon model")  # fmt: skip
-    if own_zero and trained_zero is False:
-        raise InputError(
-            f"{lokr} was trained without zero terminal SNR, but {model} has a "
-            "zero-terminal-SNR schedule (its ztsnr key or scheduler config): merge it into a "
-            "model without one"
-        )
-    prediction = trained or own or "epsilon"
-    zero = own_zero if trained_zero is None else trained_zero
-    return Schedule(prediction, zero and prediction == "v")
 
 
 def markers(base: ModelTensors, schedule: Schedule, dtype: torch.dtype) -> list[TensorPlan]:

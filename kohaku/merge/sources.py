@@ -2,7 +2,7 @@
 
 Reads an SGM single-file `.safetensors` checkpoint (its own key space, as it is) or a
 diffusers SDXL folder (the four models' configs and safetensors headers; their names are
-mapped to SGM names by `kohaku.train.model.sgm_state`, run on lazy tensors so that no
+mapped to SGM names by `kohaku.sdxl.layout.sgm_state`, run on lazy tensors so that no
 weight is read; `open_components` keeps them in the folder's own names). Writes nothing.
 Every tensor is read only when asked for.
 """
@@ -17,8 +17,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from kohaku.errors import InputError
-from kohaku.merge.tensors import Lazy, TensorFile
-from kohaku.train.lokr import META_ZERO_SNR
+from kohaku.sdxl.layout import sgm_state
+from kohaku.sdxl.lokr import META_ZERO_SNR
+from kohaku.sdxl.tensors import Lazy, TensorFile
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".bin", ".pth"}
 COMPONENTS = {  # diffusers folder -> the weights file its loader looks for first
@@ -84,8 +85,6 @@ class Component:
 
 def open_diffusers(name: str, path: Path) -> ModelTensors:
     """The UNet, VAE and both text encoders of a diffusers folder under their SGM names."""
-    from kohaku.train.model import sgm_state  # diffusers and transformers: only when needed
-
     components, files = open_components(name, path)
     with _closed_on_error(name, path, files):
         tensors = sgm_state(components)  # type: ignore[arg-type]  (duck-typed modules)

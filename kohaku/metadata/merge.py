@@ -13,17 +13,14 @@ no longer lists is marked deleted (when `absent_as_deleted`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import duckdb
 
 from kohaku.errors import ConfigError
+from kohaku.metadata.config import SyncConfig
 from kohaku.metadata.snapshot import PartFile, Snapshot, read_info
+from kohaku.metadata.source import API_CATEGORIES, connect
 from kohaku.metadata.store import new_snapshot, write_part
-from kohaku.sample.source import API_CATEGORIES, connect
-
-if TYPE_CHECKING:
-    from kohaku.metadata.sync import SyncConfig
 
 API_COLUMNS = {
     "id": "BIGINT", "created_at": "VARCHAR", "updated_at": "VARCHAR", "md5": "VARCHAR",

@@ -1,6 +1,6 @@
 """Import danbooru metadata into the store once; write content-hashed partition files.
 
-Reads: any source `kohaku.sample.source` opens (the danbooru2023 SQLite file, a parquet
+Reads: any source `kohaku.metadata.source` opens (the danbooru2023 SQLite file, a parquet
 export folder, a folder of /posts.json pages).
 Writes: `<store>/store.json`, `<store>/parts/<table>/<lo>-<sha256:16>.parquet` (post and tag
 by id, posttagrelation by post_id, `partition_ids` ids per file, rows sorted, tag categories
@@ -35,8 +35,7 @@ from kohaku.metadata.snapshot import (
     publish,
     read_info,
 )
-from kohaku.sample.config import SampleConfig
-from kohaku.sample.source import connect, detect_format, open_source
+from kohaku.metadata.source import connect, detect_format, open_source
 from kohaku.stage import atomic_write_text, fingerprint, sha256_file, temp_name
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ COLUMNS = {
     "posttagrelation": "id::BIGINT AS id, post_id::BIGINT AS post_id, tag_id::BIGINT AS tag_id",
 }
 ORDER = {"post": "id", "tag": "id", "posttagrelation": "post_id, id"}
-# the source's normalised macros (kohaku.sample.source) in store naming, sorted
+# the source's normalised macros (kohaku.metadata.source) in store naming, sorted
 SOURCE_QUERIES = {
     "post": "SELECT * FROM post()",
     "tag": "SELECT id, name, category AS type FROM tag()",
@@ -108,7 +107,7 @@ def import_metadata(
                           "`kohaku metadata sync`, or import into a new folder")  # fmt: skip
     info = _init_store(store, StoreInfo(partition_ids=partition_ids,
                                         tag_partition_ids=tag_partition_ids))  # fmt: skip
-    src = detect_format(SampleConfig(source=source))
+    src = detect_format(source)
     con = connect(threads=threads, memory_limit=memory_limit)
     open_source(con, src)
     t0 = time.perf_counter()

@@ -17,9 +17,9 @@ import duckdb
 import polars as pl
 
 from kohaku.errors import ConfigError
+from kohaku.metadata import Source, connect, detect_format, materialize_posts, open_source
 from kohaku.sample import select, subsets
 from kohaku.sample.config import SampleConfig
-from kohaku.sample.source import Source, connect, detect_format, materialize_posts, open_source
 from kohaku.stage import (
     Manifest,
     StageBuild,
@@ -49,7 +49,7 @@ POST_OUTPUT_COLUMNS = """p.id, c.range_idx, r.name AS subset, r.repeats,
 
 def sample_inputs(cfg: SampleConfig, src: Source | None = None) -> dict:
     """What the stage's output depends on besides its config."""
-    src = src or detect_format(cfg)
+    src = src or detect_format(cfg.source, cfg.source_format, cfg.snapshot)
     if src.format == "store":  # a snapshot id names its content (immutable partition files)
         return {"source": str(src.path), "source_format": "store", "snapshot": src.snapshot}
     return {"source": fingerprint(src.path).model_dump(), "source_format": src.format}
@@ -61,7 +61,7 @@ def run_sample(
     """Select posts and write `<run_dir>/sample/`; reuse it if already built from the
     same config and input. `threads` and `memory_limit` (e.g. "6GB", DuckDB spills to
     disk beyond it) tune DuckDB and do not change the output."""
-    src = detect_format(cfg)
+    src = detect_format(cfg.source, cfg.source_format, cfg.snapshot)
     inputs, chash = sample_inputs(cfg, src), config_hash(cfg)
     if done := reusable(Path(run_dir) / STAGE, chash, inputs, SAMPLE_VERSION):
         log.info("sample: up to date in %s", Path(run_dir) / STAGE)

@@ -1,6 +1,6 @@
 """Seeded selection SQL: candidates per id range, filter flags, ranks by sample key.
 
-Reads the views defined by `kohaku.sample.source`; writes temp tables `ranges`,
+Reads the views defined by `kohaku.metadata.source`; writes temp tables `ranges`,
 `cand` (id, range, sample key and one boolean per filter of every post of every range),
 `picks` (each range's draw) and `chosen` (each chosen post once, with the range it is
 written under).

@@ -1,6 +1,6 @@
 """Subsets: id ranges with a tag query (any / required / excluded tags), drawn on their own.
 
-Reads the views of `kohaku.sample.source` and the resolved tag ids; writes temp tables
+Reads the views of `kohaku.metadata.source` and the resolved tag ids; writes temp tables
 `subset_query` (range, list, tag id), `subset_match` (per subset, its posts having any
 tag of its query: one scan of the relation table for all subsets) and `chosen` (each
 chosen post once). Each subset's candidates are keyed by the seed and its name

@@ -22,9 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kohaku.stage import atomic_path, atomic_write_text
-
-META = "meta.json"
-EMA_FILE = "ema.safetensors"
+from kohaku.train import EMA_FILE, META  # noqa: F401  (the names evaluate reads, defined there)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The train stage's config (pydantic, frozen, extra="forbid"); cross-field checks run
 before anything is loaded. The recipe numbers (recipes.md) are the defaults of `delta`.
 
-Reads and writes nothing; `kohaku.train.lokr` reads the LoKr preset a config names.
+Reads and writes nothing; `kohaku.sdxl.lokr` reads the LoKr preset a config names.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 batch (the batch order, with the sample's repeats, is `kohaku.train.order`).
 
 Reads `<run>/buckets/manifest.parquet` (id, run-relative path, original size, bucket, crop),
-`<run>/tag/captions.parquet` (the tag groups; `kohaku.tagging.captions.lay_out` derives the
+`<run>/tag/captions.parquet` (the tag groups; `kohaku.tag.captions.lay_out` derives the
 head/body/tail lists; `text`, the natural-language captions, when the tag stage joined any),
 `<run>/sample/posts.parquet` (`id`, `repeats`: how often each image is shown per epoch, by
 its range or subset; a run dir without it shows each image once) and the images under
@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from kohaku.errors import ConfigError, InputError
-from kohaku.tagging.captions import LAYOUTS, lay_out
+from kohaku.tag import LAYOUTS, lay_out
 from kohaku.train.config import CaptionConfig, CaptionKind
 from kohaku.train.images import read_batch
 from kohaku.train.order import (  # noqa: F401  (the order's names, as callers import them)

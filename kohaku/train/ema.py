@@ -30,11 +30,8 @@ from contextlib import contextmanager
 
 import torch
 
+from kohaku.train import EMA_LOKR, META_EMA  # noqa: F401  (defined there: evaluate reads them)
 from kohaku.train.config import EmaConfig
-
-# the EMA's LoKr file beside lokr.safetensors, and its metadata key (JSON: decay, warmup,
-# start_step, step), which the evaluate stage offers beside the raw weights
-EMA_LOKR, META_EMA = "lokr-ema.safetensors", "kohaku_ema"
 
 
 def ema_decay(cfg: EmaConfig, step: int) -> float:

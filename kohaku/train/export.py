@@ -11,7 +11,7 @@ folder's own names (`kohaku.merge.folder`). Memory holds a few tensors at a time
 on the one path marked MINIMAL below. A base with a LoKr in it (`ModelSource.lokr`, from
 `train.model.lokr` or `kohaku export --base-lokr`) gets that LoKr first, then the trained
 one: the weights the trained LoKr was trained on, plus it; a LoKr that records it was
-trained on top of another is refused without it (`kohaku.merge.lokr.check_trained_on`).
+trained on top of another is refused without it (`kohaku.sdxl.lokr_deltas.check_trained_on`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from kohaku.merge import LokrMerge, MergeRecipe, merge
-from kohaku.merge.lokr import LokrLayer
-from kohaku.merge.run import DTYPES
+from kohaku.merge import DTYPES, LokrMerge, MergeRecipe, merge
+from kohaku.sdxl.lokr_deltas import LokrLayer
 
 if TYPE_CHECKING:
-    from kohaku.train.model import ModelSource
+    from kohaku.sdxl.parts import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def export_merged(
     if kind == "single_file":
         return merged_single_file(Path(source.path), lokrs, Path(out), storage)
     if source.kind == "diffusers":
-        from kohaku.merge.folder import merge_lokr_into_folder
+        from kohaku.merge import merge_lokr_into_folder
 
         first = [(x.file, x.weight) for x in lokrs[:-1]]
         return merge_lokr_into_folder(source.path, Path(lokr_file), Path(out), DTYPES[storage],
@@ -68,7 +67,7 @@ def _folder_from_single_file(
     the merge is streamed into a single file beside `out`, which diffusers' single-file
     loader then reads whole (about the model's size in memory, plus the loader's own copy)
     and `save_diffusers` writes as a folder. The merge itself is the streamed one."""
-    from kohaku.train.model import check_model_path, load_sdxl, save_diffusers
+    from kohaku.sdxl.model import check_model_path, load_sdxl, save_diffusers
 
     log.warning("diffusers export from a single file loads the merged model whole")
     held = "fp16" if storage == "fp8" else storage  # fp8 is cast when the folder is written

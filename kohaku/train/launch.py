@@ -30,9 +30,10 @@ class Launched:
 
 
 def command(cfg: TrainConfig, config_file: Path, run_dir: Path) -> list[str]:
-    """`python -m kohaku.train.run ...`, under torch.distributed.run (torchrun) when more
+    """`python -m kohaku.train.process ...`, under torch.distributed.run (torchrun) when more
     than one process is asked for."""
-    trainer = ["-m", "kohaku.train.run", "--config", str(config_file), "--run-dir", str(run_dir)]
+    module = "kohaku.train.process"  # the trainer process (kohaku.train.run is the stage)
+    trainer = ["-m", module, "--config", str(config_file), "--run-dir", str(run_dir)]
     d = cfg.dist
     if d.world_size == 1:
         return [sys.executable, *trainer]

@@ -8,7 +8,7 @@ on the lines of the steps that measured it), `<run>/train/validation.json` (the 
 posts, with `train.validation`) and, at the end, `<run>/train/lokr.safetensors` (kohya
 names), `<run>/train/lokr-ema.safetensors` (the EMA's, with `train.ema`) and
 `<run>/train/result.json`.
-Run it under torchrun for several processes (`kohaku.train.run`), or directly for one.
+Run it under torchrun for several processes (`kohaku.train.process`), or directly for one.
 """
 
 from __future__ import annotations
@@ -24,8 +24,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from kohaku.sdxl import lokr
+from kohaku.sdxl.embeddings import read_embeddings, restore_embeddings
+from kohaku.sdxl.model import check_model, load_sdxl, vae_dtype_for
+from kohaku.sdxl.schedule import schedule_source
 from kohaku.train import checkpoint as ckpt
-from kohaku.train import lokr, objective
+from kohaku.train import objective
 from kohaku.train import validation as val
 from kohaku.train.config import TrainConfig, check_bitsandbytes
 from kohaku.train.data import (
@@ -37,11 +41,9 @@ from kohaku.train.data import (
     with_budget,
 )
 from kohaku.train.ema import EMA, EMA_LOKR, META_EMA, trainable
-from kohaku.train.embeddings import read_embeddings, restore_embeddings
 from kohaku.train.latents import LatentCache, cache_latents, latents_from_cache, vae_key
 from kohaku.train.loader import BatchOrder, BatchSource, batch_loader, unit_pixels
 from kohaku.train.metrics import MetricLog
-from kohaku.train.model import check_model, load_sdxl, vae_dtype_for
 from kohaku.train.tokens import token_stats
 
 STOPPED = 75  # exit code after a SIGTERM: checkpoint written, run again to resume
@@ -198,7 +200,7 @@ class Trainer:
         precision, the VAE in `vae_dtype_for` it; then the LoKr (fp32 parameters)."""
         cfg = self.cfg.model
         dtype = DTYPES[self.cfg.precision]
-        source = objective.schedule_source(check_model(cfg), self.cfg.loss)  # + base LoKr
+        source = schedule_source(check_model(cfg), self.cfg.loss)  # + base LoKr
         parts = load_sdxl(source, dtype, self.d.device, vae_dtype_for(dtype))
         if cfg.restore_embeddings_from is not None:
             restore_embeddings(parts, read_embeddings(cfg.restore_embeddings_from,

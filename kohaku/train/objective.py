@@ -1,7 +1,7 @@
 """The SDXL training objective: prompts to conditioning, images to latents, noise, the
 UNet's prediction and the per-sample loss (epsilon or v-prediction, on SDXL's schedule or
-rescaled to zero terminal SNR; min-SNR or debiased weighting; offset noise), and the
-schedule a run trains on (`schedule_source`: the base's, checked against `train.loss`).
+rescaled to zero terminal SNR; min-SNR or debiased weighting; offset noise). The schedule a
+run trains on is `kohaku.sdxl.schedule.schedule_source`'s.
 
 Reads and writes nothing. Every random draw of a sample (latent sampling, timestep,
 noise, offset) comes from a generator keyed by (seed, epoch, post id[, repeat]), so a
@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
-from kohaku.errors import ConfigError
+from kohaku.sdxl.text import encode_text
 from kohaku.train.config import DEFAULT_MAX_TOKENS, LossConfig
-from kohaku.train.model import ModelSource
-from kohaku.train.text import encode_text
 
 log = logging.getLogger(__name__)
 # debiased estimation's SNR range: sd-scripts' cap (SDXL's t = 0 has SNR 1175), and a floor
@@ -45,7 +43,7 @@ def sample_generator(seed: int, epoch: int, post_id: int, repeat: int = 0) -> to
 def encode_prompts(parts, captions: list[str], time_ids: torch.Tensor,
                    max_tokens: int = DEFAULT_MAX_TOKENS) -> Conditioning:  # fmt: skip
     """SDXL conditioning: both encoders' penultimate hidden states side by side over as many
-    chunks of 75 tokens as the batch's longest caption needs (`kohaku.train.text`), TE2's
+    chunks of 75 tokens as the batch's longest caption needs (`kohaku.sdxl.text`), TE2's
     pooled projection of the first chunk, and the size/crop micro-conditioning."""
     text = encode_text(parts, captions, max_tokens, time_ids.device)
     return Conditioning(text.hidden, text.pooled, time_ids)
@@ -133,39 +131,3 @@ def sample_losses(parts, latents: torch.Tensor, cond: Conditioning, draws: Draws
     if cfg.weights == "none":
         return mse
     return mse * loss_weights(snr(sched, t).float(), cfg)
-
-
-# ---------------------------------------------------------------------------- the schedule
-
-
-def schedule_source(source: ModelSource, loss: LossConfig) -> ModelSource:
-    """The base with the schedule `loss` trains on. A base that says what it predicts (a
-    diffusers folder's scheduler, a single file's `v_pred` / `ztsnr` keys, its kohaku configs
-    or `config_dir`) must agree with `loss`: ConfigError, naming the field to set. A single
-    file that says nothing (SDXL 1.0's epsilon assumed) takes `loss`'s schedule: an unmarked
-    v-prediction file, or an epsilon base trained into v-prediction as NoobAI-XL's was."""
-    if (source.prediction, source.zero_snr) == (loss.prediction, loss.zero_terminal_snr):
-        return source
-    if source.declared:
-        raise ConfigError(schedule_mismatch(source, loss))
-    log.warning("%s does not say what it predicts (no v_pred key, no configs): training it as "
-                "%s%s, as train.loss says", source.path, loss.prediction,
-                " with zero terminal SNR" if loss.zero_terminal_snr else "")  # fmt: skip
-    return replace(source, prediction=loss.prediction, zero_snr=loss.zero_terminal_snr)
-
-
-def schedule_mismatch(source: ModelSource, loss: LossConfig) -> str:
-    """One line: what the base is, what `train.loss` says, what to set."""
-    zero = f"train.loss.zero_terminal_snr = {str(source.zero_snr).lower()}"
-    if source.prediction != loss.prediction:
-        also = f" and {zero}" if source.zero_snr else ""
-        return (
-            f"{source.path} is a {source.prediction} model but train.loss.prediction is "
-            f'"{loss.prediction}": set train.loss.prediction = "{source.prediction}"{also}'
-        )
-    has = "has" if source.zero_snr else "does not have"
-    return (
-        f"{source.path} {has} a zero-terminal-SNR schedule (its ztsnr key or scheduler "
-        f"config) but train.loss.zero_terminal_snr is "
-        f"{str(loss.zero_terminal_snr).lower()}: set {zero}"
-    )

@@ -10,7 +10,7 @@ import polars as pl
 
 from kohaku.cli.ops import _show_captions
 from kohaku.config import load_config
-from kohaku.demo import DEMO_TOML
+from kohaku.demo.run import DEMO_TOML
 from tests.train.test_data import captions_frame
 
 

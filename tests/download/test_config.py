@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kohaku.config import load_config
-from kohaku.download import DOWNLOAD_FETCH, DownloadConfig
+from kohaku.download.config import DOWNLOAD_FETCH, DownloadConfig
 from kohaku.fetch import FetchConfig
 
 TABLES = {

@@ -7,9 +7,9 @@ import base64
 import re
 
 from kohaku.config import validate
-from kohaku.download_stage import ledger_path
-from tests.download.test_download import FILES
-from tests.download.test_stage import sample_stage
+from kohaku.download.run import ledger_path
+from tests.download.test_run import sample_stage
+from tests.download.test_shard import FILES
 from tests.fetch.server import Server
 from tests.test_flow import task_run_states
 

@@ -15,7 +15,7 @@ import polars as pl
 from PIL import Image
 
 from kohaku.stage import build_stage, write_manifest
-from tests.download.test_download import md5
+from tests.download.test_shard import md5
 from tests.fetch.server import Server
 
 N = 30

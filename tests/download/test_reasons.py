@@ -13,10 +13,11 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from kohaku.download import DownloadConfig, download_shard
-from kohaku.download_stage import ledger_counts
+from kohaku.download.config import DownloadConfig
+from kohaku.download.run import ledger_counts
+from kohaku.download.shard import download_shard
 from kohaku.fetch import FetchConfig
-from tests.download.test_download import jpeg, md5, png
+from tests.download.test_shard import jpeg, md5, png
 from tests.fetch.server import Server
 
 ADDRESS = re.compile(r"0x[0-9a-f]{6,}")

@@ -12,18 +12,13 @@ import polars as pl
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from kohaku.download import (
-    LEDGER_SCHEMA,
-    DownloadConfig,
-    download_shard,
-    merge_previous,
-    read_journal,
-)
-from kohaku.download_stage import check_inputs, ledger_path, run_download
+from kohaku.download.config import DownloadConfig
+from kohaku.download.run import check_inputs, ledger_path, run_download
+from kohaku.download.shard import LEDGER_SCHEMA, download_shard, merge_previous, read_journal
+from kohaku.download.sources import LocalReader, build_index, choose
 from kohaku.errors import InputError
-from kohaku.local_source import LocalReader, build_index, choose
 from kohaku.stage import build_stage, write_manifest
-from tests.download.test_download import md5
+from tests.download.test_shard import md5
 
 
 def picture(w: int, h: int, fmt: str) -> bytes:

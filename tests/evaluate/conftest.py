@@ -66,7 +66,7 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny CLIP (CLIPModel, byte-level BPE tokenizer, image processor)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from kohaku.train.tiny import bpe_vocab, write_tokenizer
+    from kohaku.sdxl.tiny import bpe_vocab, write_tokenizer
 
     vocab = bpe_vocab()
     text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64,
@@ -124,9 +124,9 @@ def write_eval_run(run: Path, model: Path) -> Path:
 def write_train(run: Path, model: Path) -> None:
     from safetensors.torch import save_file
 
-    from kohaku.train import lokr
+    from kohaku.sdxl import lokr
+    from kohaku.sdxl.model import check_model_path, load_sdxl
     from kohaku.train.config import AdapterConfig, ModelConfig, OptimConfig, TrainConfig
-    from kohaku.train.model import check_model_path, load_sdxl
 
     train = run / "train"
     train.mkdir(parents=True, exist_ok=True)
@@ -176,7 +176,7 @@ def evaluated(tmp_path_factory, eval_run: Path, tiny_clip_dir: Path, tiny_extrac
     given, CCIP not); returns (run dir, config, manifest). Read-only for tests."""
     import shutil
 
-    from kohaku.evaluate.stage import run_evaluate
+    from kohaku.evaluate.run import run_evaluate
 
     run = tmp_path_factory.mktemp("evaluated") / "run"
     shutil.copytree(eval_run, run)

@@ -20,14 +20,14 @@ from kohaku.evaluate import report
 from kohaku.evaluate.config import EvaluateConfig
 from kohaku.evaluate.generate import Sampler, list_checkpoints
 from kohaku.evaluate.report import build_report, read_summaries
+from kohaku.evaluate.run import plan, run_evaluate
 from kohaku.evaluate.scores import Summary, ok
-from kohaku.evaluate.stage import plan, run_evaluate
+from kohaku.sdxl import lokr
+from kohaku.sdxl.model import check_model_path, load_sdxl
 from kohaku.stage import config_hash
-from kohaku.train import lokr
 from kohaku.train.ema import EMA_LOKR, META_EMA
-from kohaku.train.model import check_model_path, load_sdxl
 from tests.evaluate.conftest import tiny_config
-from tests.evaluate.test_stage import pixels
+from tests.evaluate.test_run import pixels
 
 
 def add_ema(run: Path, model: Path) -> None:

@@ -22,11 +22,11 @@ from kohaku.evaluate.generate import (
     guidance_rescale,
     sampling_source,
 )
-from kohaku.evaluate.stage import plan
+from kohaku.evaluate.run import plan
+from kohaku.sdxl.model import check_model_path, save_single_file
+from kohaku.sdxl.text import encode_text
+from kohaku.sdxl.tiny import tiny_sdxl_components
 from kohaku.train.config import TrainConfig
-from kohaku.train.model import check_model_path, save_single_file
-from kohaku.train.text import encode_text
-from kohaku.train.tiny import tiny_sdxl_components
 from tests.evaluate.conftest import tiny_config
 
 CPU = torch.device("cpu")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kohaku.evaluate.generate import Checkpoint, Job, Sampler, resolve_dtype
-from kohaku.train.model import check_model_path, save_single_file
-from kohaku.train.tiny import tiny_sdxl_components
+from kohaku.sdxl.model import check_model_path, save_single_file
+from kohaku.sdxl.tiny import tiny_sdxl_components
 from tests.evaluate.conftest import tiny_config
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 from kohaku.evaluate import scores as scores_mod
 from kohaku.evaluate import scoring
 from kohaku.evaluate.prompts import build_prompt_set
+from kohaku.evaluate.run import pictures_frame, plan
 from kohaku.evaluate.scores import (
     CcipScorer,
     ClipScorer,
@@ -27,7 +28,6 @@ from kohaku.evaluate.scores import (
     load_clip,
 )
 from kohaku.evaluate.scoring import Scorers, choose_references, score_pictures
-from kohaku.evaluate.stage import pictures_frame, plan
 from tests.evaluate.conftest import captions_frame, tiny_config
 
 

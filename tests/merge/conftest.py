@@ -1,4 +1,4 @@
-"""Tiny SDXL checkpoints built in code (kohaku.train.tiny), shared read-only by the merge
+"""Tiny SDXL checkpoints built in code (kohaku.sdxl.tiny), shared read-only by the merge
 tests: SGM single files of seeds 0-3 in float32, and one diffusers folder."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Single-file (SGM layout) float32 checkpoints named m0..m3, seeds 0..3."""
     import torch
 
-    from kohaku.train.model import save_single_file
-    from kohaku.train.tiny import tiny_sdxl_components
+    from kohaku.sdxl.model import save_single_file
+    from kohaku.sdxl.tiny import tiny_sdxl_components
 
     root = tmp_path_factory.mktemp("tiny-files")
     return {

@@ -9,8 +9,8 @@ from pathlib import Path
 def lycoris_merged(base_dir: Path, lokr_file: Path):
     """The diffusers folder `base_dir` loaded whole, the LoKr attached, loaded and merged
     by lycoris: `SDXLParts` with merged weights."""
-    from kohaku.train import lokr
-    from kohaku.train.model import check_model_path, load_sdxl
+    from kohaku.sdxl import lokr
+    from kohaku.sdxl.model import check_model_path, load_sdxl
 
     parts = load_sdxl(check_model_path(base_dir))
     preset, components = lokr.read_recipe(lokr_file)

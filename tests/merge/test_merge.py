@@ -198,8 +198,8 @@ def test_restore_embeddings_copies_the_reference_tables(tmp_path: Path, tiny_fil
 @pytest.fixture(scope="module")
 def lokr_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A delta-preset LoKr on the tiny UNet and both text encoders, w2 made non-zero."""
-    from kohaku.train import lokr
-    from kohaku.train.tiny import tiny_sdxl_components
+    from kohaku.sdxl import lokr
+    from kohaku.sdxl.tiny import tiny_sdxl_components
 
     parts = tiny_sdxl_components(0)
     models = {c: getattr(parts, c) for c in ("unet", "text_encoder", "text_encoder_2")}
@@ -218,7 +218,7 @@ def lokr_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_lokr_merges_as_lycoris_merges_it(
     tmp_path: Path, tiny_files, tiny_sdxl_dir: Path, lokr_file: Path, weight: float
 ):
-    from kohaku.train.model import MODELS, sgm_state
+    from kohaku.sdxl.model import MODELS, sgm_state
     from tests.merge import reference
 
     parts = reference.lycoris_merged(tiny_sdxl_dir, lokr_file)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from kohaku.demo import DEMO_URL_KEY
-from kohaku.demo_images import ImageServer, stamp_md5s
-from kohaku.synth import generate_danbooru_db
+from kohaku.demo.images import ImageServer, stamp_md5s
+from kohaku.demo.run import DEMO_URL_KEY
+from kohaku.demo.synth import generate_danbooru_db
 
 DATA_ONLY = """# the demo's data stages (no [train], no [evaluate])
 preset = "epsilon"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from kohaku.config import load_config
-from kohaku.demo import DEMO_URL_KEY
-from kohaku.demo_images import ImageServer, stamp_md5s
-from kohaku.synth import generate_danbooru_db
+from kohaku.demo.images import ImageServer, stamp_md5s
+from kohaku.demo.run import DEMO_URL_KEY
+from kohaku.demo.synth import generate_danbooru_db
 from tests.ops.conftest import DATA_ONLY
 from tests.ops.flowruns import executions
 
@@ -57,7 +57,7 @@ def test_a_changed_field_reexecutes_exactly_the_stages_it_affects(prefect_api, d
 def test_train_starts_over_when_its_config_or_data_changed(tmp_path: Path):
     from kohaku.stage import build_stage, write_manifest
     from kohaku.train.config import TrainConfig
-    from kohaku.train.stage import _start_over_if_changed
+    from kohaku.train.run import _start_over_if_changed
 
     def stage(name: str) -> None:
         with build_stage(tmp_path, name) as build:

@@ -56,8 +56,8 @@ def _rows(artifact) -> list[dict]:
 def test_pipeline_on_the_demo_config_trains_and_evaluates(ops_api):
     """The bundled demo's config (train and evaluate included, at toy size) run through
     the pipeline deployment: every stage completes and leaves its outputs."""
-    from kohaku.demo import DEMO_TOML, write_demo_texts
-    from kohaku.train.tiny import write_tiny_sdxl
+    from kohaku.demo.run import DEMO_TOML, write_demo_texts
+    from kohaku.sdxl.tiny import write_tiny_sdxl
 
     write_tiny_sdxl(ops_api.demo / "model", seed=0)
     metadata = ops_api.demo / "metadata"  # the demo's natural-language captions (issue 14)

@@ -444,7 +444,7 @@ def test_post_tags_sorted_whatever_the_source_order(
     """SQLite: sorted by DuckDB. A `kohaku export-parquet` folder is in (post_id, ord)
     order: the order-keeping filter needs no sort. A shuffled parquet export is not: the
     check catches it and the rows get sorted. All give the same sorted rows."""
-    from kohaku.sample.export import export_parquet
+    from kohaku.metadata.export import export_parquet
 
     path = {"sqlite": synth_db, "shuffled_parquet": synth_parquet}.get(source)
     if source == "export":

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from kohaku.api_pages import write_api_pages
+from kohaku.demo.api_pages import write_api_pages
 from kohaku.errors import InputError
 from kohaku.sample import SampleConfig, run_sample
 from tests.sample.reference import Metadata, chosen_by_range, expected_selection, export_parquet

@@ -13,7 +13,7 @@ import pytest
 
 from kohaku.errors import ConfigError
 from kohaku.sample import SampleConfig, run_sample
-from kohaku.tagging import TagConfig, run_tag
+from kohaku.tag import TagConfig, run_tag
 from tests.sample.reference import Metadata, expected_selection, write_metadata, written_under
 
 

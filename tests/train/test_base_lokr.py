@@ -21,15 +21,15 @@ from safetensors.torch import load_file, save_file
 from kohaku.cli import main
 from kohaku.errors import ConfigError, InputError
 from kohaku.evaluate.generate import Checkpoint, Job, Sampler, check_base_lokr
-from kohaku.merge.lokr import META_BASE_LOKR
+from kohaku.sdxl import lokr
+from kohaku.sdxl.lokr_deltas import META_BASE_LOKR
+from kohaku.sdxl.model import MODELS, check_model, check_model_path, load_sdxl, save_single_file
+from kohaku.sdxl.tiny import tiny_sdxl_components
 from kohaku.stage import sha256_file
-from kohaku.train import lokr
 from kohaku.train.config import ModelConfig, TrainConfig
 from kohaku.train.export import export_merged
 from kohaku.train.loop import Dist, Trainer
-from kohaku.train.model import MODELS, check_model, check_model_path, load_sdxl, save_single_file
-from kohaku.train.stage import check_inputs
-from kohaku.train.tiny import tiny_sdxl_components
+from kohaku.train.run import check_inputs
 from tests.evaluate.conftest import tiny_config
 from tests.train.rundir import write_training_run
 

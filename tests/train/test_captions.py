@@ -14,7 +14,7 @@ import torch
 from kohaku.errors import ConfigError
 from kohaku.train.config import TrainConfig
 from kohaku.train.loop import Dist, Trainer
-from kohaku.train.stage import caption_counts, check_inputs
+from kohaku.train.run import caption_counts, check_inputs
 from tests.train.rundir import write_training_run
 
 

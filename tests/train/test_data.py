@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from kohaku.errors import ConfigError, InputError
-from kohaku.tagging.captions import lay_out
+from kohaku.sdxl.tiny import tiny_tokenizers
+from kohaku.tag.captions import lay_out
 from kohaku.train.data import (
     PARTS,
     Batch,
@@ -32,7 +33,6 @@ from kohaku.train.data import (
     with_budget,
 )
 from kohaku.train.loader import unit_pixels
-from kohaku.train.tiny import tiny_tokenizers
 from kohaku.train.tokens import TagBudget
 
 # bucket (width, height) -> images; sizes chosen so that remainders are dropped

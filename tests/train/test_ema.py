@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from kohaku.errors import user_message
 from kohaku.stage import config_hash
-from kohaku.train import stage
+from kohaku.train import run as stage
 from kohaku.train.config import EmaConfig, TrainConfig
 from kohaku.train.ema import EMA, EMA_LOKR, META_EMA, ema_decay
 from kohaku.train.loop import Dist, Trainer

@@ -14,10 +14,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from kohaku.errors import InputError
-from kohaku.train import lokr
+from kohaku.sdxl import lokr
+from kohaku.sdxl.model import MODELS, ModelSource, check_model_path, sgm_state, with_text_model
+from kohaku.sdxl.tiny import tiny_sdxl_components
 from kohaku.train.export import export_merged
-from kohaku.train.model import MODELS, ModelSource, check_model_path, sgm_state, with_text_model
-from kohaku.train.tiny import tiny_sdxl_components
 from tests.merge.reference import lycoris_merged
 
 EXTRA = {  # keys of real SDXL single files that no module's state_dict gives back

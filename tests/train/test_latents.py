@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 
 from kohaku.errors import InputError
+from kohaku.sdxl.tiny import tiny_vae
 from kohaku.train import objective
 from kohaku.train.data import Batch, BucketItems, CaptionConfig, load_batch, load_items
 from kohaku.train.latents import (
@@ -25,7 +26,6 @@ from kohaku.train.latents import (
     vae_key,
 )
 from kohaku.train.loader import unit_pixels
-from kohaku.train.tiny import tiny_vae
 from tests.train.rundir import write_training_run
 
 FP16 = {"rtol": 2e-3, "atol": 1e-4}  # fp16 keeps 11 significant bits

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from kohaku.errors import InputError
+from kohaku.sdxl.tiny import tiny_vae
 from kohaku.train.config import LoaderConfig, TrainConfig
 from kohaku.train.data import (
     PARTS,
@@ -32,8 +33,7 @@ from kohaku.train.loader import (
     batch_loader,
     worker_count,
 )
-from kohaku.train.stage import _start_over_if_changed
-from kohaku.train.tiny import tiny_vae
+from kohaku.train.run import _start_over_if_changed
 from tests.train.rundir import write_training_run
 
 CPU = torch.device("cpu")

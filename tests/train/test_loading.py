@@ -1,4 +1,4 @@
-"""Loading SDXL (kohaku.train.model, .streaming, .saving) on the tiny model: a single file
+"""Loading SDXL (kohaku.sdxl.model, .streaming, .saving) on the tiny model: a single file
 with nothing beside it, streamed tensor by tensor into the training precision, equal to what
 diffusers' own loader reads; v-prediction files; embeddings read from a reference alone."""
 
@@ -15,12 +15,12 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from kohaku.errors import ConfigError, InputError
-from kohaku.train import lokr
-from kohaku.train import model as m
+from kohaku.sdxl import lokr
+from kohaku.sdxl import model as m
+from kohaku.sdxl.configs import public
+from kohaku.sdxl.tiny import tiny_sdxl_components
 from kohaku.train.config import TrainConfig
-from kohaku.train.sdxl import public
-from kohaku.train.stage import check_inputs
-from kohaku.train.tiny import tiny_sdxl_components
+from kohaku.train.run import check_inputs
 from tests.train.rundir import write_training_run
 
 CLASSES = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,

@@ -17,7 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kohaku.train import lokr, objective
+from kohaku.sdxl import lokr
+from kohaku.train import objective
 from kohaku.train.config import LoaderConfig, TrainConfig, ValidationConfig
 from kohaku.train.launch import command
 from kohaku.train.loop import STOPPED, Dist, Trainer

@@ -11,11 +11,12 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from kohaku.train import lokr, objective
+from kohaku.sdxl import lokr
+from kohaku.sdxl.tiny import tiny_unet
+from kohaku.train import objective
 from kohaku.train.config import LossConfig, TrainConfig
 from kohaku.train.launch import command, parse_metrics
 from kohaku.train.loop import Dist, Trainer, build_schedule
-from kohaku.train.tiny import tiny_unet
 from tests.train.rundir import write_training_run
 
 SCHED = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
@@ -128,7 +129,7 @@ def test_mixed_precision_steps(tiny_sdxl_dir, tmp_path, precision):
 def test_torchrun_command(tmp_path):
     one = TrainConfig.model_validate({"model": {"path": "m"}})
     assert command(one, tmp_path / "c.json", tmp_path)[:3] == [sys.executable, "-m",
-                                                              "kohaku.train.run"]  # fmt: skip
+                                                              "kohaku.train.process"]  # fmt: skip
     many = TrainConfig.model_validate({"model": {"path": "m"}, "dist": {
         "nproc_per_node": 8, "nnodes": 2, "node_rank": 1, "master_addr": "10.0.0.5"}})  # fmt: skip
     cmd = command(many, tmp_path / "c.json", tmp_path)

@@ -28,7 +28,7 @@ from kohaku.train.data import (
     load_items,
     posts_file,
 )
-from kohaku.train.stage import _start_over_if_changed, data_counts
+from kohaku.train.run import _start_over_if_changed, data_counts
 from tests.train.test_data import PINNED, make_items
 
 # 3 buckets; 12 + 2 * 5 = 22 entries in (8, 8) etc.: see `repeated`

@@ -6,7 +6,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from kohaku.train.tiny import tiny_tokenizers
+from kohaku.sdxl.tiny import tiny_tokenizers
 from kohaku.train.tokens import TagLengths, caption_tokens, token_stats
 
 TRICKY = ["1girl", "^_^", "hatsune miku \\(vocaloid\\)", ":)", "smile", "a", "x-ray", "!?"]

@@ -18,7 +18,7 @@ from kohaku.train import validation as val
 from kohaku.train.config import LossConfig, TrainConfig, ValidationConfig
 from kohaku.train.data import BucketBatches
 from kohaku.train.loop import Dist, Trainer
-from kohaku.train.stage import check_inputs
+from kohaku.train.run import check_inputs
 from tests.train.rundir import write_training_run
 from tests.train.test_data import make_items
 from tests.train.test_loop import config

@@ -17,14 +17,15 @@ from pydantic import ValidationError
 from safetensors import safe_open
 
 from kohaku.errors import ConfigError
+from kohaku.sdxl import schedule
+from kohaku.sdxl.configs import SDXLConfigs
+from kohaku.sdxl.model import ModelSource, save_single_file
+from kohaku.sdxl.tiny import tiny_sdxl_components
 from kohaku.stage import config_hash
 from kohaku.train import objective
 from kohaku.train.config import LossConfig, TrainConfig
 from kohaku.train.loop import Dist, Trainer
-from kohaku.train.model import ModelSource, save_single_file
-from kohaku.train.sdxl import SDXLConfigs
-from kohaku.train.stage import check_inputs
-from kohaku.train.tiny import tiny_sdxl_components
+from kohaku.train.run import check_inputs
 from tests.train.rundir import write_training_run
 
 SDXL = SDXLConfigs.builtin()
@@ -127,15 +128,15 @@ def test_the_base_schedule_against_train_loss(tmp_path):
     parts.noise_scheduler = ZTSNR
     source = ModelSource(save_single_file(parts, tmp_path / "v.safetensors", torch.float32),
                          "single_file", prediction="v_prediction", zero_snr=True)  # fmt: skip
-    assert objective.schedule_source(source, v_loss()) == source
+    assert schedule.schedule_source(source, v_loss()) == source
     with pytest.raises(ConfigError, match=r"v\.safetensors is a v_prediction model but train.loss"
                        r'.prediction is "epsilon": set train.loss.prediction = "v_prediction" '
                        "and train.loss.zero_terminal_snr = true$"):  # fmt: skip
-        objective.schedule_source(source, LossConfig())
+        schedule.schedule_source(source, LossConfig())
     with pytest.raises(ConfigError, match="does not have a zero-terminal-SNR schedule"):
-        objective.schedule_source(replace(source, zero_snr=False), v_loss())
+        schedule.schedule_source(replace(source, zero_snr=False), v_loss())
     silent = ModelSource(source.path, "single_file", declared=False)  # no v_pred key, no configs
-    taken = objective.schedule_source(silent, v_loss())
+    taken = schedule.schedule_source(silent, v_loss())
     assert (taken.prediction, taken.zero_snr) == ("v_prediction", True)
 
 
