@@ -44,7 +44,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from kohaku.sdxl import lokr  # noqa: E402
 from kohaku.sdxl.configs import SDXL_UNET, SDXL_VAE  # noqa: E402
-from kohaku.sdxl.model import SDXLParts  # noqa: E402
+from kohaku.sdxl.model import SDXLParts, checkpoint_activations  # noqa: E402
 from kohaku.sdxl.tiny import (  # noqa: E402
     SCHEDULER_CONFIG,
     tiny_sdxl_components,
@@ -252,8 +252,8 @@ def build_run(args: argparse.Namespace, device: torch.device) -> Run:
         parts = full_sdxl(device, base)
     preset = lokr.load_preset(args.preset)
     adapters = attach(parts, preset, not args.no_te, device, args.seed, args.bypass)
-    if args.grad_ckpt:
-        parts.unet.enable_gradient_checkpointing()
+    if args.grad_ckpt:  # the UNet's blocks, the trained text encoders' layers: as the trainer
+        checkpoint_activations(parts, not args.no_te)
     parts.vae.to(device)
     optimizer = None if device.type == "meta" else build_optimizer(args.optimizer, adapters)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")

@@ -43,6 +43,7 @@ from diffusers import AutoencoderKL  # noqa: E402
 
 from kohaku.sdxl import lokr  # noqa: E402
 from kohaku.sdxl.configs import SDXL_VAE  # noqa: E402
+from kohaku.sdxl.model import checkpoint_activations  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 GB = 1e9
@@ -181,7 +182,7 @@ def main() -> None:
                   *adapters.networks.values()]  # fmt: skip
         result["vae_encode_gb"] = tracked(vae_fn(parts, args), models)
         result["step_no_ckpt_gb"] = tracked(step_fn(parts, args, amp), models)
-        parts.unet.enable_gradient_checkpointing()
+        checkpoint_activations(parts, text_encoders=True)  # as the trainer does
         result["step_ckpt_gb"] = tracked(step_fn(parts, args, amp), models)
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, indent=1))

@@ -295,6 +295,25 @@ def load_sdxl(source: ModelSource, dtype: torch.dtype = torch.float32,
                      base_lokr=source.lokr)  # fmt: skip
 
 
+def checkpoint_activations(parts: SDXLParts, text_encoders: bool) -> None:
+    """Gradient checkpointing of the UNet's blocks and, when they are trained, of the text
+    encoders' layers: their activations at 225 tokens (3 chunks of 77 per caption, through
+    32 layers of 1280 in the second encoder) are kept otherwise. transformers checkpoints a
+    layer only when that layer is in training mode, so the layers alone are flagged (not
+    their attention modules: their dropout, 0 in SDXL, stays off as in eval mode); its
+    non-reentrant checkpoint passes gradients to the LoKr although token ids need none."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    parts.unet.enable_gradient_checkpointing()
+    if not text_encoders:
+        return
+    for encoder in (parts.text_encoder, parts.text_encoder_2):
+        encoder.activation_checkpointing_enable({"use_reentrant": False})
+        for layer in encoder.modules():
+            if isinstance(layer, GradientCheckpointingLayer):
+                layer.training = True
+
+
 def stream_models(source: ModelSource, configs: SDXLConfigs, dtypes: dict[str, torch.dtype],
                   device: torch.device) -> dict[str, torch.nn.Module]:  # fmt: skip
     """The four models, filled tensor by tensor (the base LoKr folded in as they come)."""

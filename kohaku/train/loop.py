@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from kohaku.sdxl import lokr
 from kohaku.sdxl.embeddings import read_embeddings, restore_embeddings
-from kohaku.sdxl.model import check_model, load_sdxl, vae_dtype_for
+from kohaku.sdxl.model import check_model, checkpoint_activations, load_sdxl, vae_dtype_for
 from kohaku.sdxl.schedule import schedule_source
 from kohaku.train import checkpoint as ckpt
 from kohaku.train import objective
@@ -214,7 +214,7 @@ class Trainer:
         for net in adapters.networks.values():
             net.to(self.d.device)
         if self.cfg.gradient_checkpointing:
-            parts.unet.enable_gradient_checkpointing()
+            checkpoint_activations(parts, self.cfg.adapter.train_text_encoders)
         return parts, adapters
 
     def _latent_cache(self, items) -> LatentCache | None:
