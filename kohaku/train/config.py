@@ -382,7 +382,10 @@ class TrainConfig(_Frozen):
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; empty = epochs")
     epochs: int = Field(1, ge=1, description="passes over the data when max_steps is empty")
     precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="mixed precision")
-    gradient_checkpointing: bool = Field(False, description="trade compute for memory")
+    gradient_checkpointing: bool = Field(
+        False, description="trade compute for memory: the UNet's blocks and the trained text "
+        "encoders' layers recompute their activations in the backward pass",
+    )  # fmt: skip
     latent_cache: Path | None = Field(
         None, description="folder of the VAE latent cache (fp16 posteriors by post id, reused "
         "across runs with the same VAE and images); empty = encode every step",
