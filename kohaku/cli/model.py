@@ -40,12 +40,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     config = load(args, "evaluate")
     cfg = stage_section(config, "evaluate")
     from kohaku.evaluate.run import run_evaluate
+    from kohaku.logs import library_logs
 
     def progress(label: str, done: int, total: int) -> None:
         if done % 10 == 0 or done == total:
             print(f"evaluate {label}: {done}/{total} pictures", flush=True)
 
-    report(run_evaluate(cfg, config.run_dir, progress), config.run_dir / "evaluate")
+    # LyCORIS' INFO lines and the like to the log file, as in the evaluate task
+    with library_logs(Path(config.run_dir) / "logs" / "evaluate.log"):
+        manifest = run_evaluate(cfg, config.run_dir, progress)
+    report(manifest, config.run_dir / "evaluate")
 
 
 def cmd_merge(args: argparse.Namespace) -> None:

@@ -66,6 +66,8 @@ def test_evaluate_command(tiny_sdxl_dir, tmp_path, capsys):  # noqa: F811
         counts["checkpoints"] == 1
         and f"evaluate final: {n}/{n} pictures" in capsys.readouterr().out
     )
+    # the libraries' chatter (LyCORIS hooking the LoKr) went to the run's log file
+    assert "LyCORIS" in (tmp_path / "run" / "logs" / "evaluate.log").read_text()
 
 
 def test_merge_command(tiny_sdxl_dir, tmp_path, capsys):  # noqa: F811
