@@ -35,7 +35,12 @@ class Conditioning:
 def sample_generator(seed: int, epoch: int, post_id: int, repeat: int = 0) -> torch.Generator:
     """The generator of one sample's draws: a post's `repeat`-th showing in `epoch` (the
     repeat joins the key only from 1 on: the first showing draws as without repeats)."""
-    key = f"{seed}:{epoch}:{post_id}" + (f":{repeat}" if repeat else "")
+    return keyed_generator(f"{seed}:{epoch}:{post_id}" + (f":{repeat}" if repeat else ""))
+
+
+def keyed_generator(key: str) -> torch.Generator:
+    """A CPU generator seeded by the first 8 bytes of blake2b(`key`): the same stream for
+    the same key in any process, rank or order of calls."""
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
 

@@ -161,9 +161,7 @@ def write_record(vset: ValidationSet, folder: Path) -> Path:
 
 def validation_generator(seed: int, post_id: int) -> torch.Generator:
     """A held-out post's generator (apart from training's `objective.sample_generator`)."""
-    key = f"validation:{seed}:{post_id}".encode()
-    digest = hashlib.blake2b(key, digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    return objective.keyed_generator(f"validation:{seed}:{post_id}")
 
 
 def fixed_draws(ids: tuple[int, ...], shape: tuple[int, ...], seed: int, timesteps: int,
