@@ -314,6 +314,20 @@ def checkpoint_activations(parts: SDXLParts, text_encoders: bool) -> None:
                 layer.training = True
 
 
+def free_unused_vae(vae: torch.nn.Module, encoder: bool) -> int:
+    """Drop the VAE halves that training never runs: the decoder always, the encoder too when
+    every latent comes from the latent cache (`encoder` False); the config stays. Returns
+    the parameters freed (SDXL's VAE: 49.5M of decoder, 34.2M of encoder)."""
+    names = ("decoder", "post_quant_conv") + (() if encoder else ("encoder", "quant_conv"))
+    freed = 0
+    for name in names:
+        module = getattr(vae, name, None)
+        if module is not None:
+            freed += sum(p.numel() for p in module.parameters())
+            setattr(vae, name, None)
+    return freed
+
+
 def stream_models(source: ModelSource, configs: SDXLConfigs, dtypes: dict[str, torch.dtype],
                   device: torch.device) -> dict[str, torch.nn.Module]:  # fmt: skip
     """The four models, filled tensor by tensor (the base LoKr folded in as they come)."""

@@ -26,7 +26,13 @@ import torch.distributed as dist
 
 from kohaku.sdxl import lokr
 from kohaku.sdxl.embeddings import read_embeddings, restore_embeddings
-from kohaku.sdxl.model import check_model, checkpoint_activations, load_sdxl, vae_dtype_for
+from kohaku.sdxl.model import (
+    check_model,
+    checkpoint_activations,
+    free_unused_vae,
+    load_sdxl,
+    vae_dtype_for,
+)
 from kohaku.sdxl.schedule import schedule_source
 from kohaku.train import checkpoint as ckpt
 from kohaku.train import objective
@@ -180,6 +186,8 @@ class Trainer:
         # of tags and text, fallen back to tags (text drawn, none there)
         self.captions = [0] * len(CAPTION_COUNTS)
         self.cache = self._latent_cache(items)  # the held-out posts' latents too
+        # never run from here on: the decoder, and the encoder when the cache has every latent
+        free_unused_vae(self.parts.vae, encoder=self.cache is None)
         self.denoiser = Denoiser(self.parts, self.adapters, cfg)
         self.model = self._wrap(self.denoiser)
         self.source = BatchSource(self.items, self.run_dir, cfg.captions, cfg.seed, self.cache)
@@ -250,6 +258,8 @@ class Trainer:
     def train(self) -> dict:
         """Resume if a checkpoint exists, run to the last step, export; returns a summary."""
         pos = self._resume()
+        if self.d.rank == 0:
+            self.metrics.start(pos.step)  # what a killed process logged past the checkpoint
         signal.signal(signal.SIGTERM, self._on_sigterm)
         order = BatchOrder(self.batches, DataPosition(pos.epoch, pos.index))
         stream = batch_loader(self.source, order, self.cfg.loader, self.d.device)
