@@ -4,11 +4,16 @@ Writes each line to `<run>/train/metrics.jsonl`, to TensorBoard event files in
 `<run>/train/tensorboard/` (`train/loss`, `train/lr_unet`, `train/lr_text`,
 `train/images_per_s`; `val/loss` and `val/loss_ema` on the steps that measured them) and
 to stdout after `kohaku-train ` (`kohaku.train.launch.parse_metrics` reads it back).
+
+Resume: `start(step)` drops what a stopped or killed process logged after the checkpoint
+the run resumes from (the steps are trained again): the lines of later steps leave
+metrics.jsonl (rewritten atomically) and TensorBoard purges its events from `step + 1` on.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 TRAIN_KEYS = ("loss", "lr_unet", "lr_text", "images_per_s")
@@ -19,7 +24,22 @@ class MetricLog:
     """Appends metric lines; TensorBoard's writer opens on the first line."""
 
     def __init__(self, out: Path) -> None:
-        self.out, self.writer = Path(out), None
+        self.out, self.writer, self.purge_step = Path(out), None, None
+
+    def start(self, step: int) -> int:
+        """Training (re)starts after `step`: forget every later line; returns how many."""
+        self.purge_step = step + 1
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return 0
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
+        if len(kept) == len(lines):
+            return 0
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+        return len(lines) - len(kept)
 
     def write(self, line: dict) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -32,7 +52,7 @@ class MetricLog:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.purge_step)
         for key in TRAIN_KEYS:
             if line[key] is not None:
                 self.writer.add_scalar(f"train/{key}", line[key], line["step"])

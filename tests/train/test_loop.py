@@ -122,9 +122,10 @@ def final_weights(run: Path, step: int) -> dict[str, torch.Tensor]:
 
 
 def losses(run: Path) -> dict[int, float]:
-    """Loss by step from metrics.jsonl (a resumed run logs some steps twice: the last wins)."""
-    lines = (run / "train/metrics.jsonl").read_text().splitlines()
-    return {x["step"]: x["loss"] for x in map(json.loads, lines)}
+    """Loss by step from metrics.jsonl, whose steps are logged once each, resumed or not."""
+    lines = [json.loads(x) for x in (run / "train/metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == sorted({x["step"] for x in lines})
+    return {x["step"]: x["loss"] for x in lines}
 
 
 def test_killed_and_stopped_runs_with_workers_resume_to_bit_identical_weights(
