@@ -406,7 +406,7 @@ class Trainer:
             self._export("lokr.safetensors", self.run_dir.name, {})
             result = {"status": "done", "step": step, "lokr": "lokr.safetensors", **tally,
                       "caption_tokens": self.token_stats.as_counts(),
-                      **self._extras(step)}  # fmt: skip
+                      **self._export_ema(step), **self._validation_record()}  # fmt: skip
             (self.out / "result.json").write_text(json.dumps(result))
         self.d.barrier()
         return {"status": "done", "step": step}
@@ -417,19 +417,20 @@ class Trainer:
                   zero_snr=self.cfg.loss.zero_terminal_snr,
                   extra={**self.parts.trained_on(), **extra})  # fmt: skip
 
-    def _extras(self, step: int) -> dict:
-        """The EMA's LoKr file (written here) and the validation set, for result.json."""
-        out: dict = {}
-        if self.ema is not None:
-            record = {"decay": self.cfg.ema.decay, "warmup": self.cfg.ema.warmup,
-                      "start_step": self.cfg.ema.start_step, "step": step}  # fmt: skip
-            with self.ema.swapped_in():
-                self._export(EMA_LOKR, f"{self.run_dir.name}-ema",
-                             {META_EMA: json.dumps(record)})  # fmt: skip
-            out["lokr_ema"] = EMA_LOKR
-        if self.validation is not None:
-            out["validation"] = {"posts": len(self.validation.ids),
-                                 "sha256": self.validation.digest,
-                                 "file": val.RECORD}  # fmt: skip
-            out["val_loss"] = self.val_loss
-        return out
+    def _export_ema(self, step: int) -> dict:
+        """With an EMA: its LoKr file, named for result.json; else nothing."""
+        if self.ema is None:
+            return {}
+        record = {"decay": self.cfg.ema.decay, "warmup": self.cfg.ema.warmup,
+                  "start_step": self.cfg.ema.start_step, "step": step}  # fmt: skip
+        with self.ema.swapped_in():
+            self._export(EMA_LOKR, f"{self.run_dir.name}-ema", {META_EMA: json.dumps(record)})
+        return {"lokr_ema": EMA_LOKR}
+
+    def _validation_record(self) -> dict:
+        """With validation: the held-out set and its last loss, for result.json."""
+        if self.validation is None:
+            return {}
+        return {"validation": {"posts": len(self.validation.ids),
+                               "sha256": self.validation.digest, "file": val.RECORD},
+                "val_loss": self.val_loss}  # fmt: skip
