@@ -162,6 +162,14 @@ def test_importing_data_modules_loads_neither_prefect_nor_torch():
     assert out.stdout.strip() == ""
 
 
+def test_the_trainer_and_evaluate_load_no_duckdb():
+    """They read the sample stage's config, never its DuckDB queries (35 MB resident)."""
+    code = ("import sys, kohaku.train.process, kohaku.train.loop, kohaku.evaluate.run\n"
+            "print('duckdb' in sys.modules)\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_no_import_circles_inside_kohaku():
     found = cycles(import_graph())
     assert found == [], f"import circles (modules importing each other, directly or not): {found}"
