@@ -39,15 +39,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     config = load(args, "evaluate")
     cfg = stage_section(config, "evaluate")
-    from kohaku.evaluate.run import run_evaluate
     from kohaku.logs import library_logs
 
     def progress(label: str, done: int, total: int) -> None:
         if done % 10 == 0 or done == total:
             print(f"evaluate {label}: {done}/{total} pictures", flush=True)
 
-    # LyCORIS' INFO lines and the like to the log file, as in the evaluate task
+    # LyCORIS' INFO lines and the like to the log file, as in the evaluate task; the import
+    # inside too: importing the pipeline has transformers print its torchvision notices
     with library_logs(Path(config.run_dir) / "logs" / "evaluate.log"):
+        from kohaku.evaluate.run import run_evaluate
+
         manifest = run_evaluate(cfg, config.run_dir, progress)
     report(manifest, config.run_dir / "evaluate")
 
