@@ -290,8 +290,13 @@ class Trainer:
                     for pid, repeat in batch.samples()]  # fmt: skip
             self.captions = [a + b for a, b in zip(self.captions, caption_tally(batch),
                                                    strict=True)]  # fmt: skip
-            with self._autocast(), nullcontext() if sync else self.model.no_sync():
-                loss = self.model(batch, gens).mean() / len(batches)
+            with nullcontext() if sync else self.model.no_sync():
+                with self._autocast():
+                    loss = self.model(batch, gens).mean() / len(batches)
+                # outside autocast (as PyTorch advises): leaving it frees its cast cache (the
+                # bf16 copies of fp32 leaf weights that it cast for an op) before the gradients
+                # pile up; the backward ops run in the forward's dtypes either way and
+                # checkpoints recompute under autocast (bit-identical weights, tested by hand)
                 self.scaler.scale(loss).backward()
             total += loss.item()
         self._clip()
