@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from tests.ops.conftest import _deployment
+from tests.prefect_server import deployment as _deployment
 
 
 def test_rebuild_deployment_creates_its_scheduled_runs(ops_api):
