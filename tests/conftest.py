@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kohaku.demo.synth import generate_danbooru_db
-from tests.prefect_server import Served, drain_workers, kohaku_serve
+from tests.prefect_server import Launched, Served, drain_workers, kohaku_serve
 
 # Prefect (tests/test_flow.py) must never phone home nor share a user's Prefect home.
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -25,13 +25,23 @@ def synth_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kohaku_serve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The session's `kohaku serve` (tests/prefect_server.py), started before the first
+    test when a collected test needs it: its start (~20 s, most of it CPU on one core)
+    then overlaps the tests before the first flow test instead of delaying that one."""
+    if not any("served" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    with kohaku_serve(tmp_path_factory.mktemp("ops")) as launched:
+        yield launched
+
+
 @pytest.fixture(scope="session")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """The session's `kohaku serve` (tests/prefect_server.py): a real Prefect server and
-    the served deployments on a small demo. Ready once the server answers; the operations
-    tests (`ops_api`) also wait for its deployments."""
-    with kohaku_serve(tmp_path_factory.mktemp("ops")) as server:
-        yield server
+def served(_kohaku_serve: Launched) -> Served:
+    """A real Prefect server and the served deployments on a small demo, once the server
+    answers; the operations tests (`ops_api`) also wait for its deployments."""
+    return _kohaku_serve.ready()
 
 
 @pytest.fixture(scope="session")

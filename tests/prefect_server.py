@@ -2,7 +2,8 @@
 (a `prefect server start` subprocess on a free 127.0.0.1 port with its own PREFECT_HOME,
 and every deployment served from `python -m deployments.serve`). Every flow test talks to
 it (`prefect_api` in tests/conftest.py), so a session pays one server start (its ~10 s
-of database migrations included) instead of one per fixture.
+of database migrations included) instead of one per fixture, and that start runs while
+the first tests do (`Launched.ready` waits for it when a test needs it).
 
 The deployments default to the demo's data stages on a small database (300 posts, ~100
 sampled, pictures from the demo's image server): train and evaluate are left out of the
@@ -68,9 +69,30 @@ class Served:
         wait_for(lambda: deployment(name), self.proc, self.log)
 
 
+@dataclass
+class Launched:
+    """`kohaku serve` started, not necessarily answering yet."""
+
+    demo: Path
+    overrides: list[str]
+    log: Path
+    proc: subprocess.Popen
+    _served: Served | None = None
+
+    def ready(self) -> Served:
+        """The server, once it answers (it prints the UI's URL then)."""
+        if self._served is None:
+            found = wait_for(lambda: re.search(r"Prefect UI: (\S+)", self.log.read_text()),
+                             self.proc, self.log)  # fmt: skip
+            url = found[1]
+            self._served = Served(url, f"{url}/api", self.demo, self.overrides, self.log,
+                                  self.proc)  # fmt: skip
+        return self._served
+
+
 @contextmanager
-def kohaku_serve(root: Path) -> Iterator[Served]:
-    """`kohaku serve` on a small demo under `root`; yields once the server answers."""
+def kohaku_serve(root: Path) -> Iterator[Launched]:
+    """`kohaku serve` on a small demo under `root`, started; stopped on exit."""
     demo, log = root / "demo", root / "serve.log"
     db = demo / "metadata" / "danbooru.db"
     db.parent.mkdir(parents=True)
@@ -79,16 +101,18 @@ def kohaku_serve(root: Path) -> Iterator[Served]:
     (demo / "data.toml").write_text(DATA_ONLY)
     with ImageServer(db) as images:
         overrides = [f"{DEMO_URL_KEY}={images.url_template}"]
+        # one torch thread in the flow runs and the trainer they start, as in every torch
+        # test (tests/torch_fixtures.py): with two, the toy train and evaluate stages took
+        # 4-5x longer on a busy 2-core machine (thread hand-offs dominate tiny models)
         env = {**os.environ, "PREFECT_HOME": str(root / "prefect"),
-               "PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # fmt: skip
+               "PREFECT_RUNNER_POLL_FREQUENCY": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
         env.pop("PREFECT_API_URL", None)
         cmd = [sys.executable, "-m", "kohaku.cli", "serve", "--port", "0", "--config",
                str(demo / "data.toml"), *(f"--set={o}" for o in overrides)]  # fmt: skip
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            url = wait_for(lambda: re.search(r"Prefect UI: (\S+)", log.read_text()), proc, log)[1]
-            yield Served(url, f"{url}/api", demo, overrides, log, proc)
+            yield Launched(demo, overrides, log, proc)
         finally:
             proc.send_signal(signal.SIGINT)  # kohaku serve stops its children
             try:
