@@ -63,10 +63,10 @@ class Served:
     log: Path  # kohaku serve's output (server and flow-run logs)
     proc: subprocess.Popen  # kohaku serve
 
-    def wait_for_deployment(self, name: str) -> None:
-        """Until `kohaku serve` has registered deployment `name` (it serves them once the
-        server answers, while the session goes on)."""
-        wait_for(lambda: deployment(name), self.proc, self.log)
+    def wait_for_deployment(self, name: str):
+        """Deployment `name`, once `kohaku serve` has registered it (it serves them once
+        the server answers, while the session goes on)."""
+        return wait_for(lambda: deployment(name), self.proc, self.log)
 
 
 @dataclass
