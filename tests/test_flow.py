@@ -1,4 +1,4 @@
-"""The build-dataset flow against a real local Prefect API (prefect_test_harness):
+"""The build-dataset flow against a real local Prefect API (the session's server, `prefect_api`):
 caching, rerun after a failure, and a removed output."""
 
 from __future__ import annotations

@@ -1,126 +1,17 @@
-"""One real Prefect server for the operations tests, started the way a user starts it:
-`kohaku serve` (a `prefect server start` subprocess on a free 127.0.0.1 port with its own
-PREFECT_HOME, and every deployment served from `python -m deployments.serve`). The
-deployments default to the demo's data stages on a small database (300 posts, ~100
-sampled, pictures from the demo's image server): train and evaluate are left out of the
-default because the trainer's start alone costs ~35 s on 2 cores; one test
-(test_pipeline.py) runs the demo's full config, train and evaluate included at toy size,
-through the same deployment."""
+"""The operations tests run against the session's `kohaku serve` (`served` in
+tests/conftest.py, set up in tests/prefect_server.py): a real Prefect server and every
+deployment served on a small demo, started the way a user starts it."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 
-from kohaku.demo.images import ImageServer, stamp_md5s
-from kohaku.demo.run import DEMO_URL_KEY
-from kohaku.demo.synth import generate_danbooru_db
-
-DATA_ONLY = """# the demo's data stages (no [train], no [evaluate])
-preset = "epsilon"
-run_dir = "run"
-[sample]
-source = "metadata/danbooru.db"
-seed = 5
-on_short_range = "take_all"
-[[sample.ranges]]
-start = 0
-count = 120
-[download]
-threads = 8
-[download.fetch]
-allowed_hosts = ["127.0.0.1"]
-per_host_concurrency = 8
-per_host_rate = 1000.0
-[download.buckets]
-area = 16384
-min_side = 64
-max_side = 256
-step = 32
-"""
-
-
-@dataclass
-class Served:
-    url: str  # the UI
-    api: str  # PREFECT_API_URL
-    demo: Path  # data.toml, metadata/danbooru.db, run/
-    overrides: list[str]  # the deployments' default overrides
-    log: Path  # kohaku serve's output (server and flow-run logs)
-
-
-@pytest.fixture(scope="session")
-def served(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("ops")
-    demo, log = root / "demo", root / "serve.log"
-    db = demo / "metadata" / "danbooru.db"
-    db.parent.mkdir(parents=True)
-    generate_danbooru_db(db, 300, seed=0)
-    stamp_md5s(db)  # the pictures' md5s, so md5 checks stay on
-    (demo / "data.toml").write_text(DATA_ONLY)
-    with ImageServer(db) as images:
-        overrides = [f"{DEMO_URL_KEY}={images.url_template}"]
-        env = {**os.environ, "PREFECT_HOME": str(root / "prefect"),
-               "PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # fmt: skip
-        env.pop("PREFECT_API_URL", None)
-        cmd = [sys.executable, "-m", "kohaku.cli", "serve", "--port", "0", "--config",
-               str(demo / "data.toml"), *(f"--set={o}" for o in overrides)]  # fmt: skip
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            url = _wait_for(lambda: re.search(r"Prefect UI: (\S+)", log.read_text()), proc, log)[1]
-            api = f"{url}/api"
-            with _api(api):
-                _wait_for(lambda: _deployment("pipeline/kohaku"), proc, log)
-            yield Served(url, api, demo, overrides, log)
-        finally:
-            proc.send_signal(signal.SIGINT)  # kohaku serve stops its children
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _wait_for(probe, proc: subprocess.Popen, log: Path, timeout: float = 180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"kohaku serve exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
-            )
-        if found := probe():
-            return found
-        time.sleep(0.3)
-    raise TimeoutError(f"kohaku serve not ready:\n{log.read_text()[-3000:]}")
-
-
-def _deployment(name: str):
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            return client.read_deployment_by_name(name)
-        except ObjectNotFound:
-            return None
-
-
-def _api(url: str):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    return temporary_settings({PREFECT_API_URL: url})
+from tests.prefect_server import Served
 
 
 @pytest.fixture
-def ops_api(served: Served):
-    """This test's Prefect client talks to the served server."""
-    with _api(served.api):
-        yield served
+def ops_api(prefect_api: Served) -> Served:
+    """This test's Prefect client talks to the served server, whose pipeline deployment is
+    registered (the first that deployments/serve.py registers; the others follow)."""
+    prefect_api.wait_for_deployment("pipeline/kohaku")
+    return prefect_api

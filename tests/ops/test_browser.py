@@ -64,14 +64,17 @@ def _created_run(timeout: float = 30):
     import time
 
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    from tests.ops.conftest import _deployment
+    from tests.prefect_server import deployment
 
-    deployment, deadline = _deployment("pipeline/kohaku"), time.monotonic() + timeout
+    # the session's other flow tests share this server: ask for this deployment's runs
+    ours = DeploymentFilter(id=DeploymentFilterId(any_=[deployment("pipeline/kohaku").id]))
+    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            made = [r for r in client.read_flow_runs() if r.deployment_id == deployment.id
-                    and OVERRIDE in (r.parameters.get("overrides") or [])]  # fmt: skip
+            made = [r for r in client.read_flow_runs(deployment_filter=ours)
+                    if OVERRIDE in (r.parameters.get("overrides") or [])]  # fmt: skip
             if made:
                 assert len(made) == 1, made
                 return made[0].id

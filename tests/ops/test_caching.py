@@ -14,8 +14,8 @@ from kohaku.config import load_config
 from kohaku.demo.images import ImageServer, stamp_md5s
 from kohaku.demo.run import DEMO_URL_KEY
 from kohaku.demo.synth import generate_danbooru_db
-from tests.ops.conftest import DATA_ONLY
 from tests.ops.flowruns import executions
+from tests.prefect_server import DATA_ONLY
 
 
 @pytest.fixture(scope="module")

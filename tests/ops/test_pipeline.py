@@ -66,7 +66,11 @@ def test_pipeline_on_the_demo_config_trains_and_evaluates(ops_api):
     config.write_text(DEMO_TOML.format(split=165, first=75))
     run_dir = ops_api.demo / "full-run"
     toy = ["train.max_steps=4", "train.checkpoint_every=2", "evaluate.seeds=[0]",
-           "evaluate.steps=2", "evaluate.characters=1", "evaluate.styles=1"]  # fmt: skip
+           "evaluate.steps=2", "evaluate.characters=1", "evaluate.styles=1",
+           # sampling (bf16, auto on a CPU, as the demo runs) was most of the test: every
+           # prompt of a checkpoint in one batch (9: 1 character, 1 style, 7 quality
+           # probes), at 64 px; the grids keep their size (cells of grid_cell px)
+           "evaluate.batch_size=16", "evaluate.width=64", "evaluate.height=64"]  # fmt: skip
     overrides = [*ops_api.overrides, f"run_dir={json.dumps(str(run_dir))}", *toy]
     flow_run = run("pipeline/kohaku", {"config_file": str(config), "overrides": overrides})
     assert flow_run.state.is_completed(), flow_run.state.message

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import time
 
-from tests.ops.conftest import _deployment
-
 
 def test_rebuild_deployment_creates_its_scheduled_runs(ops_api):
     from prefect.client.orchestration import get_client
@@ -19,7 +17,7 @@ def test_rebuild_deployment_creates_its_scheduled_runs(ops_api):
     )
     from prefect.client.schemas.objects import StateType
 
-    deployment = _deployment("build-dataset/weekly-rebuild")
+    deployment = ops_api.wait_for_deployment("build-dataset/weekly-rebuild")  # the last one
     assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * 1"]
     assert deployment.parameters["config_file"] == str(ops_api.demo / "data.toml")
     deadline, runs = time.monotonic() + 60, []

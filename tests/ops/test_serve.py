@@ -1,5 +1,5 @@
 """`kohaku serve` refuses a bad config with one line before it starts anything (the
-working path is what tests/ops/conftest.py starts every session)."""
+working path is what tests/prefect_server.py starts every session)."""
 
 from __future__ import annotations
 
