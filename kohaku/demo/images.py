@@ -82,7 +82,8 @@ class ImageServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.posts))
         self.port = self.httpd.server_address[1]
         self.url_template = URL_TEMPLATE.format(port=self.port)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # shutdown() waits for serve_forever's next poll: 0.5 s by default, at every exit
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
 
     def __enter__(self) -> ImageServer:
         self.thread.start()
