@@ -108,6 +108,9 @@ height = 128
 checkpoints = "all"
 include_base = true
 max_tokens = 300
+# the toy model is tiny: fp32 on a CPU (most CPUs emulate bf16, `auto`'s CPU choice for
+# the memory of full-size models; 3-4x slower here)
+precision = "fp32"
 """
 
 
