@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kohaku.demo.images import ImageServer, stamp_md5s
-from kohaku.demo.run import DEMO_URL_KEY
+from kohaku.demo.run import DEMO_DOWNLOAD, DEMO_URL_KEY
 from kohaku.demo.synth import generate_danbooru_db
 
-DATA_ONLY = """# the demo's data stages (no [train], no [evaluate])
+DATA_ONLY = (
+    """# the demo's data stages (no [train], no [evaluate])
 preset = "epsilon"
 run_dir = "run"
 [sample]
@@ -40,18 +41,9 @@ on_short_range = "take_all"
 [[sample.ranges]]
 start = 0
 count = 120
-[download]
-threads = 8
-[download.fetch]
-allowed_hosts = ["127.0.0.1"]
-per_host_concurrency = 8
-per_host_rate = 1000.0
-[download.buckets]
-area = 16384
-min_side = 64
-max_side = 256
-step = 32
 """
+    + DEMO_DOWNLOAD
+)
 
 
 @dataclass

@@ -23,7 +23,26 @@ from kohaku.stage import atomic_path, read_manifest
 
 DEMO_URL_KEY = "download.url_template"
 
-DEMO_TOML = """# The bundled demo: a synthetic danbooru2023 database, epsilon-style captions mixed
+# the demo's download section; the tests' served config shares it
+DEMO_DOWNLOAD = """# images from the local demo server (download.url_template is set at its start);
+# small buckets (about 128x128) for the demo's tiny model
+[download]
+threads = 8
+
+[download.fetch]
+allowed_hosts = ["127.0.0.1"]
+per_host_concurrency = 8
+per_host_rate = 1000.0
+
+[download.buckets]
+area = 16384
+min_side = 64
+max_side = 256
+step = 32
+"""
+
+DEMO_TOML = (
+    """# The bundled demo: a synthetic danbooru2023 database, epsilon-style captions mixed
 # with natural-language ones (issue 14: as Kohaku XL Zeta's tags and Florence-2 captions).
 preset = "epsilon"
 run_dir = "run"
@@ -51,22 +70,9 @@ text_captions = "metadata/captions.jsonl"
 [tag.quality]
 min_age_days = 30
 
-# images from the local demo server (download.url_template is set when it starts);
-# small buckets (about 128x128) for the demo's tiny model
-[download]
-threads = 8
-
-[download.fetch]
-allowed_hosts = ["127.0.0.1"]
-per_host_concurrency = 8
-per_host_rate = 1000.0
-
-[download.buckets]
-area = 16384
-min_side = 64
-max_side = 256
-step = 32
-
+"""
+    + DEMO_DOWNLOAD
+    + """
 # LoKr training of the demo's tiny SDXL (random weights, built in code into model/),
 # the recipe's optimizer and objective at toy scale
 [train]
@@ -112,6 +118,7 @@ max_tokens = 300
 # the memory of full-size models; 3-4x slower here)
 precision = "fp32"
 """
+)
 
 
 def prepare_demo(root: Path, posts: int = 3000, seed: int = 0) -> Path:

@@ -47,7 +47,7 @@ from kohaku.errors import InputError
 from kohaku.evaluate.config import EvaluateConfig
 from kohaku.sdxl import lokr
 from kohaku.sdxl.lokr_deltas import LokrLayer, base_record
-from kohaku.sdxl.model import MODELS, ModelSource, SDXLParts, load_sdxl
+from kohaku.sdxl.model import MODELS, ModelSource, SDXLParts, load_sdxl, vae_dtype_for
 from kohaku.sdxl.schedule import schedule_source
 from kohaku.sdxl.text import encode_text
 from kohaku.train import EMA_FILE, EMA_LOKR, META
@@ -227,11 +227,11 @@ def resolve_dtype(cfg: EvaluateConfig, device: torch.device) -> torch.dtype:
 
 
 def decode_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """The VAE's dtype when sampling in `dtype`: float32 under fp16 (SDXL 1.0's VAE overflows
-    there) and on a CPU (its half-precision convolutions are emulated: a 256 px bf16 decode of
-    the full-size VAE ran over 30 minutes on a 2-core VM; float32 takes seconds), else
-    `dtype`. The VAE is 84M parameters: float32 costs 0.17 GB more than half precision."""
-    return torch.float32 if dtype == torch.float16 or device.type == "cpu" else dtype
+    """The VAE's dtype when sampling in `dtype`: the trainer's (`vae_dtype_for`: float32
+    under fp16, where SDXL 1.0's VAE overflows), and float32 on a CPU too (half-precision
+    convolutions are emulated there: a 256 px bf16 decode of the full-size VAE ran over 30
+    minutes on a 2-core VM). The VAE is 84M parameters: float32 costs 0.17 GB more."""
+    return torch.float32 if device.type == "cpu" else vae_dtype_for(dtype)
 
 
 def sampling_source(source: ModelSource, run_dir: Path) -> ModelSource:

@@ -13,8 +13,9 @@ metrics.jsonl (rewritten atomically) and TensorBoard purges its events from `ste
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from kohaku.stage import atomic_write_text
 
 TRAIN_KEYS = ("loss", "lr_unet", "lr_text", "images_per_s")
 VALIDATION_TAGS = {"val_loss": "val/loss", "val_loss_ema": "val/loss_ema"}
@@ -36,9 +37,7 @@ class MetricLog:
         kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
         if len(kept) == len(lines):
             return 0
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(kept))
         return len(lines) - len(kept)
 
     def write(self, line: dict) -> None:
